@@ -1,0 +1,1 @@
+"""dcfm_ros.evaluation."""

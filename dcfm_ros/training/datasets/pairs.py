@@ -1,0 +1,148 @@
+"""Dataset-independent parts: the pair sample, image/label reading, the training-pair and eval datasets.
+
+A dataset module (camvid, cityscapes, vspw) only has to list `PairSample`s (one labeled frame, the
+paths of its usable neighbours) and give a label lookup table; everything else is here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from dcfm_ros.training.transforms import PairAugment, image_to_tensor, label_to_tensor, resize_for_eval
+
+
+@dataclass(frozen=True)
+class PairSample:
+    """A labeled frame of a video and the frames allowed as its neighbour x_u (u = l-1 or l+1)."""
+
+    name: str  # e.g. "0016E5_07959"
+    image: Path
+    label: Path
+    neighbours: tuple[Path, ...]  # 1 or 2 paths; at a sequence end only one exists
+    video: str = ""
+
+
+@dataclass(frozen=True)
+class FrameSample:
+    """One frame of a video in temporal order, with its label when it has one (evaluation)."""
+
+    name: str
+    image: Path
+    label: Path | None
+    video: str
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise FileNotFoundError(f"cannot read image {path}")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def read_label(path: Path, lut: np.ndarray) -> np.ndarray:
+    """Read a single-channel label PNG and map raw values to train ids with `lut` (uint8, 256 or 65536)."""
+    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if raw is None:
+        raise FileNotFoundError(f"cannot read label {path}")
+    if raw.ndim != 2:
+        raise ValueError(f"label {path} must be a single-channel image, got shape {raw.shape}")
+    if raw.dtype == np.uint16 and lut.shape[0] < 65536:
+        if int(raw.max()) >= lut.shape[0]:
+            raise ValueError(f"label {path} has value {int(raw.max())} outside the lookup table")
+    return lut[raw]
+
+
+def make_lut(mapping: dict[int, int], size: int = 256, default: int = 255) -> np.ndarray:
+    lut = np.full(size, default, np.uint8)
+    for raw, train_id in mapping.items():
+        lut[raw] = train_id
+    return lut
+
+
+class _WorkerRng:
+    """A NumPy generator per process, seeded from torch's per-worker seed.
+
+    DataLoader workers get distinct torch seeds (base_seed + worker id, a fresh base each epoch), and
+    the main process follows `torch.manual_seed`, so runs are reproducible with a fixed seed and workers
+    never replay each other's augmentations.
+    """
+
+    def __init__(self) -> None:
+        self._pid: int | None = None
+        self._rng: np.random.Generator | None = None
+        self._seed: int | None = None
+
+    def get(self) -> np.random.Generator:
+        seed = torch.initial_seed()
+        if self._rng is None or self._pid != os.getpid() or self._seed != seed:
+            self._pid, self._seed = os.getpid(), seed
+            self._rng = np.random.default_rng(seed % (2**63))
+        return self._rng
+
+
+class PairDataset(Dataset):
+    """Training pairs: dict(image=x_l uint8 (3,H,W), label=y_l int64 (H,W), neighbour=x_u uint8 (3,H,W)).
+
+    Also the names of both frames ("name", "neighbour_name") so that tests and logs can check pairing.
+    """
+
+    def __init__(self, samples: Sequence[PairSample], lut: np.ndarray, augment: PairAugment | None) -> None:
+        if not samples:
+            raise ValueError("the training dataset is empty (no labeled frame with a neighbour found)")
+        self.samples = list(samples)
+        self.lut = lut
+        self.augment = augment
+        self._rng = _WorkerRng()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict:
+        s = self.samples[index]
+        rng = self._rng.get()
+        nb = s.neighbours[int(rng.integers(len(s.neighbours)))] if len(s.neighbours) > 1 else s.neighbours[0]
+        img_l = read_rgb(s.image)
+        img_u = read_rgb(nb)
+        label = read_label(s.label, self.lut)
+        if self.augment is not None:
+            img_l, label, img_u = self.augment(img_l, label, img_u, rng)
+        return {
+            "image": image_to_tensor(img_l),
+            "label": label_to_tensor(label),
+            "neighbour": image_to_tensor(img_u),
+            "name": s.name,
+            "neighbour_name": nb.stem,
+        }
+
+
+class LabeledFrames(Dataset):
+    """Evaluation frames: image resized to the network input size, label at its own size (uint8)."""
+
+    def __init__(self, samples: Sequence[FrameSample], lut: np.ndarray, input_size: tuple[int, int]) -> None:
+        self.samples = [s for s in samples if s.label is not None]
+        if not self.samples:
+            raise ValueError("no labeled frame to evaluate on")
+        self.lut = lut
+        self.input_size = tuple(input_size)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict:
+        s = self.samples[index]
+        img = resize_for_eval(read_rgb(s.image), self.input_size)  # type: ignore[arg-type]
+        label = read_label(s.label, self.lut)  # type: ignore[arg-type]
+        return {"image": image_to_tensor(img), "label": torch.from_numpy(label), "name": s.name}
+
+
+def neighbours_of(i: int, n: int) -> tuple[int, ...]:
+    """Indices u in {i-1, i+1} inside [0, n): both inside a sequence, the only one at its ends."""
+    return tuple(j for j in (i - 1, i + 1) if 0 <= j < n)

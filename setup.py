@@ -1,0 +1,27 @@
+"""Python packaging for the pip route (no ROS install). On a ROS 2 machine colcon uses CMakeLists.txt."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="dcfm_ros",
+    version="0.1.0",
+    description="DCFM video semantic segmentation for ROS 2",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["dcfm_ros", "dcfm_ros.*"]),
+    package_data={"dcfm_ros": ["models/*.safetensors", "models/*.json"]},
+    data_files=[
+        ("share/ament_index/resource_index/packages", ["resource/dcfm_ros"]),
+        ("share/dcfm_ros", ["package.xml"]),
+    ],
+    entry_points={
+        "console_scripts": [
+            "dcfm_node = dcfm_ros.node.main:main",
+            "dcfm-bench = dcfm_ros.engine.bench:main",
+            "dcfm-train = dcfm_ros.training.train:main",
+            "dcfm-evaluate = dcfm_ros.evaluation.evaluate:main",
+            "dcfm-bag-eval = dcfm_ros.evaluation.bag_eval:main",
+            "dcfm-make-bag = dcfm_ros.evaluation.make_bag:main",
+        ]
+    },
+)
