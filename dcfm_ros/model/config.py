@@ -62,7 +62,8 @@ class DCFMConfig:
         if self.backbone not in BACKBONES:
             raise ValueError(f"DCFMConfig.backbone {self.backbone!r} is unknown; expected one of: "
                              f"{', '.join(BACKBONES)}")
-        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 1:
+        n = self.num_classes
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"DCFMConfig.num_classes must be a positive int, got {self.num_classes!r}")
         if isinstance(self.class_names, str):
             raise ValueError("DCFMConfig.class_names must be a sequence of names, not one string")

@@ -32,7 +32,7 @@ def l2_normalize(x: Tensor) -> Tensor:
 
 
 def init_new_layers(module: nn.Module) -> None:
-    """Initialise layers that no pretrained file provides (FFM, head, PPM, fuse): He for convs, BN = identity."""
+    """Initialise layers no pretrained file provides (FFM, head, PPM, fuse): He convs, identity BN."""
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

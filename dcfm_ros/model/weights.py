@@ -73,7 +73,8 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         raise WeightLoadError(f"weight file {path} does not hold a state dict (found {type(obj).__name__})")
     not_tensors = [str(k) for k, v in obj.items() if not isinstance(v, Tensor)]
     if not_tensors:
-        raise WeightLoadError(f"weight file {path} holds entries that are not tensors: {_listing(not_tensors)}")
+        raise WeightLoadError(f"weight file {path} holds entries that are not tensors: "
+                              f"{_listing(not_tensors)}")
     state = {str(k): v for k, v in obj.items()}
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
@@ -88,6 +89,7 @@ def load_into(
     rename: Callable[[str], str | None] | None = None,
     ignore_prefixes: Iterable[str] = (),
     allow_missing_prefixes: Iterable[str] = (),
+    target: str | None = None,
 ) -> LoadReport:
     """Copy `state_dict` into `module`, checking that every key and shape matches first.
 
@@ -96,6 +98,7 @@ def load_into(
     allow_missing_prefixes: module keys the file need not provide (layers added on top of the
         backbone, left at their initialisation).
     source: the file name, quoted in every error.
+    target: what is being loaded (e.g. "the efficientnet-lite0 backbone"), for the error message.
     Nothing is copied unless everything matches, so a failed load leaves `module` unchanged.
     """
     ignore = tuple(ignore_prefixes)
@@ -111,7 +114,8 @@ def load_into(
         incoming[new_key] = value
 
     expected = module.state_dict()
-    missing = [k for k in expected if k not in incoming and not (allow_missing and k.startswith(allow_missing))]
+    missing = [k for k in expected
+               if k not in incoming and not (allow_missing and k.startswith(allow_missing))]
     unexpected = [k for k in incoming if k not in expected]
     mismatched = [
         f"{k} (file {tuple(v.shape)}, model {tuple(expected[k].shape)})"
@@ -126,14 +130,15 @@ def load_into(
     if mismatched:
         problems.append(f"{len(mismatched)} shape mismatch(es): {_listing(mismatched)}")
     if problems:
-        raise WeightLoadError(f"weights in {source} do not fit {type(module).__name__}: " + "; ".join(problems))
+        what = target or type(module).__name__
+        raise WeightLoadError(f"weights in {source} do not fit {what}: " + "; ".join(problems))
 
     with torch.no_grad():
-        for key, target in expected.items():
+        for key, dest in expected.items():
             if key in incoming:
                 # state_dict() tensors share storage with the module, so copy_ writes through; it
                 # also casts (e.g. a float16 file into float32 parameters).
-                target.copy_(incoming[key].to(device=target.device, dtype=target.dtype))
+                dest.copy_(incoming[key].to(device=dest.device, dtype=dest.dtype))
                 report.loaded.append(key)
             else:
                 report.left_initialised.append(key)
