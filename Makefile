@@ -35,7 +35,8 @@ bench: setup
 	$(VENV)/bin/dcfm-bench --backbone mit-b2 --size 480x853 --frames 20
 
 demo: setup
-	$(VENV)/bin/dcfm-bag-eval demo/camvid_val_0016E5.mcap --gt-topic /camera/labels --max --out $(OUT)/demo
+	$(VENV)/bin/dcfm-bag-eval demo/camvid_val_0016E5 --image-topic /camera/image/compressed \
+	  --gt-topic /camera/labels --max --out $(OUT)/demo --overwrite
 
 clean:
 	rm -rf build install log $(OUT)

@@ -13,6 +13,8 @@ setup(
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/dcfm_ros"]),
         ("share/dcfm_ros", ["package.xml"]),
+        ("share/dcfm_ros/launch", ["launch/dcfm.launch.py"]),
+        ("share/dcfm_ros/config", ["config/dcfm.yaml", "config/dcfm.rviz"]),
     ],
     entry_points={
         "console_scripts": [

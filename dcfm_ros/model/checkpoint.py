@@ -94,6 +94,10 @@ def save_checkpoint(path: str | Path, model: nn.Module, extra: dict[str, Any] | 
     os.close(fd)
     try:
         save_file(tensors, tmp_name, metadata=metadata)
+        # mkstemp creates the file 0600; a checkpoint is an ordinary shareable file (umask applies).
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_name, 0o666 & ~umask)
         os.replace(tmp_name, path)
     except BaseException as exc:
         Path(tmp_name).unlink(missing_ok=True)

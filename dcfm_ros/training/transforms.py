@@ -93,8 +93,10 @@ class PairAugment:
         flip = bool(self.hflip and rng.random() < 0.5)
 
         # One affine warp does scale + rotation for all three arrays (one resample, same matrix).
+        # Pixel-centre aligned scaling (x' + 0.5 = s (x + 0.5)), the convention of cv2.resize's
+        # bilinear mode; without the 0.5 terms labels drift by up to half a pixel from the image.
         sx, sy = nw / w, nh / h
-        m = np.array([[sx, 0.0, 0.0], [0.0, sy, 0.0]], np.float64)
+        m = np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5]], np.float64)
         if angle != 0.0:
             rot = cv2.getRotationMatrix2D((nw / 2.0, nh / 2.0), angle, 1.0)
             m = rot @ np.vstack([m, [0.0, 0.0, 1.0]])
@@ -104,7 +106,9 @@ class PairAugment:
         if angle == 0.0:
             img_l = cv2.resize(img_l, dsize, interpolation=interp)
             img_u = cv2.resize(img_u, dsize, interpolation=interp)
-            label = cv2.resize(label, dsize, interpolation=cv2.INTER_NEAREST)
+            # NEAREST_EXACT is pixel-centre aligned like the image's resize; plain INTER_NEAREST is
+            # not (it floors x * scale) and shifts the label by up to half a source pixel.
+            label = cv2.resize(label, dsize, interpolation=cv2.INTER_NEAREST_EXACT)
         else:
             img_l = cv2.warpAffine(img_l, m, dsize, flags=cv2.INTER_LINEAR,
                                    borderMode=cv2.BORDER_CONSTANT, borderValue=fill)

@@ -28,7 +28,15 @@ CAMVID_PALETTE: tuple[tuple[int, int, int], ...] = (
 CAMVID_VOID = 11
 CAMVID_LUT: np.ndarray = make_lut({i: i for i in range(len(CAMVID_CLASSES))})  # 11 and above -> 255
 SPLITS = ("train", "val", "test")
-_NAME = re.compile(r"^(?P<seq>.+)_(?P<frame>\d+)$")
+_NAME = re.compile(r"^(?P<seq>.+)_[A-Za-z]*(?P<frame>\d+)$")  # 0016E5_07959, 0006R0_f00930
+
+
+def frame_number(name: str) -> int:
+    """"0016E5_07959" -> 7959, "0006R0_f00930" -> 930."""
+    m = _NAME.match(name)
+    if m is None:
+        raise ValueError(f"CamVid frame name {name!r} is not <sequence>_<frame>")
+    return int(m["frame"])
 
 
 def camvid_sequences(root: str | Path, split: str) -> dict[str, list[FrameSample]]:

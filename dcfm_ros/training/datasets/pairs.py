@@ -54,9 +54,8 @@ def read_label(path: Path, lut: np.ndarray) -> np.ndarray:
         raise FileNotFoundError(f"cannot read label {path}")
     if raw.ndim != 2:
         raise ValueError(f"label {path} must be a single-channel image, got shape {raw.shape}")
-    if raw.dtype == np.uint16 and lut.shape[0] < 65536:
-        if int(raw.max()) >= lut.shape[0]:
-            raise ValueError(f"label {path} has value {int(raw.max())} outside the lookup table")
+    if raw.dtype == np.uint16 and lut.shape[0] < 65536 and int(raw.max()) >= lut.shape[0]:
+        raise ValueError(f"label {path} has value {int(raw.max())} outside the lookup table")
     return lut[raw]
 
 

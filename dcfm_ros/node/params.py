@@ -1,0 +1,344 @@
+"""The node's parameters: declared in one place (PARAMETERS), validated, turned into settings and the engine.
+
+Every parameter the node has is a `ParamSpec` in `PARAMETERS`; `declare_parameters` declares them with
+descriptors (type, range, read_only, description) and `config/dcfm.yaml` documents the same names
+(test_params checks both directions). rclpy enforces types, ranges and read_only; the rules it cannot
+express (choices, min_interval <= max_interval, [H, W] shapes) live in `settings_from_values`, which
+both start-up and run-time changes go through, so a value is judged the same way in both cases.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.exceptions import (
+    InvalidParameterTypeException,
+    InvalidParameterValueException,
+    ParameterUninitializedException,
+)
+from rclpy.parameter import Parameter
+
+if TYPE_CHECKING:
+    from rclpy.node import Node
+
+    from dcfm_ros.engine import KeyframePolicy, StreamEngine
+
+DEFAULT_MODEL_FILE = "camvid_efficientnet_lite0.safetensors"
+DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
+PRECISIONS = ("fp32", "fp16", "bf16")
+KEYFRAME_POLICIES = ("fixed", "motion")
+TRANSPORTS = ("raw", "compressed")
+RELIABILITIES = ("best_effort", "reliable")
+DROP_POLICIES = ("latest", "none")
+_INT_MAX = 100_000
+
+
+class ParameterError(ValueError):
+    """A parameter value the node cannot use; the message names the parameter and the reason."""
+
+
+class StartupError(RuntimeError):
+    """The node cannot start (bad model file, unknown mask class, unusable device, ...)."""
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One node parameter. default None: declared without a value (documented as 'unset = ...')."""
+
+    name: str
+    type: Parameter.Type
+    default: Any
+    description: str
+    read_only: bool = True
+    constraints: str = ""
+    int_range: tuple[int, int] | None = None
+    float_range: tuple[float, float] | None = None
+
+    def descriptor(self) -> ParameterDescriptor:
+        d = ParameterDescriptor(name=self.name, type=int(self.type), description=self.description,
+                                additional_constraints=self.constraints, read_only=self.read_only,
+                                dynamic_typing=False)
+        if self.int_range is not None:
+            d.integer_range = [IntegerRange(from_value=self.int_range[0], to_value=self.int_range[1], step=1)]
+        if self.float_range is not None:
+            d.floating_point_range = [FloatingPointRange(from_value=self.float_range[0],
+                                                         to_value=self.float_range[1], step=0.0)]
+        return d
+
+
+T = Parameter.Type
+PARAMETERS: tuple[ParamSpec, ...] = (
+    ParamSpec("model", T.STRING, "",
+              "Checkpoint file (.safetensors written by dcfm_ros.model.save_checkpoint). Empty: the "
+              f"packaged model dcfm_ros/models/{DEFAULT_MODEL_FILE}.",
+              constraints="path to an existing dcfm_ros checkpoint, or empty"),
+    ParamSpec("device", T.STRING, "auto", "Inference device. auto: cuda if available, else cpu.",
+              constraints="auto, cpu, cuda or cuda:N"),
+    ParamSpec("precision", T.STRING, "fp32", "Inference precision; fp16/bf16 need a CUDA device.",
+              constraints="one of " + ", ".join(PRECISIONS)),
+    ParamSpec("keyframe.policy", T.STRING, "fixed",
+              "fixed: a keyframe every keyframe.interval frames. motion: a keyframe when the mean "
+              "absolute difference to the last keyframe exceeds keyframe.threshold (after "
+              "keyframe.min_interval frames), at the latest every keyframe.max_interval frames.",
+              read_only=False, constraints="one of " + ", ".join(KEYFRAME_POLICIES)),
+    ParamSpec("keyframe.interval", T.INTEGER, 2, "fixed policy: frames from one keyframe to the next (1 = "
+              "every frame is a keyframe).", read_only=False, int_range=(1, _INT_MAX)),
+    ParamSpec("keyframe.threshold", T.DOUBLE, 0.05, "motion policy: mean |frame - keyframe| on 0..1 "
+              "intensities above which a new keyframe is taken.", read_only=False,
+              constraints="0 <= threshold < 1", float_range=(0.0, 1.0)),
+    ParamSpec("keyframe.min_interval", T.INTEGER, 1, "motion policy: no keyframe sooner than this many "
+              "frames after the last one.", read_only=False, constraints="<= keyframe.max_interval",
+              int_range=(1, _INT_MAX)),
+    ParamSpec("keyframe.max_interval", T.INTEGER, 30, "motion policy: a keyframe at the latest this many "
+              "frames after the last one.", read_only=False, constraints=">= keyframe.min_interval",
+              int_range=(1, _INT_MAX)),
+    ParamSpec("input_size", T.INTEGER_ARRAY, None, "[H, W] the network runs at (images are resized to it, "
+              "outputs come back at camera resolution). Unset or []: the model's own input size.",
+              constraints="[H, W], positive ints"),
+    ParamSpec("mask_classes", T.STRING_ARRAY, None, "Class names (as in the model) to publish a binary "
+              "mask for, on segmentation/masks/<class_name>. Unset or []: none.",
+              constraints="names from the model's class list"),
+    ParamSpec("overlay_alpha", T.DOUBLE, 0.5, "Weight of the class colours in segmentation/overlay (0: "
+              "camera image only, 1: colours only).", read_only=False, float_range=(0.0, 1.0)),
+    ParamSpec("image_transport", T.STRING, "raw", "raw: subscribe to image (sensor_msgs/Image). "
+              "compressed: subscribe to image/compressed (sensor_msgs/CompressedImage, jpeg/png).",
+              constraints="one of " + ", ".join(TRANSPORTS)),
+    ParamSpec("qos.depth", T.INTEGER, 5, "History depth of the image subscription.", int_range=(1, 1000)),
+    ParamSpec("qos.reliability", T.STRING, "best_effort", "Reliability of the image subscription. "
+              "best_effort (sensor data) also receives from reliable publishers; use reliable with "
+              "drop_policy none so that no frame is lost in transport.",
+              constraints="one of " + ", ".join(RELIABILITIES)),
+    ParamSpec("drop_policy", T.STRING, "latest", "latest: live camera, process the newest frame and count "
+              "the skipped ones as dropped. none: queue every frame (evaluation, bag playback).",
+              constraints="one of " + ", ".join(DROP_POLICIES)),
+)
+PARAMETER_NAMES: tuple[str, ...] = tuple(p.name for p in PARAMETERS)
+RUNTIME_PARAMETERS: frozenset[str] = frozenset(p.name for p in PARAMETERS if not p.read_only)
+
+
+@dataclass(frozen=True)
+class KeyframeSettings:
+    policy: str
+    interval: int
+    threshold: float
+    min_interval: int
+    max_interval: int
+
+    def make_policy(self) -> KeyframePolicy:
+        """The engine policy; every keyframe value is checked, also those the active policy ignores
+        (a bad min/max pair must not hide until someone switches to the motion policy)."""
+        from dcfm_ros.engine import FixedInterval, MotionThreshold, make_policy
+
+        try:
+            FixedInterval(self.interval)
+            MotionThreshold(self.threshold, self.min_interval, self.max_interval)
+            return make_policy(self.policy, interval=self.interval, threshold=self.threshold,
+                               min_interval=self.min_interval, max_interval=self.max_interval)
+        except ValueError as exc:
+            raise ParameterError(
+                f"keyframe parameters rejected (keyframe.policy={self.policy}, interval={self.interval}, "
+                f"threshold={self.threshold}, min_interval={self.min_interval}, max_interval="
+                f"{self.max_interval}): {exc}") from exc
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    model: str
+    device: str
+    precision: str
+    keyframe: KeyframeSettings
+    input_size: tuple[int, int] | None
+    mask_classes: tuple[str, ...]
+    overlay_alpha: float
+    image_transport: str
+    qos_depth: int
+    qos_reliability: str
+    drop_policy: str
+    values: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def model_path(self) -> Path:
+        return Path(self.model) if self.model else default_model_path()
+
+
+def default_model_path() -> Path:
+    """The packaged model, located inside the installed dcfm_ros package (pip or colcon install)."""
+    return Path(str(importlib.resources.files("dcfm_ros").joinpath("models", DEFAULT_MODEL_FILE)))
+
+
+def _choice(values: Mapping[str, Any], name: str, choices: Sequence[str]) -> str:
+    value = values[name]
+    text = value.strip().lower() if isinstance(value, str) else value
+    if text not in choices:
+        raise ParameterError(f"parameter '{name}' must be one of {', '.join(choices)}; got {value!r}")
+    return text
+
+
+def _in_range(values: Mapping[str, Any], name: str, lo: float, hi: float) -> float:
+    value = values[name]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not lo <= value <= hi:
+        raise ParameterError(f"parameter '{name}' must be a number in [{lo}, {hi}]; got {value!r}")
+    return float(value)
+
+
+def _int(values: Mapping[str, Any], name: str, lo: int, hi: int) -> int:
+    value = values[name]
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ParameterError(f"parameter '{name}' must be an integer in [{lo}, {hi}]; got {value!r}")
+    return value
+
+
+def settings_from_values(values: Mapping[str, Any]) -> NodeSettings:
+    """Validate a complete {name: value} map (None = unset) and build the settings.
+
+    Raises ParameterError naming the first bad parameter and why.
+    """
+    missing = [n for n in PARAMETER_NAMES if n not in values]
+    if missing:
+        raise ParameterError(f"missing parameter(s): {', '.join(missing)}")
+    model = values["model"]
+    if not isinstance(model, str):
+        raise ParameterError(f"parameter 'model' must be a string (a file path or empty); got {model!r}")
+    device = values["device"]
+    if not isinstance(device, str) or not DEVICE_RE.fullmatch(device.strip().lower()):
+        raise ParameterError(f"parameter 'device' must be auto, cpu, cuda or cuda:N; got {device!r}")
+    keyframe = KeyframeSettings(
+        policy=_choice(values, "keyframe.policy", KEYFRAME_POLICIES),
+        interval=_int(values, "keyframe.interval", 1, _INT_MAX),
+        threshold=_in_range(values, "keyframe.threshold", 0.0, 1.0),
+        min_interval=_int(values, "keyframe.min_interval", 1, _INT_MAX),
+        max_interval=_int(values, "keyframe.max_interval", 1, _INT_MAX),
+    )
+
+    size = values["input_size"]
+    input_size: tuple[int, int] | None = None
+    if size is not None and len(size) > 0:
+        if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and 0 < s <= 16384
+                                     for s in size):
+            raise ParameterError(f"parameter 'input_size' must be [H, W] with 0 < H, W <= 16384, or empty "
+                                 f"for the model's size; got {list(size)!r}")
+        input_size = (int(size[0]), int(size[1]))
+
+    classes = values["mask_classes"]
+    mask_classes: tuple[str, ...] = ()
+    if classes is not None:
+        if isinstance(classes, str) or not all(isinstance(c, str) and c for c in classes):
+            raise ParameterError(f"parameter 'mask_classes' must be a list of class names; got {classes!r}")
+        if len(set(classes)) != len(classes):
+            raise ParameterError(f"parameter 'mask_classes' lists a class twice: {list(classes)!r}")
+        mask_classes = tuple(classes)
+
+    settings = NodeSettings(
+        model=model.strip(),
+        device=device.strip().lower(),
+        precision=_choice(values, "precision", PRECISIONS),
+        keyframe=keyframe,
+        input_size=input_size,
+        mask_classes=mask_classes,
+        overlay_alpha=_in_range(values, "overlay_alpha", 0.0, 1.0),
+        image_transport=_choice(values, "image_transport", TRANSPORTS),
+        qos_depth=_int(values, "qos.depth", 1, 1000),
+        qos_reliability=_choice(values, "qos.reliability", RELIABILITIES),
+        drop_policy=_choice(values, "drop_policy", DROP_POLICIES),
+        values=dict(values),
+    )
+    # Last: the cross-field keyframe rules (threshold < 1, min <= max) come from the engine, whose
+    # import loads torch; every other mistake is reported before that.
+    keyframe.make_policy()
+    return settings
+
+
+def declare_parameters(node: Node) -> None:
+    """Declare every parameter of PARAMETERS on `node` (values from --params-file / -p override defaults).
+
+    Raises ParameterError when an override has the wrong type or is outside its range.
+    """
+    for spec in PARAMETERS:
+        # Arrays without a default are declared by type only: a params file cannot express an
+        # empty list (rcl reads `[]` as "not set"), so "unset" is the documented empty value.
+        default = spec.type if spec.default is None else spec.default
+        try:
+            node.declare_parameter(spec.name, default, spec.descriptor())
+        except (InvalidParameterTypeException, InvalidParameterValueException) as exc:
+            raise ParameterError(f"parameter '{spec.name}': {exc}") from exc
+
+
+def read_values(node: Node) -> dict[str, Any]:
+    """{name: value} of every declared parameter; None for those declared without a value."""
+    out: dict[str, Any] = {}
+    for name in PARAMETER_NAMES:
+        try:
+            out[name] = node.get_parameter(name).value
+        except ParameterUninitializedException:
+            out[name] = None
+    return out
+
+
+def read_settings(node: Node) -> NodeSettings:
+    """Validated settings from the node's declared parameters (raises ParameterError)."""
+    return settings_from_values(read_values(node))
+
+
+def apply_changes(settings: NodeSettings, changes: Sequence[Parameter]) -> NodeSettings:
+    """The settings after `changes` (run-time parameter set); raises ParameterError when rejected.
+
+    Only run-time parameters may change (rclpy already refuses read_only ones); the whole new
+    combination is validated, so a set of several keyframe values is judged together. Parameters
+    that are not the node's own (use_sim_time, ...) are left to rclpy.
+    """
+    values = dict(settings.values)
+    for p in changes:
+        if p.name not in values:
+            continue  # not ours (use_sim_time, ...): rclpy judges those
+        if p.name not in RUNTIME_PARAMETERS:
+            raise ParameterError(f"parameter '{p.name}' cannot be changed at run time (restart the node)")
+        values[p.name] = p.value
+    return settings_from_values(values)
+
+
+def mask_topic_suffix(class_name: str) -> str:
+    """A valid ROS topic token for a class name ('traffic light' -> 'traffic_light')."""
+    token = re.sub(r"[^A-Za-z0-9_]", "_", class_name.strip())
+    token = re.sub(r"_+", "_", token)
+    if not token or token[0].isdigit():
+        token = "class_" + token
+    return token
+
+
+def build_engine(settings: NodeSettings) -> StreamEngine:
+    """Load the checkpoint and build the StreamEngine; StartupError with a clear reason otherwise."""
+    from dcfm_ros.engine import StreamEngine
+    from dcfm_ros.model import CheckpointError, load_checkpoint
+
+    path = settings.model_path
+    if not path.is_file():
+        what = (f"the packaged default model {path} is not installed; set the parameter 'model' to a "
+                f"checkpoint file" if not settings.model else f"model file not found: {path}")
+        raise StartupError(f"{what} (parameter 'model')")
+    try:
+        model, _meta = load_checkpoint(path)
+    except CheckpointError as exc:
+        raise StartupError(f"cannot load the model (parameter 'model'): {exc}") from exc
+    names = tuple(model.config.class_names)
+    unknown = [c for c in settings.mask_classes if c not in names]
+    if unknown:
+        raise StartupError(f"parameter 'mask_classes' names unknown class(es) {unknown}; the model's "
+                           f"classes are: {', '.join(names)}")
+    suffixes = [mask_topic_suffix(c) for c in settings.mask_classes]
+    if len(set(suffixes)) != len(suffixes):
+        raise StartupError(f"parameter 'mask_classes': classes {list(settings.mask_classes)} give clashing "
+                           f"topic names {suffixes}")
+    try:
+        return StreamEngine(model, settings.keyframe.make_policy(), device=settings.device,
+                            precision=settings.precision, input_size=settings.input_size)
+    except (RuntimeError, ValueError) as exc:
+        raise StartupError(f"cannot run the model with device={settings.device!r}, precision="
+                           f"{settings.precision!r}, input_size={settings.input_size}: {exc}") from exc

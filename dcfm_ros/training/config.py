@@ -1,0 +1,277 @@
+"""Training configuration: YAML file -> validated dataclasses, with `--set key=value` overrides.
+
+YAML layout (every key optional unless marked; see config/train/*.yaml):
+
+    seed: 0                  # fixed seed (torch, numpy, random); null = do not seed
+    device: cpu              # cpu | cuda | cuda:N | auto
+    threads: 2               # torch.set_num_threads; null = leave PyTorch's default
+    model:
+      backbone: efficientnet-lite0   # REQUIRED: which DCFM model is built
+      pretrained: package    # "package" (efficientnet-lite0 only), a local weight file, or null
+      input_size: [360, 480] # REQUIRED (H, W) the network runs at in evaluation / deployment
+      head: conv             # conv | linear
+      dropout: 0.1
+    dataset:
+      type: camvid           # REQUIRED: camvid | cityscapes | vspw
+      root: /path            # REQUIRED
+      train_split: train     # CamVid also accepts "train+val"
+      val_split: val         # null = no periodic evaluation
+      crop_size: [288, 384]  # (H, W) training crop
+      scale_range: [0.5, 2.0]
+      base_size: null        # (H, W) the scale factors refer to; null = the image's own size
+      rotate_deg: 10
+      hflip: true
+      jitter: {brightness: 0.1, contrast: 0.1, saturation: 0.1}
+      ignore_index: 255
+      class_names: [...]     # default: the dataset's; stored in the checkpoint
+      palette: [[R, G, B], ...]
+      eval_stride: 1         # periodic evaluation on every n-th val frame (speed)
+    loss:
+      lambda_b: 0.4          # 0 = the ablation without L_B (also: dcfm-train --ablate-lb)
+      lambda_c: 10.0         # default per dataset from Table I
+    optim:                   # defaults per backbone family (optim.default_optim), any key overrides
+      type: sgd              # sgd | adamw
+      lr_encoder: 0.01
+      lr_decoder: 0.02
+      momentum: 0.9
+      weight_decay: 0.0005
+      betas: [0.9, 0.999]
+      power: 0.9
+      warmup_iters: 50
+      warmup_ratio: 0.1
+      min_lr_ratio: 0.0
+      grad_clip: 10.0        # max global grad norm; null/0 = off
+      no_decay_norm_bias: null
+      decoder_keys: null     # names of enc_hi sub-modules on the decoder LR (default optim.DECODER_KEYS)
+    train:
+      iterations: 700
+      batch_size: 8
+      workers: 1
+      eval_interval: 250     # 0 = only at the end
+      ckpt_interval: 250     # 0 = only at the end
+      out_dir: runs/camvid_efficientnet_lite0   # log.csv, checkpoints, config copy
+      save_fp16: true        # final model also as model_fp16.safetensors (half precision)
+      amp: true              # mixed precision; only ever used on CUDA
+      channels_last: null    # NHWC memory format; null = on for CPU (faster oneDNN convs), off on CUDA
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dcfm_ros.training.optim import OptimConfig, default_optim
+
+# Table I: (lambda_B, lambda_C) per dataset.
+LOSS_DEFAULTS: dict[str, tuple[float, float]] = {
+    "camvid": (0.4, 10.0), "cityscapes": (0.4, 10.0), "vspw": (0.2, 5.0),
+}
+DATASET_TYPES = tuple(LOSS_DEFAULTS)
+
+
+class ConfigError(ValueError):
+    """The training YAML (or an override) is wrong; the message names the key."""
+
+
+def _pair(value: Any, key: str, kind: type = int) -> tuple:
+    try:
+        out = tuple(kind(v) for v in value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{key} must be a pair of {kind.__name__}s, got {value!r}") from exc
+    if len(out) != 2:
+        raise ConfigError(f"{key} must be a pair, got {value!r}")
+    return out
+
+
+@dataclass
+class ModelSection:
+    backbone: str
+    input_size: tuple[int, int]
+    pretrained: str | None = None
+    head: str = "conv"
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        self.input_size = _pair(self.input_size, "model.input_size")  # type: ignore[assignment]
+        if self.pretrained is not None:
+            self.pretrained = str(self.pretrained)
+
+
+@dataclass
+class DatasetSection:
+    type: str
+    root: str
+    train_split: str = "train"
+    val_split: str | None = "val"
+    crop_size: tuple[int, int] = (512, 512)
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    base_size: tuple[int, int] | None = None
+    rotate_deg: float = 10.0
+    hflip: bool = True
+    jitter: dict[str, float] = field(default_factory=lambda: {"brightness": 0.1, "contrast": 0.1,
+                                                                "saturation": 0.1})
+    ignore_index: int = 255
+    class_names: list[str] | None = None
+    palette: list[list[int]] | None = None
+    eval_stride: int = 1
+
+    def __post_init__(self) -> None:
+        self.type = str(self.type).lower()
+        if self.type not in DATASET_TYPES:
+            raise ConfigError(f"dataset.type must be one of {DATASET_TYPES}, got {self.type!r}")
+        self.root = str(self.root)
+        self.crop_size = _pair(self.crop_size, "dataset.crop_size")  # type: ignore[assignment]
+        self.scale_range = _pair(self.scale_range, "dataset.scale_range", float)  # type: ignore[assignment]
+        if self.base_size is not None:
+            self.base_size = _pair(self.base_size, "dataset.base_size")  # type: ignore[assignment]
+        unknown = set(self.jitter) - {"brightness", "contrast", "saturation"}
+        if unknown:
+            raise ConfigError(f"dataset.jitter has unknown keys {sorted(unknown)}")
+        if self.eval_stride < 1:
+            raise ConfigError("dataset.eval_stride must be >= 1")
+
+
+@dataclass
+class LossSection:
+    lambda_b: float | None = None  # None: Table I value for the dataset
+    lambda_c: float | None = None
+
+    def __post_init__(self) -> None:
+        for k in ("lambda_b", "lambda_c"):
+            v = getattr(self, k)
+            if v is not None and float(v) < 0:
+                raise ConfigError(f"loss.{k} must be >= 0, got {v!r}")
+
+
+@dataclass
+class TrainSection:
+    iterations: int = 1000
+    batch_size: int = 8
+    workers: int = 1
+    eval_interval: int = 0
+    ckpt_interval: int = 0
+    out_dir: str = "runs/train"
+    save_fp16: bool = True
+    amp: bool = True
+    channels_last: bool | None = None  # None: on for CPU (oneDNN convs are faster in NHWC), off on CUDA
+
+    def __post_init__(self) -> None:
+        if self.iterations < 1 or self.batch_size < 1 or self.workers < 0:
+            raise ConfigError("train.iterations and train.batch_size must be >= 1, train.workers >= 0")
+
+
+@dataclass
+class TrainConfig:
+    model: ModelSection
+    dataset: DatasetSection
+    loss: LossSection
+    optim: OptimConfig
+    train: TrainSection
+    decoder_keys: list[str] | None = None
+    seed: int | None = 0
+    device: str = "auto"
+    threads: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        opt = d.pop("optim")
+        opt["decoder_keys"] = d.pop("decoder_keys")
+        d["optim"] = opt
+        return _plain(d)
+
+
+def _plain(x: Any) -> Any:
+    """Tuples -> lists so the dict dumps as plain YAML/JSON."""
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+
+
+def _build(cls: type, data: Any, section: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"section {section!r} must be a mapping, got {type(data).__name__}")
+    names = {f.name for f in fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"unknown key(s) in {section!r}: {sorted(unknown)}; allowed: {sorted(names)}")
+    try:
+        return cls(**data)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"section {section!r}: {exc}") from exc
+
+
+def apply_override(raw: dict, assignment: str) -> None:
+    """`a.b.c=value` (value parsed as YAML: numbers, lists, null, true) into the raw config dict."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set expects key=value, got {assignment!r}")
+    key, text = assignment.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set has an empty key: {assignment!r}")
+    node = raw
+    for p in parts[:-1]:
+        nxt = node.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"--set {key}: {p!r} is not a section")
+        node = nxt
+    node[parts[-1]] = yaml.safe_load(text)
+
+
+def config_from_dict(raw: dict) -> TrainConfig:
+    raw = copy.deepcopy(raw)
+    allowed = {"model", "dataset", "loss", "optim", "train", "seed", "device", "threads"}
+    unknown = set(raw) - allowed
+    if unknown:
+        raise ConfigError(f"unknown top-level key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+    for req in ("model", "dataset"):
+        if req not in raw:
+            raise ConfigError(f"the config needs a {req!r} section")
+    for req in ("backbone", "input_size"):
+        if req not in (raw["model"] or {}):
+            raise ConfigError(f"model.{req} is required (the config must say which model is built)")
+    for req in ("type", "root"):
+        if req not in (raw["dataset"] or {}):
+            raise ConfigError(f"dataset.{req} is required")
+    model = _build(ModelSection, raw["model"], "model")
+    dataset = _build(DatasetSection, raw["dataset"], "dataset")
+    loss = _build(LossSection, raw.get("loss"), "loss")
+    lb, lc = LOSS_DEFAULTS[dataset.type]
+    loss.lambda_b = float(lb if loss.lambda_b is None else loss.lambda_b)
+    loss.lambda_c = float(lc if loss.lambda_c is None else loss.lambda_c)
+    opt_raw = dict(raw.get("optim") or {})
+    decoder_keys = opt_raw.pop("decoder_keys", None)
+    optim = _build(OptimConfig, {**default_optim(model.backbone), **opt_raw}, "optim")
+    train = _build(TrainSection, raw.get("train"), "train")
+    threads = raw.get("threads")
+    if threads is not None and int(threads) < 1:
+        raise ConfigError("threads must be >= 1 or null")
+    seed = raw.get("seed", 0)
+    return TrainConfig(model=model, dataset=dataset, loss=loss, optim=optim, train=train,
+                       decoder_keys=list(decoder_keys) if decoder_keys else None,
+                       seed=None if seed is None else int(seed), device=str(raw.get("device", "auto")),
+                       threads=None if threads is None else int(threads))
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} not found") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    for o in overrides or []:
+        apply_override(raw, o)
+    return config_from_dict(raw)

@@ -1,0 +1,117 @@
+"""DCFM training losses (paper Section III-B/C, eqs. 8-12), on tensors.
+
+- L_I = CE(y_I^l, y^l): the labeled frame as a keyframe.
+- L_B = CE(y^{u->l}, y^l): the labeled frame as a NON-key frame fused with the neighbour's common
+  feature F_co^u (the symmetric scheme that makes deep features reusable across frames).
+- L_C = MSE(M * F^u, M * F^l), M = where argmax(y_I^u) == argmax(y_I^l): pulls the fused features of
+  the two frames together where both keyframe predictions agree; it never pushes them apart.
+- L = L_I + lambda_B L_B + lambda_C L_C.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+IGNORE_INDEX = 255
+
+
+@dataclass
+class LossTerms:
+    """All terms, each a scalar tensor (l_b is 0 when lambda_B is 0 and the branch was skipped)."""
+
+    total: Tensor
+    l_i: Tensor
+    l_b: Tensor
+    l_c: Tensor
+    mask_ratio: float  # fraction of feature pixels where the two keyframe predictions agree (logging)
+
+    def as_floats(self) -> dict[str, float]:
+        return {"loss": float(self.total.detach()), "L_I": float(self.l_i.detach()),
+                "L_B": float(self.l_b.detach()), "L_C": float(self.l_c.detach()),
+                "mask_ratio": self.mask_ratio}
+
+
+def segmentation_ce(logits: Tensor, target: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """Pixel-wise cross-entropy; `logits` (B,C,h,w) are upsampled bilinearly to the label size (B,H,W).
+
+    Pixels equal to `ignore_index` do not count. A batch with no valid pixel gives 0 (connected to the
+    graph) instead of PyTorch's NaN, so one all-void crop cannot poison a run.
+    """
+    if logits.shape[-2:] != target.shape[-2:]:
+        logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
+    if not bool((target != ignore_index).any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.float(), target, ignore_index=ignore_index)
+
+
+def agreement_mask(logits_u: Tensor, logits_l: Tensor, size: tuple[int, int]) -> Tensor:
+    """M_inter (eq. 10) at feature size `size`: 1 where both keyframe predictions pick the same class.
+
+    Predictions are resized to the feature size before the argmax (bilinear on logits). No gradient
+    flows through the mask (an argmax has none anyway; `no_grad` makes it explicit and cheap).
+    """
+    with torch.no_grad():
+        if logits_u.shape[-2:] != tuple(size):
+            logits_u = F.interpolate(logits_u, size=size, mode="bilinear", align_corners=False)
+            logits_l = F.interpolate(logits_l, size=size, mode="bilinear", align_corners=False)
+        return (logits_u.argmax(1) == logits_l.argmax(1)).unsqueeze(1).to(torch.float32)
+
+
+def consistency_loss(feat_u: Tensor, feat_l: Tensor, mask: Tensor) -> Tensor:
+    """Masked MSE (eq. 11): mean of (F^u - F^l)^2 over the masked positions and all channels.
+
+    Averaging over masked elements only (not the whole map) keeps the scale independent of how much of
+    the frame agrees; an empty mask gives 0 (still connected to the graph).
+    """
+    if feat_u.shape != feat_l.shape:
+        raise ValueError(f"L_C needs features of one shape, got {tuple(feat_u.shape)} and "
+                         f"{tuple(feat_l.shape)}")
+    if mask.shape[-2:] != feat_u.shape[-2:]:
+        raise ValueError(f"L_C mask size {tuple(mask.shape[-2:])} != feature size {tuple(feat_u.shape[-2:])}")
+    mask = mask.to(feat_u.dtype)
+    count = mask.sum() * feat_u.shape[1]
+    sq = (feat_u.float() - feat_l.float()).pow(2) * mask
+    if float(count) == 0.0:
+        return sq.sum() * 0.0
+    return sq.sum() / count
+
+
+def dcfm_losses(
+    model: nn.Module,
+    x_l: Tensor,
+    y_l: Tensor,
+    x_u: Tensor,
+    lambda_b: float,
+    lambda_c: float,
+    ignore_index: int = IGNORE_INDEX,
+) -> LossTerms:
+    """All DCFM losses for one batch of pairs. `x_l`, `x_u` normalised (B,3,H,W), `y_l` (B,H,W) int64.
+
+    Both frames go through the encoder as ONE batch (one pass, and BatchNorm sees both frames as it
+    will at inference). The stages are called one by one (model.enc_lo / enc_hi / ffm / head, the
+    documented decomposition of forward_key) so that the labeled frame's F_in is computed once and
+    reused for its non-key pass with the neighbour's F_co.
+    """
+    b = x_l.shape[0]
+    f_in = model.enc_lo(torch.cat([x_l, x_u], 0))
+    f_co = model.enc_hi(f_in)
+    fused = model.ffm(f_co, f_in)
+    logits = model.head(fused)
+    logits_l, logits_u = logits[:b], logits[b:]
+    fused_l, fused_u = fused[:b], fused[b:]
+
+    l_i = segmentation_ce(logits_l, y_l, ignore_index)
+    if lambda_b > 0:
+        # x_l as a non-key frame: its own F_in, the neighbour's (keyframe) F_co. Eq. 9.
+        logits_ul = model.head(model.ffm(f_co[b:], f_in[:b]))
+        l_b = segmentation_ce(logits_ul, y_l, ignore_index)
+    else:
+        l_b = logits.new_zeros(())  # ablation: the branch is not even computed
+    mask = agreement_mask(logits_u, logits_l, tuple(fused.shape[-2:]))
+    l_c = consistency_loss(fused_u, fused_l, mask) if lambda_c > 0 else fused.new_zeros(())
+    total = l_i + lambda_b * l_b + lambda_c * l_c
+    return LossTerms(total, l_i, l_b, l_c, float(mask.mean()))

@@ -1,0 +1,332 @@
+"""`dcfm-train`: DCFM training on one device (CPU or one GPU), from a YAML config.
+
+    dcfm-train --config config/train/camvid_efficientnet_lite0.yaml [--set key=value ...]
+               [--out DIR] [--resume CKPT] [--ablate-lb] [--iterations N]
+
+Each iteration takes a batch of pairs (labeled frame x_l, label y_l, neighbour x_u) and minimises
+L = L_I + lambda_B L_B + lambda_C L_C (losses.py). Plain BatchNorm, no distributed launcher; AMP
+only on CUDA. Output directory:
+    config.yaml                 the resolved config (after overrides)
+    log.csv                     one row per iteration: iter, lr, loss, L_I, L_B, L_C, mask, time
+    eval.csv                    periodic key-frame mIoU on the val split
+    last.safetensors            latest checkpoint (dcfm_ros.model format) + last.state.pt (resume)
+    best.safetensors            best val mIoU so far (when a val split is configured)
+    model.safetensors           final weights; model_fp16.safetensors (half) when train.save_fp16
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import random
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from dcfm_ros.evaluation.metrics import ConfusionMatrix
+from dcfm_ros.model import DCFM, DCFMConfig, build_model, load_checkpoint, save_checkpoint, upsample_logits
+from dcfm_ros.training.config import ConfigError, TrainConfig, load_config
+from dcfm_ros.training.datasets import (
+    LabeledFrames,
+    PairDataset,
+    dataset_spec,
+    pair_samples,
+    video_frames,
+)
+from dcfm_ros.training.losses import dcfm_losses
+from dcfm_ros.training.optim import DECODER_KEYS, PolyWarmup, build_optimizer
+from dcfm_ros.training.transforms import ColorJitter, PairAugment
+
+LOG_FIELDS = ("iter", "lr", "loss", "L_I", "L_B", "L_C", "mask_ratio", "time")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available")
+    return dev
+
+
+def model_config(cfg: TrainConfig) -> DCFMConfig:
+    spec = dataset_spec(cfg.dataset.type, cfg.dataset.root)
+    names = tuple(cfg.dataset.class_names) if cfg.dataset.class_names else spec.class_names
+    palette = tuple(tuple(c) for c in cfg.dataset.palette) if cfg.dataset.palette else spec.palette
+    return DCFMConfig(backbone=cfg.model.backbone, num_classes=len(names), class_names=names,
+                      palette=palette, input_size=cfg.model.input_size, head=cfg.model.head,
+                      dropout=cfg.model.dropout)
+
+
+def build_augment(cfg: TrainConfig, mean: tuple[float, float, float]) -> PairAugment:
+    d = cfg.dataset
+    return PairAugment(crop_size=d.crop_size, scale_range=d.scale_range, base_size=d.base_size,
+                       hflip=d.hflip, rotate_deg=d.rotate_deg, jitter=ColorJitter(**d.jitter),
+                       fill_rgb=tuple(round(m * 255) for m in mean),  # type: ignore[arg-type]
+                       ignore_index=d.ignore_index)
+
+
+def state_path(ckpt: str | Path) -> Path:
+    """Optimizer/scheduler state saved next to a checkpoint: X.safetensors -> X.state.pt."""
+    ckpt = Path(ckpt)
+    return ckpt.with_name(ckpt.name.removesuffix(".safetensors") + ".state.pt")
+
+
+def _infinite(loader: DataLoader) -> Iterator[dict]:
+    while True:
+        yield from loader
+
+
+@torch.no_grad()
+def evaluate_keyframes(model: DCFM, dataset: LabeledFrames, device: torch.device,
+                       ignore_index: int = 255, stride: int = 1) -> dict[str, Any]:
+    """Every evaluated frame as a keyframe (per-frame segmentation): mIoU, wIoU, per-class IoU."""
+    was_training = model.training
+    model.eval()
+    cm = ConfusionMatrix(model.config.num_classes, ignore_index)
+    for i in range(0, len(dataset), stride):
+        item = dataset[i]
+        x = model.normalize_input(item["image"].unsqueeze(0).to(device))
+        logits = model.forward_key(x)[0]
+        label = item["label"].numpy()
+        pred = upsample_logits(logits, label.shape).argmax(1)[0].cpu().numpy()
+        cm.update(pred, label)
+    model.train(was_training)
+    return cm.summary(model.config.class_names)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, out_dir: str | Path | None = None, resume: str | Path | None = None,
+                 progress: bool = True) -> None:
+        self.cfg = cfg
+        self.out = Path(out_dir if out_dir is not None else cfg.train.out_dir)
+        self.progress = progress
+        if cfg.threads is not None:
+            torch.set_num_threads(cfg.threads)
+        if cfg.seed is not None:
+            random.seed(cfg.seed)
+            np.random.seed(cfg.seed)
+            torch.manual_seed(cfg.seed)
+        self.device = resolve_device(cfg.device)
+        self.mcfg = model_config(cfg)
+        self.model = build_model(self.mcfg, cfg.model.pretrained)
+        self.start_iter = 0
+        self.best_miou = -1.0
+        resume_state = None
+        if resume is not None:
+            resume_state = self._load_resume(Path(resume))
+        self.model.to(self.device).train()
+        cl = cfg.train.channels_last
+        self.memory_format = (torch.channels_last if (cl if cl is not None else self.device.type == "cpu")
+                              else torch.contiguous_format)
+        self.model.to(memory_format=self.memory_format)
+
+        decoder_keys = cfg.decoder_keys or DECODER_KEYS
+        self.optimizer = build_optimizer(self.model, cfg.optim, decoder_keys)
+        o = cfg.optim
+        self.scheduler = PolyWarmup(self.optimizer, cfg.train.iterations, o.power, o.warmup_iters,
+                                    o.warmup_ratio, o.min_lr_ratio)
+        self.use_amp = bool(cfg.train.amp and self.device.type == "cuda")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        if resume_state is not None:
+            self.optimizer.load_state_dict(resume_state["optimizer"])
+            self.scheduler.load_state_dict(resume_state["scheduler"])
+            if resume_state.get("scaler"):
+                self.scaler.load_state_dict(resume_state["scaler"])
+            self.start_iter = int(resume_state["iteration"])
+            self.best_miou = float(resume_state.get("best_miou", -1.0))
+            if "torch_rng" in resume_state:
+                torch.set_rng_state(resume_state["torch_rng"])
+
+        spec = dataset_spec(cfg.dataset.type, cfg.dataset.root)
+        self.lut = spec.lut
+        d = cfg.dataset
+        self.train_set = PairDataset(pair_samples(d.type, d.root, d.train_split), self.lut,
+                                     build_augment(cfg, self.mcfg.mean))
+        if len(self.train_set) < cfg.train.batch_size:
+            raise ConfigError(f"train.batch_size {cfg.train.batch_size} > {len(self.train_set)} "
+                              "training pairs")
+        self.val_set = None
+        if d.val_split:
+            frames = [f for v in video_frames(d.type, d.root, d.val_split).values() for f in v]
+            self.val_set = LabeledFrames(frames, self.lut, self.mcfg.input_size)
+
+    # --- checkpoints -------------------------------------------------------------------------------
+    def _load_resume(self, ckpt: Path) -> dict:
+        loaded, _ = load_checkpoint(ckpt)
+        if loaded.config != self.mcfg:
+            raise ConfigError(f"--resume {ckpt}: its model config differs from the YAML's "
+                              f"({loaded.config.to_dict()} vs {self.mcfg.to_dict()})")
+        self.model.load_state_dict(loaded.state_dict())
+        sp = state_path(ckpt)
+        if not sp.is_file():
+            raise ConfigError(f"--resume {ckpt}: optimizer state {sp} not found (only weights?); "
+                              "use model.pretrained for a fine-tune start instead")
+        return torch.load(sp, map_location="cpu", weights_only=True)
+
+    def _extra(self, iteration: int, val: dict | None) -> dict:
+        return {"iteration": iteration, "dataset": self.cfg.dataset.type,
+                "val_mIoU": None if val is None else val.get("mIoU"),
+                "train_config": self.cfg.to_dict()}
+
+    def save(self, name: str, iteration: int, val: dict | None, with_state: bool = True) -> Path:
+        path = self.out / name
+        save_checkpoint(path, self.model, self._extra(iteration, val))
+        if with_state:
+            state = {
+                "iteration": iteration,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict() if self.use_amp else {},
+                "best_miou": self.best_miou,
+                "torch_rng": torch.get_rng_state(),
+            }
+            tmp = state_path(path).with_suffix(".tmp")
+            torch.save(state, tmp)
+            tmp.replace(state_path(path))
+        return path
+
+    # --- loop --------------------------------------------------------------------------------------
+    def evaluate(self) -> dict | None:
+        if self.val_set is None:
+            return None
+        return evaluate_keyframes(self.model, self.val_set, self.device, self.cfg.dataset.ignore_index,
+                                  self.cfg.dataset.eval_stride)
+
+    def run(self) -> Path:
+        cfg, t = self.cfg, self.cfg.train
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        gen = torch.Generator()
+        gen.manual_seed((cfg.seed or 0) + self.start_iter)
+        loader = DataLoader(self.train_set, batch_size=t.batch_size, shuffle=True, drop_last=True,
+                            num_workers=t.workers, generator=gen, pin_memory=self.device.type == "cuda",
+                            persistent_workers=t.workers > 0)
+        batches = _infinite(loader)
+        log_path = self.out / "log.csv"
+        new_log = self.start_iter == 0 or not log_path.exists()
+        log_f = log_path.open("w" if new_log else "a", newline="")
+        log = csv.writer(log_f)
+        if new_log:
+            log.writerow(LOG_FIELDS)
+        eval_path = self.out / "eval.csv"
+        lb, lc = float(cfg.loss.lambda_b), float(cfg.loss.lambda_c)  # type: ignore[arg-type]
+        clip = cfg.optim.grad_clip
+        val: dict | None = None
+        bar = tqdm(range(self.start_iter, t.iterations), initial=self.start_iter, total=t.iterations,
+                   disable=not self.progress, dynamic_ncols=True, desc="train")
+        try:
+            for it in bar:
+                t0 = time.perf_counter()
+                batch = next(batches)
+                mf = self.memory_format
+                x_l = self.model.normalize_input(batch["image"].to(self.device, non_blocking=True))
+                x_u = self.model.normalize_input(batch["neighbour"].to(self.device, non_blocking=True))
+                x_l, x_u = x_l.contiguous(memory_format=mf), x_u.contiguous(memory_format=mf)
+                y_l = batch["label"].to(self.device, non_blocking=True)
+                amp = (torch.autocast("cuda", dtype=torch.float16) if self.use_amp else nullcontext())
+                with amp:
+                    terms = dcfm_losses(self.model, x_l, y_l, x_u, lb, lc, cfg.dataset.ignore_index)
+                if not torch.isfinite(terms.total):
+                    raise FloatingPointError(f"loss is {float(terms.total)} at iteration {it + 1} "
+                                             f"({terms.as_floats()}); lower the learning rate?")
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(terms.total).backward()
+                if clip:
+                    self.scaler.unscale_(self.optimizer)
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+                lr = self.optimizer.param_groups[0]["lr"]
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.scheduler.step()
+                dt = time.perf_counter() - t0
+                f = terms.as_floats()
+                log.writerow([it + 1, f"{lr:.6g}", f"{f['loss']:.5f}", f"{f['L_I']:.5f}", f"{f['L_B']:.5f}",
+                              f"{f['L_C']:.6f}", f"{f['mask_ratio']:.3f}", f"{dt:.3f}"])
+                log_f.flush()
+                bar.set_postfix(loss=f"{f['loss']:.3f}", L_I=f"{f['L_I']:.3f}", L_B=f"{f['L_B']:.3f}",
+                                L_C=f"{f['L_C']:.4f}", s_it=f"{dt:.2f}")
+                step = it + 1
+                last = step == t.iterations
+                if (t.eval_interval and step % t.eval_interval == 0) or last:
+                    val = self.evaluate()
+                    if val is not None:
+                        self._log_eval(eval_path, step, val)
+                        miou = val["mIoU"] if val["mIoU"] is not None else -1.0
+                        if miou > self.best_miou:
+                            self.best_miou = miou
+                            self.save("best.safetensors", step, val, with_state=False)
+                if (t.ckpt_interval and step % t.ckpt_interval == 0) or last:
+                    self.save("last.safetensors", step, val)
+        finally:
+            log_f.close()
+            bar.close()
+        final = self.out / "model.safetensors"
+        save_checkpoint(final, self.model, self._extra(t.iterations, val))
+        if t.save_fp16:
+            save_checkpoint(self.out / "model_fp16.safetensors", self.model, self._extra(t.iterations, val),
+                            half=True)
+        return final
+
+    def _log_eval(self, path: Path, step: int, val: dict) -> None:
+        new = not path.exists()
+        with path.open("a", newline="") as f:
+            w = csv.writer(f)
+            if new:
+                w.writerow(["iter", "mIoU", "wIoU", "pixel_acc", "per_class_IoU"])
+            w.writerow([step, val["mIoU"], val["wIoU"], val["pixel_acc"], json.dumps(val["per_class_IoU"])])
+        if self.progress:
+            miou = val["mIoU"]
+            tqdm.write(f"[eval @ {step}] key-frame mIoU {'n/a' if miou is None else f'{100 * miou:.2f}'}"
+                       f" (val split {self.cfg.dataset.val_split})")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="dcfm-train", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="training YAML (config/train/*.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, dotted, value parsed as YAML (repeatable), "
+                        "e.g. --set train.iterations=100 --set optim.lr_encoder=0.005")
+    p.add_argument("--out", help="output directory (default: train.out_dir from the config)")
+    p.add_argument("--resume", help="checkpoint written by dcfm-train (its .state.pt must sit next to it)")
+    p.add_argument("--ablate-lb", action="store_true",
+                   help="train without L_B (lambda_B = 0; the Table VI ablation)")
+    p.add_argument("--iterations", type=int, help="shortcut for --set train.iterations=N")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still written)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    overrides = list(args.overrides)
+    if args.ablate_lb:
+        overrides.append("loss.lambda_b=0")
+    if args.iterations is not None:
+        overrides.append(f"train.iterations={args.iterations}")
+    try:
+        cfg = load_config(args.config, overrides)
+        trainer = Trainer(cfg, args.out, args.resume, progress=not args.no_progress)
+        final = trainer.run()
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        print(f"dcfm-train: error: {exc}", file=sys.stderr)
+        return 2
+    best = trainer.best_miou
+    note = f" (best val mIoU {100 * best:.2f})" if best >= 0 and math.isfinite(best) else ""
+    print(f"dcfm-train: wrote {final}{note}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

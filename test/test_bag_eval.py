@@ -1,0 +1,336 @@
+"""dcfm-bag-eval: the real node over ROS loses no frame with --max, the report's metrics equal an offline
+run of the same model on the same frames, and bad input gives a clear error or a counted skip."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from dcfm_ros.evaluation import bagio
+from dcfm_ros.evaluation.bag_eval import (
+    BagEvalError,
+    analyze,
+    effective_params,
+    main,
+    read_params_file,
+)
+from dcfm_ros.evaluation.bagio import BagReader, BagWriter, Frame
+from dcfm_ros.evaluation.make_bag import main as make_bag
+from dcfm_ros.evaluation.metrics import ConfusionMatrix, mean_video_consistency
+from dcfm_ros.evaluation.report import FrameRecord, read_frames_csv
+
+H, W = 48, 64
+N = 10
+INTERVAL = 3
+CAMVID_NAMES = ("Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car",
+                "Pedestrian", "Bicyclist")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# fixtures: a tiny CamVid-layout clip and a tiny 11-class checkpoint
+
+
+def _clip(n: int = N, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Smooth moving images (so that predictions have structure) and blocky labels 0..10 + 11 (void)."""
+    rng = np.random.default_rng(seed)
+    base = cv2.resize(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8), (W + 2 * n, H),
+                      interpolation=cv2.INTER_CUBIC)
+    images = [np.ascontiguousarray(base[:, 2 * i: 2 * i + W]) for i in range(n)]
+    blocks = rng.integers(0, 12, (6, 8), dtype=np.uint8)
+    labels = []
+    for i in range(n):
+        lab = cv2.resize(np.roll(blocks, i // 4, axis=1), (W, H), interpolation=cv2.INTER_NEAREST)
+        labels.append(lab)
+    return images, labels
+
+
+@pytest.fixture(scope="module")
+def camvid_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("camvid")
+    (root / "val").mkdir()
+    (root / "valannot").mkdir()
+    images, labels = _clip()
+    for i, (img, lab) in enumerate(zip(images, labels, strict=True)):
+        name = f"0016E5_{7959 + 2 * i:05d}.png"
+        cv2.imwrite(str(root / "val" / name), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(root / "valannot" / name), lab)
+    return root
+
+
+@pytest.fixture(scope="module")
+def camvid_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    from dcfm_ros.model import CAMVID_PALETTE, DCFMConfig, build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    config = DCFMConfig(backbone="efficientnet-lite0", num_classes=11, class_names=CAMVID_NAMES,
+                        palette=CAMVID_PALETTE, input_size=(64, 96))
+    path = tmp_path_factory.mktemp("ckpt") / "camvid_tiny.safetensors"
+    save_checkpoint(path, build_model(config, pretrained=None))
+    return path
+
+
+def _bag_from_camvid(root: Path, out: Path, *extra: str) -> Path:
+    assert make_bag([str(out), "--camvid", str(root), "--split", "val", "--sequence", "0016E5", *extra]) == 0
+    return out
+
+
+def _copy_with(src: Path, dst: Path, extra: list[tuple[str, str, int, bytes]] = (),
+               replace: dict[tuple[str, int], bytes] | None = None) -> Path:
+    """Copy a bag message by message, adding raw messages (topic, type, log_ns, bytes) and replacing some
+    (topic, index within topic) -> bytes: a way to put corrupt messages into an otherwise good bag."""
+    replace = replace or {}
+    with BagReader(src) as r, BagWriter(dst) as w:
+        for t in r.topics.values():
+            w.add_topic(t.name, t.msgtype)
+        for topic, msgtype, _, _ in extra:
+            w.add_topic(topic, msgtype)
+        for raw in r.raw(list(r.topics)):
+            w.write(raw.topic, raw.log_ns, replace.get((raw.topic, raw.index), raw.data))
+        for topic, _, log_ns, data in extra:
+            w.write(topic, log_ns, data)
+    return dst
+
+
+def _offline(ckpt: Path, images: list[np.ndarray], interval: int) -> list:
+    """The same model in P mode from a fresh start, in this process: what the node must reproduce."""
+    from dcfm_ros.engine import FixedInterval, StreamEngine
+    from dcfm_ros.model import load_checkpoint
+
+    model, _ = load_checkpoint(ckpt)
+    engine = StreamEngine(model, FixedInterval(interval), device="cpu")
+    return [engine.process(img) for img in images]
+
+
+def _read_topic(bag: Path, topic: str, kind: str = "labels") -> list[Frame]:
+    with BagReader(bag) as r:
+        items = list(r.frames(topic, kind))  # type: ignore[arg-type]
+    assert all(isinstance(i, Frame) for i in items)
+    return items  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# without ROS: parameters, errors before the node starts, the analysis pass
+
+
+def test_effective_params(tmp_path: Path) -> None:
+    f = tmp_path / "p.yaml"
+    f.write_text("/**:\n  ros__parameters:\n    keyframe:\n      interval: 4\n    drop_policy: latest\n"
+                 "other_node:\n  ros__parameters:\n    keyframe:\n      interval: 9\n")
+    assert read_params_file(f) == {"keyframe.interval": 4, "drop_policy": "latest"}
+    values = effective_params(f, [("overlay_alpha", 0.2)], max_mode=True, transport="compressed")
+    assert values["keyframe.interval"] == 4 and values["overlay_alpha"] == 0.2
+    assert values["drop_policy"] == "none" and values["qos.reliability"] == "reliable"  # --max needs these
+    assert values["use_sim_time"] is True and values["image_transport"] == "compressed"
+    assert effective_params(f, [], max_mode=False, transport="raw")["drop_policy"] == "latest"
+    with pytest.raises(BagEvalError, match=r"unknown node parameter.*keyframe\.intervall"):
+        effective_params(f, [("keyframe.intervall", 3)], max_mode=False, transport="raw")
+    with pytest.raises(BagEvalError, match="params file not found"):
+        read_params_file(tmp_path / "nope.yaml")
+
+
+def test_errors_before_the_node_starts(tmp_path: Path, camvid_root: Path, camvid_checkpoint: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    bag = _bag_from_camvid(camvid_root, tmp_path / "bag", "--max-frames", "2")
+    out = ["--out", str(tmp_path / "out"), "--model", str(camvid_checkpoint)]
+    assert main([str(tmp_path / "missing"), "--max", *out]) == 2
+    assert "bag not found" in capsys.readouterr().err
+    assert main([str(bag), "--gt-topic", "/nope", "--max", *out]) == 2
+    err = capsys.readouterr().err
+    assert "ground-truth topic '/nope' is not in bag" in err
+    assert "/camera/labels [sensor_msgs/msg/Image]" in err  # the topics that exist are listed
+    assert main([str(bag), "--image-topic", "/cam", "--max", *out]) == 2
+    assert "image topic '/cam' is not in bag" in capsys.readouterr().err
+    assert main([str(bag), "--max", "--param", "keyframe.intervall=3", *out]) == 2
+    assert "unknown node parameter(s) keyframe.intervall" in capsys.readouterr().err
+    assert main([str(bag), "--max", "--out", str(tmp_path / "out"), "--model",
+                 str(tmp_path / "x.safetensors")]) == 2
+    assert "model file" in capsys.readouterr().err
+
+
+def test_analyze_counts_unusable_ground_truth(tmp_path: Path) -> None:
+    """Corrupt and mis-sized GT messages are listed and left out; a frame without output breaks the
+    mVC run; values outside the model's classes stop with an error naming the frame."""
+    n = 24
+    images, labels = _clip(n, seed=3)
+    labels = [np.where(lab == 11, 255, lab).astype(np.uint8) for lab in labels]
+    rng = np.random.default_rng(5)
+    preds = [np.where(rng.random((H, W)) < 0.8, np.where(lab == 255, 0, lab), 3).astype(np.uint8)
+             for lab in labels]
+    stamps = [1_000_000_000 + i * 66_666_667 for i in range(n)]
+    bad_gt, small_gt, dropped = 4, 7, 9
+    in_bag, out_bag = tmp_path / "in", tmp_path / "out"
+    with BagWriter(in_bag) as w:
+        w.add_topic("/cam", bagio.IMAGE)
+        w.add_topic("/gt", bagio.IMAGE)
+        for i, s in enumerate(stamps):
+            w.write("/cam", s, bagio.image_msg(images[i], s, "c"))
+            if i == bad_gt:
+                w.write("/gt", s + 1, b"\x00\x01\x00\x00" + s.to_bytes(8, "little"))  # header only: truncated
+            elif i == small_gt:
+                w.write("/gt", s + 1, bagio.label_msg(labels[i][:24], s, "c"))
+            else:
+                w.write("/gt", s + 1, bagio.label_msg(labels[i], s, "c"))
+    with BagWriter(out_bag) as w:
+        w.add_topic("/segmentation/labels", bagio.IMAGE)
+        for i, s in enumerate(stamps):
+            if i != dropped:
+                w.write("/segmentation/labels", s, bagio.label_msg(preds[i], s, "c"))
+    records = [FrameRecord(index=i, stamp_ns=s, log_ns=s, status="dropped" if i == dropped else "ok",
+                           sent_s=0.1 * i, latency_ms=10.0, is_keyframe=i % 2 == 0)
+               for i, s in enumerate(stamps)]
+    an = analyze(in_bag, out_bag, records, image_topic="/cam", gt_topic="/gt", class_names=CAMVID_NAMES,
+                 palette=[(i * 20, 0, 0) for i in range(11)], out_dir=tmp_path)
+    assert sorted(b.index for b in an.gt_bad) == [bad_gt, small_gt]
+    assert any("does not deserialize" in b.reason for b in an.gt_bad)
+    assert any("ground truth is 64x24, the image 64x48" in b.reason for b in an.gt_bad)
+    used = [i for i in range(n) if i not in (bad_gt, small_gt, dropped)]
+    m = an.metrics
+    assert m is not None and m["frames"] == len(used) and m["mvc_runs"] == 4
+    cm = ConfusionMatrix(11)
+    for i in used:
+        cm.update(preds[i], labels[i])
+    assert m["miou"] == cm.miou() and m["wiou"] == cm.fwiou()
+    runs = [(0, 4), (5, 7), (8, 9), (10, n)]  # the frames between the gaps at 4, 7 and 9
+    videos = [([labels[i] for i in range(a, b)], [preds[i] for i in range(a, b)]) for a, b in runs]
+    assert m["mvc8"] is not None and m["mvc8"] == mean_video_consistency(videos, 8)
+    assert m["mvc16"] is None  # no run of 16 frames
+    assert [r.has_gt for r in records] == [i not in (bad_gt, small_gt) for i in range(n)]
+    cap = cv2.VideoCapture(str(tmp_path / an.video))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == n
+    assert cv2.imread(str(tmp_path / an.contact_sheet)) is not None
+
+    # ground truth that does not use the model's class ids: an error, not a number
+    with pytest.raises(BagEvalError, match=r"ground truth of frame 0 on /gt .* does not fit the model's 5"):
+        analyze(in_bag, out_bag, records, image_topic="/cam", gt_topic="/gt", class_names=CAMVID_NAMES[:5],
+                palette=[(0, 0, 0)] * 5, out_dir=tmp_path, video=False)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# with the real node over ROS
+
+
+@pytest.mark.ros
+def test_type_hashes_match_rclpy(ros_context) -> None:
+    import rclpy
+    from dcfm_ros.msg import SegmentationClasses, SegmentationInfo
+    from sensor_msgs.msg import CompressedImage, Image
+
+    node = rclpy.create_node("hash_check", context=ros_context)
+    try:
+        for i, (cls, name) in enumerate(((Image, bagio.IMAGE), (CompressedImage, bagio.COMPRESSED_IMAGE),
+                                         (SegmentationInfo, bagio.SEGMENTATION_INFO),
+                                         (SegmentationClasses, bagio.SEGMENTATION_CLASSES))):
+            topic = f"/hash_check_{i}"
+            node.create_publisher(cls, topic, 1)
+            (info,) = node.get_publishers_info_by_topic(topic)
+            assert str(info.topic_type_hash) == bagio.type_hash(name), name
+    finally:
+        node.destroy_node()
+
+
+@pytest.mark.ros
+def test_max_loses_no_frame_and_metrics_equal_offline(tmp_path: Path, camvid_root: Path,
+                                                      camvid_checkpoint: Path) -> None:
+    good = _bag_from_camvid(camvid_root, tmp_path / "good")
+    with BagReader(good) as r:
+        inputs = [f for f in r.frames("/camera/image") if isinstance(f, Frame)]
+    # one corrupt camera message between frames 3 and 4: skipped and listed, never sent
+    corrupt_log = (inputs[3].log_ns + inputs[4].log_ns) // 2
+    bag = _copy_with(good, tmp_path / "bag", extra=[("/camera/image", bagio.IMAGE, corrupt_log,
+                                                     b"\x00\x01\x00\x00\x01\x02")])
+    out = tmp_path / "eval"
+    rc = main([str(bag), "--image-topic", "/camera/image", "--gt-topic", "/camera/labels", "--max",
+               "--model", str(camvid_checkpoint), "--param", f"keyframe.interval={INTERVAL}",
+               "--out", str(out), "-q"])
+    assert rc == 0, (out / "node.log").read_text() if (out / "node.log").exists() else ""
+    report = json.loads((out / "report.json").read_text())
+    assert (report["frames_in"], report["frames_out"], report["frames_dropped"]) == (N, N, 0)
+    assert report["frames_skipped"] == 1 and report["timeouts"] == 0 and report["unmatched_outputs"] == 0
+    assert report["skipped"][0]["index"] == 4 and "does not deserialize" in report["skipped"][0]["reason"]
+    assert report["node_counters"] == {"frames_received": N, "frames_processed": N, "frames_dropped": 0,
+                                       "bad_inputs": 0}
+    assert report["warnings"] == []  # includes: type hashes of the outputs equal rclpy's
+
+    # outputs line up with inputs: same header stamps, recorded at the input's record time
+    labels = _read_topic(out / "bag", "/segmentation/labels")
+    assert [f.stamp_ns for f in labels] == [f.stamp_ns for f in inputs]
+    assert [f.log_ns for f in labels] == [f.log_ns for f in inputs]
+    with BagReader(out / "bag") as r:
+        assert r.topics["/segmentation/info"].count == N and r.topics["/segmentation/classes"].count == 1
+
+    # the same model offline on the same frames: identical labels, keyframes and metrics
+    gts = [f.image for f in _read_topic(bag, "/camera/labels")]
+    ref = _offline(camvid_checkpoint, [f.image for f in inputs], INTERVAL)
+    for got, want in zip(labels, ref, strict=True):
+        np.testing.assert_array_equal(got.image, want.labels)
+    keys = [r_.is_keyframe for r_ in read_frames_csv(out / "frames.csv")]
+    assert keys == [r.is_keyframe for r in ref] == [i % INTERVAL == 0 for i in range(N)]
+    assert report["keyframe_ratio"] == pytest.approx(sum(keys) / N)
+    cm = ConfusionMatrix(11)
+    for r_, g in zip(ref, gts, strict=True):
+        cm.update(r_.labels, g)
+    summary = cm.summary(CAMVID_NAMES)
+    m = report["metrics"]
+    assert m["frames"] == N
+    assert m["miou"] == pytest.approx(summary["mIoU"], abs=1e-12)
+    assert m["wiou"] == pytest.approx(summary["wIoU"], abs=1e-12)
+    assert m["per_class_iou"] == pytest.approx(summary["per_class_IoU"], abs=1e-12)
+    mvc8 = mean_video_consistency([(gts, [r_.labels for r_ in ref])], 8)
+    assert m["mvc8"] == pytest.approx(mvc8, abs=1e-12)
+    assert m["mvc16"] is None  # 10 frames: no 16-frame window
+
+    # the report's other parts
+    for key in ("all", "key", "nonkey"):
+        assert report["latency_ms"][key]["n"] == {"all": N, "key": 4, "nonkey": 6}[key]
+        assert report["latency_ms"][key]["p50"] > 0
+    assert report["throughput_fps"] > 0
+    assert report["node_params"]["drop_policy"] == "none" and report["node_params"]["keyframe.interval"] == 3
+    for key in ("latency_plot", "latency_hist", "class_iou_plot", "contact_sheet"):
+        assert cv2.imread(str(out / report["files"][key])) is not None, key
+    cap = cv2.VideoCapture(str(out / report["files"]["video"]))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == N
+    assert "| 10 | 10 | 0 | 1 |" in (out / "report.md").read_text()
+
+
+@pytest.mark.ros
+def test_rate_mode_compressed_with_params_file(tmp_path: Path, camvid_root: Path,
+                                               camvid_checkpoint: Path) -> None:
+    bag = _bag_from_camvid(camvid_root, tmp_path / "bag", "--compressed", "--max-frames", "6")
+    params = tmp_path / "params.yaml"
+    params.write_text(f"/**:\n  ros__parameters:\n    model: {camvid_checkpoint}\n    keyframe:\n"
+                      "      interval: 2\n    drop_policy: none\n    qos:\n      reliability: reliable\n")
+    out = tmp_path / "eval"
+    assert main([str(bag), "--rate", "3", "--params", str(params), "--record-color", "--no-video",
+                 "--out", str(out), "-q"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["mode"] == {"max": False, "rate": 3.0}
+    assert report["input"]["image_topic"] == "/camera/image/compressed"  # found without --image-topic
+    assert (report["frames_in"], report["frames_out"]) == (6, 6)
+    assert report["metrics"] is None and report["files"]["class_iou_plot"] is None
+    assert report["files"]["video"] is None
+    assert report["node_params"]["image_transport"] == "compressed"
+    assert report["node_params"]["use_sim_time"] is True
+    with BagReader(bag) as r:
+        in_stamps = [f.stamp_ns for f in r.frames("/camera/image/compressed")]
+    color = _read_topic(out / "bag", "/segmentation/color", "image")
+    assert [f.stamp_ns for f in color] == [f.log_ns for f in color] == in_stamps
+    assert color[0].image.shape == (H, W, 3)
+
+
+@pytest.mark.ros
+def test_node_failure_shows_its_log(tmp_path: Path, camvid_root: Path, camvid_checkpoint: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    bag = _bag_from_camvid(camvid_root, tmp_path / "bag", "--max-frames", "2")
+    rc = main([str(bag), "--max", "--model", str(camvid_checkpoint), "--param", "keyframe.interval=0",
+               "--out", str(tmp_path / "eval"), "-q"])
+    assert rc == 3
+    err = capsys.readouterr().err
+    assert "dcfm_node exited with status 1" in err and "keyframe.interval" in err
+    assert not (tmp_path / "eval" / "report.json").exists()
+

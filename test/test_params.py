@@ -1,0 +1,299 @@
+"""Node parameters: one declaration table, config/dcfm.yaml in step with it, validation, the launch file."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from dcfm_ros.node.params import (
+    PARAMETER_NAMES,
+    PARAMETERS,
+    RUNTIME_PARAMETERS,
+    ParameterError,
+    StartupError,
+    apply_changes,
+    build_engine,
+    declare_parameters,
+    default_model_path,
+    mask_topic_suffix,
+    read_settings,
+    settings_from_values,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "config" / "dcfm.yaml"
+LAUNCH = REPO / "launch" / "dcfm.launch.py"
+RCLPY_BUILTIN = {"use_sim_time"}  # declared by rclpy's Node itself
+DEFAULTS = {p.name: p.default for p in PARAMETERS}
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def config_values() -> dict[str, Any]:
+    doc = yaml.safe_load(CONFIG.read_text())
+    assert list(doc) == ["/**"], "parameters for any node name and namespace"
+    return flatten(doc["/**"]["ros__parameters"])
+
+
+# -- config/dcfm.yaml ---------------------------------------------------------------------------------
+
+
+def test_config_file_has_exactly_the_declared_parameters() -> None:
+    in_file = set(config_values()) - RCLPY_BUILTIN
+    assert in_file == set(PARAMETER_NAMES), (in_file ^ set(PARAMETER_NAMES))
+
+
+def test_config_file_values_are_the_declared_defaults() -> None:
+    for name, value in config_values().items():
+        if name in RCLPY_BUILTIN:
+            continue
+        default = DEFAULTS[name]
+        assert value == ([] if default is None else default), name
+
+
+def test_every_parameter_in_the_config_file_has_a_comment() -> None:
+    lines = CONFIG.read_text().splitlines()
+    for i, line in enumerate(lines):
+        match = re.match(r"^(\s*)([A-Za-z_][\w]*):\s*(\S.*)?$", line)
+        if not match or match.group(3) is None or line.strip().startswith("#"):
+            continue  # a section (keyframe:, qos:) or not a key
+        above = lines[i - 1].strip()
+        assert above.startswith("#") or "#" in line, f"no comment for '{match.group(2)}' (line {i + 1})"
+
+
+def test_settings_from_the_shipped_config_are_valid() -> None:
+    values = {n: (None if v == [] else v) for n, v in config_values().items() if n not in RCLPY_BUILTIN}
+    s = settings_from_values(values)
+    assert (s.drop_policy, s.image_transport, s.qos_reliability, s.input_size, s.mask_classes) == \
+        ("latest", "raw", "best_effort", None, ())
+    assert s.model_path == default_model_path()
+
+
+# -- declarations on a real rclpy node -------------------------------------------------------------------
+
+
+@pytest.fixture
+def node(ros_context: Any) -> Any:
+    import rclpy
+
+    n = rclpy.create_node("params_under_test", context=ros_context)
+    yield n
+    n.destroy_node()
+
+
+def test_declared_with_descriptors_and_read_only_flags(node: Any) -> None:
+    from rclpy.parameter import Parameter
+
+    declare_parameters(node)
+    runtime = {"keyframe.policy", "keyframe.interval", "keyframe.threshold", "keyframe.min_interval",
+               "keyframe.max_interval", "overlay_alpha"}
+    assert runtime == RUNTIME_PARAMETERS
+    for spec in PARAMETERS:
+        d = node.describe_parameter(spec.name)
+        assert d.description and d.read_only == (spec.name not in RUNTIME_PARAMETERS), spec.name
+        assert d.type == int(spec.type), spec.name
+    assert node.describe_parameter("keyframe.interval").integer_range[0].from_value == 1
+    assert node.describe_parameter("overlay_alpha").floating_point_range[0].to_value == 1.0
+    s = read_settings(node)  # unset arrays read as empty
+    assert s.input_size is None and s.mask_classes == ()
+    # rclpy enforces read_only and ranges before the node's own callback is asked
+    assert not node.set_parameters([Parameter("device", value="cpu")])[0].successful
+    assert not node.set_parameters([Parameter("keyframe.interval", value=0)])[0].successful
+    assert node.set_parameters([Parameter("keyframe.interval", value=7)])[0].successful
+
+
+def test_bad_overrides_are_reported_at_declaration(ros_context: Any) -> None:
+    import rclpy
+    from rclpy.parameter import Parameter
+
+    for bad in (Parameter("keyframe.interval", value=0), Parameter("overlay_alpha", value="half"),
+                Parameter("qos.depth", value=5000)):
+        n = rclpy.create_node("params_bad", context=ros_context, parameter_overrides=[bad])
+        try:
+            with pytest.raises(ParameterError, match=re.escape(bad.name)):
+                declare_parameters(n)
+        finally:
+            n.destroy_node()
+
+
+def test_overrides_are_read(ros_context: Any) -> None:
+    import rclpy
+    from rclpy.parameter import Parameter
+
+    overrides = [Parameter("input_size", value=[480, 640]), Parameter("mask_classes", value=["Road", "Car"]),
+                 Parameter("drop_policy", value="none"), Parameter("keyframe.policy", value="motion")]
+    n = rclpy.create_node("params_set", context=ros_context, parameter_overrides=overrides)
+    try:
+        declare_parameters(n)
+        s = read_settings(n)
+    finally:
+        n.destroy_node()
+    assert (s.input_size, s.mask_classes, s.drop_policy, s.keyframe.policy) == \
+        ((480, 640), ("Road", "Car"), "none", "motion")
+    assert type(s.keyframe.make_policy()).__name__ == "MotionThreshold"
+
+
+# -- validation rules -------------------------------------------------------------------------------------
+
+
+def defaults(**changes: Any) -> dict[str, Any]:
+    values = dict(DEFAULTS)
+    values.update({k.replace("__", "."): v for k, v in changes.items()})
+    return values
+
+
+@pytest.mark.parametrize(("changes", "name"), [
+    ({"device": "gpu"}, "device"),
+    ({"device": "cuda:x"}, "device"),
+    ({"precision": "int8"}, "precision"),
+    ({"keyframe__policy": "adaptive"}, "keyframe.policy"),
+    ({"keyframe__interval": 0}, "keyframe.interval"),
+    ({"keyframe__interval": True}, "keyframe.interval"),
+    ({"keyframe__threshold": 1.0}, "threshold"),
+    ({"keyframe__threshold": -0.1}, "keyframe.threshold"),
+    ({"keyframe__min_interval": 10, "keyframe__max_interval": 5}, "max_interval"),
+    ({"input_size": [480]}, "input_size"),
+    ({"input_size": [480, 0]}, "input_size"),
+    ({"mask_classes": ["Road", "Road"]}, "mask_classes"),
+    ({"mask_classes": [""]}, "mask_classes"),
+    ({"overlay_alpha": 2.0}, "overlay_alpha"),
+    ({"image_transport": "theora"}, "image_transport"),
+    ({"qos__depth": 0}, "qos.depth"),
+    ({"qos__reliability": "sometimes"}, "qos.reliability"),
+    ({"drop_policy": "oldest"}, "drop_policy"),
+    ({"model": 3}, "model"),
+])
+def test_invalid_values_name_the_parameter(changes: dict[str, Any], name: str) -> None:
+    with pytest.raises(ParameterError, match=re.escape(name)):
+        settings_from_values(defaults(**changes))
+
+
+def test_choices_are_case_insensitive_and_normalised() -> None:
+    s = settings_from_values(defaults(device=" CUDA:1 ", drop_policy="None", keyframe__policy="Motion"))
+    assert (s.device, s.drop_policy, s.keyframe.policy) == ("cuda:1", "none", "motion")
+
+
+def test_run_time_changes() -> None:
+    from rclpy.parameter import Parameter
+
+    s = settings_from_values(defaults())
+    new = apply_changes(s, [Parameter("keyframe.policy", value="motion"),
+                            Parameter("keyframe.threshold", value=0.2)])
+    assert (new.keyframe.policy, new.keyframe.threshold) == ("motion", 0.2)
+    assert s.keyframe.policy == "fixed"  # the old settings are untouched
+    with pytest.raises(ParameterError, match="run time"):
+        apply_changes(s, [Parameter("drop_policy", value="none")])
+    with pytest.raises(ParameterError, match="max_interval"):
+        apply_changes(s, [Parameter("keyframe.min_interval", value=31)])
+    # judged together: raising both in one atomic set is fine
+    both = apply_changes(s, [Parameter("keyframe.min_interval", value=40),
+                             Parameter("keyframe.max_interval", value=50)])
+    assert (both.keyframe.min_interval, both.keyframe.max_interval) == (40, 50)
+    assert apply_changes(s, [Parameter("use_sim_time", value=True)]) == s  # rclpy's own parameter
+
+
+def test_mask_topic_names() -> None:
+    assert mask_topic_suffix("Road") == "Road"
+    assert mask_topic_suffix("traffic light") == "traffic_light"
+    assert mask_topic_suffix("person/rider") == "person_rider"
+    assert mask_topic_suffix("2wheeler") == "class_2wheeler"
+
+
+def test_default_model_is_the_packaged_file() -> None:
+    path = default_model_path()
+    assert path.name == "camvid_efficientnet_lite0.safetensors"
+    assert path.parent == REPO / "dcfm_ros" / "models"
+
+
+# -- building the engine: start-up errors (in process; test_node checks the exit code) ------------------
+
+
+def test_engine_is_built_from_a_checkpoint(tiny_checkpoint: Path) -> None:
+    s = settings_from_values(defaults(model=str(tiny_checkpoint), device="cpu", input_size=[32, 48],
+                                      keyframe__interval=4))
+    engine = build_engine(s)
+    assert engine.input_size == (32, 48)
+    assert engine.policy.interval == 4
+    assert str(engine.device) == "cpu"
+
+
+@pytest.mark.parametrize(("changes", "words"), [
+    ({"model": "/no/such/file.safetensors"}, ("model file not found",)),
+    ({"mask_classes": ["Road", "Bus"]}, ("Bus", "traffic light")),
+    ({"precision": "fp16", "device": "cpu"}, ("precision",)),
+])
+def test_start_up_errors(tiny_checkpoint: Path, changes: dict[str, Any], words: tuple[str, ...]) -> None:
+    values = defaults(model=str(tiny_checkpoint))
+    values.update(changes)
+    with pytest.raises(StartupError) as info:
+        build_engine(settings_from_values(values))
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_bad_checkpoint_file(tmp_path: Path) -> None:
+    bad = tmp_path / "model.safetensors"
+    bad.write_bytes(b"\x00" * 100)
+    with pytest.raises(StartupError, match="cannot load the model"):
+        build_engine(settings_from_values(defaults(model=str(bad))))
+
+
+def test_cuda_without_a_gpu(tiny_checkpoint: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(StartupError, match="CUDA is not available"):
+        build_engine(settings_from_values(defaults(model=str(tiny_checkpoint), device="cuda")))
+
+
+# -- launch/dcfm.launch.py (launch/launch_ros are not installable here: checked by reading it) -----------
+
+
+def _calls(tree: ast.AST, name: str) -> list[ast.Call]:
+    return [n for n in ast.walk(tree) if isinstance(n, ast.Call)
+            and getattr(n.func, "id", getattr(n.func, "attr", None)) == name]
+
+
+def _str_arg(call: ast.Call) -> str:
+    arg = call.args[0]
+    assert isinstance(arg, ast.Constant) and isinstance(arg.value, str)
+    return arg.value
+
+
+def test_launch_file_arguments_are_declared_used_and_passed_to_real_parameters() -> None:
+    tree = ast.parse(LAUNCH.read_text())
+    declared = [_str_arg(c) for c in _calls(tree, "DeclareLaunchArgument")]
+    used = {_str_arg(c) for c in _calls(tree, "LaunchConfiguration")}
+    assert sorted(declared) == sorted({"image_topic", "params_file", "namespace", "use_sim_time", "model"})
+    assert set(declared) == used, f"unused: {set(declared) - used}, undeclared: {used - set(declared)}"
+    # every key put into a parameters dict is a node parameter (or rclpy's use_sim_time)
+    keys = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Dict):
+            keys |= {k.value for k in node.keys if isinstance(k, ast.Constant)}
+        if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) \
+                and isinstance(node.value, ast.Name) and node.value.id == "overrides":
+            keys.add(node.slice.value)
+    assert keys == {"use_sim_time", "model"}
+    assert keys <= set(PARAMETER_NAMES) | RCLPY_BUILTIN
+    (node_call,) = _calls(tree, "Node")
+    kw = {k.arg: k.value for k in node_call.keywords}
+    assert ast.literal_eval(kw["package"]) == "dcfm_ros" and ast.literal_eval(kw["executable"]) == "dcfm_node"
+    assert {"namespace", "parameters", "remappings"} <= set(kw)
+    text = LAUNCH.read_text()
+    assert '"config", "dcfm.yaml"' in text and '("image", image_topic)' in text
