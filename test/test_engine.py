@@ -23,6 +23,8 @@ from dcfm_ros.engine import (
     overlay,
     resolve_device,
     resolve_precision,
+    run_bmode,
+    run_pmode,
 )
 from dcfm_ros.engine.bench import main as bench_main
 from dcfm_ros.model import CAMVID_CLASSES, CAMVID_PALETTE, DCFMConfig, build_model
@@ -63,21 +65,57 @@ def count_calls(module: torch.nn.Module) -> tuple[list[int], object]:
 # ---------------------------------------------------------------- P mode
 
 
-def test_nonkey_frames_never_run_enc_hi(model: torch.nn.Module) -> None:
+def count_common_part(model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count calls of model.ffm.common_part (the real method still runs)."""
+    counter = [0]
+    real = model.ffm.common_part
+
+    def counted(f_co: torch.Tensor) -> torch.Tensor:
+        counter[0] += 1
+        return real(f_co)
+
+    monkeypatch.setattr(model.ffm, "common_part", counted)
+    return counter
+
+
+def test_nonkey_frames_never_run_enc_hi(model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
     engine = StreamEngine(model, FixedInterval(3), device="cpu")
     (hi, hi_hook), (lo, lo_hook) = count_calls(model.enc_hi), count_calls(model.enc_lo)
+    # The full FFM (forward, i.e. the 1x1 conv over C_co + lo_take channels) must not run: a
+    # non-key frame only convolves F_in and adds the keyframe's cached common part.
+    (ffm, ffm_hook), (conv, conv_hook) = count_calls(model.ffm), count_calls(model.ffm.conv)
+    common = count_common_part(model, monkeypatch)
     try:
         for frame in clip(7):
-            hi0, lo0 = hi[0], lo[0]
+            hi0, lo0, ffm0, conv0, common0 = hi[0], lo[0], ffm[0], conv[0], common[0]
             r = engine.process(frame)
             assert hi[0] - hi0 == (1 if r.is_keyframe else 0)
+            assert common[0] - common0 == (1 if r.is_keyframe else 0)
             assert lo[0] - lo0 == 1
             if not r.is_keyframe:
                 assert r.timings_ms["enc_hi"] == 0.0
-        assert hi[0] == 3  # frames 0, 3, 6
+                assert ffm[0] - ffm0 == 0 and conv[0] - conv0 == 0
+        assert hi[0] == 3 and common[0] == 3  # frames 0, 3, 6
+        assert ffm[0] == 0 and conv[0] == 0  # keyframes share the split path too
     finally:
-        hi_hook.remove()  # type: ignore[attr-defined]
-        lo_hook.remove()  # type: ignore[attr-defined]
+        for handle in (hi_hook, lo_hook, ffm_hook, conv_hook):
+            handle.remove()  # type: ignore[attr-defined]
+
+
+def test_sequence_modes_cache_common_part_per_keyframe(model: torch.nn.Module,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    frames = clip(5)
+    (ffm, ffm_hook), (conv, conv_hook) = count_calls(model.ffm), count_calls(model.ffm.conv)
+    common = count_common_part(model, monkeypatch)
+    try:
+        run_bmode(model, frames, [0, 3], device="cpu")
+        assert common[0] == 2  # once per keyframe, shared by the frames on both sides
+        run_pmode(model, frames, [0, 2, 4], device="cpu")
+        assert common[0] == 5
+        assert ffm[0] == 0 and conv[0] == 0
+    finally:
+        ffm_hook.remove()  # type: ignore[attr-defined]
+        conv_hook.remove()  # type: ignore[attr-defined]
 
 
 def test_causal_output_does_not_depend_on_later_frames(model: torch.nn.Module) -> None:

@@ -112,9 +112,16 @@ def test_split_contract(backbone: str, lo: int, co: int, stride: int, take: int)
         assert len(hi_calls) == 1
         logits_nk, f_nk = model.forward_nonkey(x_next, f_co)
         assert len(hi_calls) == 1, "a non-key frame must not run enc_hi"
+        # The engines' path: the keyframe's cached common part instead of F_co, same answer.
+        common = model.common_cache(f_co)
+        cached_nk, cached_f = model.forward_nonkey_cached(x_next, common)
+        assert len(hi_calls) == 1, "a non-key frame must not run enc_hi"
         full_key = model(x)
         full_nonkey = model(x_next, f_co)
     handle.remove()
+    assert common.shape == f_co.shape
+    torch.testing.assert_close(cached_nk, logits_nk, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cached_f, f_nk, atol=1e-5, rtol=1e-5)
 
     assert f_in.shape == (1, lo, H // 4, W // 4)
     assert f_co.shape == (1, co, H // stride, W // stride)
@@ -187,6 +194,79 @@ def test_ffm_matches_definition() -> None:
     torch.testing.assert_close(scaled, out)
     torch.testing.assert_close(out.norm(dim=1), torch.ones(2, 4, 6))
     assert ffm.conv.bias is not None and ffm.conv.in_channels == 20 and ffm.conv.out_channels == 16
+
+
+# (co_channels, lo_channels, lo_take, co_stride) of the FFM in each backbone's DCFM (see EXPECTED).
+FFM_SHAPES = {
+    "efficientnet-lite0": (128, 24, 12, 4),
+    "resnet18": (320, 64, 32, 8),
+    "mit-b0": (256, 32, 32, 4),
+}
+
+
+def _ffm_with_real_bn(co: int, lo: int, take: int) -> FFM:
+    """An FFM whose BN is not the identity (random affine and running stats), so the split is
+    checked through a real per-channel affine, not just the conv."""
+    ffm = FFM(co_channels=co, lo_channels=lo, lo_take=take)
+    with torch.no_grad():
+        ffm.bn.weight.uniform_(0.5, 1.5)
+        ffm.bn.bias.normal_(0.0, 0.2)
+        ffm.bn.running_mean.normal_(0.0, 0.1)
+        ffm.bn.running_var.uniform_(0.5, 2.0)
+        ffm.conv.bias.normal_(0.0, 0.1)  # init zeroes it; the bias must land in the common part
+    return ffm
+
+
+@pytest.mark.parametrize("backbone", list(FFM_SHAPES))
+def test_ffm_split_equals_forward(backbone: str) -> None:
+    co, lo, take, stride = FFM_SHAPES[backbone]
+    torch.manual_seed(0)
+    ffm = _ffm_with_real_bn(co, lo, take).eval()
+    f_co = torch.randn(2, co, H // stride, W // stride) * 5.0  # raw enc_hi scale, not unit length
+    f_in = torch.randn(2, lo, H // 4, W // 4)  # resized inside when co_stride != 4 (resnet18)
+    f_in_next = torch.randn(2, lo, H // 4, W // 4)
+    with torch.no_grad():
+        common = ffm.common_part(f_co)
+        kept = common.clone()
+        want, want_next = ffm(f_co, f_in), ffm(f_co, f_in_next)
+        got, got_next = ffm.fuse_with_common(common, f_in), ffm.fuse_with_common(common, f_in_next)
+        # the F_co half by hand: W_co * Norm(F_co) + bias
+        w_co = ffm.conv.weight[:, :co, 0, 0]
+        by_hand = torch.einsum("oc,bchw->bohw", w_co, nn.functional.normalize(f_co, dim=1))
+        by_hand = by_hand + ffm.conv.bias.view(1, -1, 1, 1)
+    assert common.shape == f_co.shape
+    torch.testing.assert_close(common, by_hand, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got_next, want_next, atol=1e-5, rtol=1e-5)  # one cache, many frames
+    assert torch.equal(common, kept), "fuse_with_common must not modify the cached common part"
+    assert not torch.allclose(want, want_next)  # F_in really enters the fused feature
+    # Same in train mode (BN on batch statistics) and differentiable w.r.t. the same parameters.
+    ffm.train()
+    want_t = ffm(f_co, f_in)
+    got_t = ffm.fuse_with_common(ffm.common_part(f_co), f_in)
+    torch.testing.assert_close(got_t, want_t, atol=1e-5, rtol=1e-5)
+    g_want = torch.autograd.grad(want_t.pow(3).sum(), ffm.conv.weight)[0]
+    g_got = torch.autograd.grad(got_t.pow(3).sum(), ffm.conv.weight)[0]
+    torch.testing.assert_close(g_got, g_want, atol=1e-4, rtol=1e-4)
+    # The split reads the conv's parameters: the state dict keeps its names.
+    assert set(ffm.state_dict()) == {"conv.weight", "conv.bias", "bn.weight", "bn.bias", "bn.running_mean",
+                                     "bn.running_var", "bn.num_batches_tracked"}
+
+
+def test_ffm_split_rejects_wrong_shapes() -> None:
+    ffm = FFM(co_channels=16, lo_channels=8, lo_take=4).eval()
+    with pytest.raises(ValueError, match=r"common_part: f_co must be \(B, 16"):
+        ffm.common_part(torch.zeros(1, 20, 4, 6))
+    common = ffm.common_part(torch.randn(1, 16, 4, 6))
+    with pytest.raises(ValueError, match=r"common must be \(B, 16"):
+        ffm.fuse_with_common(torch.zeros(1, 20, 4, 6), torch.zeros(1, 8, 8, 12))
+    with pytest.raises(ValueError, match=r"f_in must be \(1, 8"):
+        ffm.fuse_with_common(common, torch.zeros(1, 4, 8, 12))
+    with pytest.raises(ValueError, match=r"f_in must be \(1, 8"):
+        ffm.fuse_with_common(common, torch.zeros(2, 8, 8, 12))
+    model = build("efficientnet-lite0")
+    with pytest.raises(ValueError, match=r"common must be \(B, 128"):
+        model.forward_nonkey_cached(torch.randn(1, 3, H, W), torch.zeros(1, 64, 16, 24))
 
 
 def test_ffm_float16_stays_finite_on_zero_pixels() -> None:

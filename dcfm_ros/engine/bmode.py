@@ -78,9 +78,14 @@ class _Runner:
         with autocast(self.device, self.amp):
             return self.model.enc_hi(f_in)
 
-    def logits(self, f_co: Tensor, f_in: Tensor) -> Tensor:
+    def common(self, f_co: Tensor) -> Tensor:
+        """The keyframe's cached FFM half (ffm.common_part), reused by every frame fused with it."""
         with autocast(self.device, self.amp):
-            return self.model.head(self.model.ffm(f_co, f_in)).float()
+            return self.model.ffm.common_part(f_co)
+
+    def logits(self, common: Tensor, f_in: Tensor) -> Tensor:
+        with autocast(self.device, self.amp):
+            return self.model.head(self.model.ffm.fuse_with_common(common, f_in)).float()
 
     def labels(self, logits: Tensor, image: np.ndarray) -> np.ndarray:
         return self.pre.labels(logits, (int(image.shape[0]), int(image.shape[1])))
@@ -98,8 +103,9 @@ def run_bmode(model: DCFM, frames: Sequence[np.ndarray], keyframes: int | Sequen
               input_size: tuple[int, int] | None = None, average: str = "logits") -> list[np.ndarray]:
     """B mode over a whole sequence. `keyframes`: interval K or explicit frame indices.
 
-    Returns one (H, W) label map per frame, at each frame's resolution. Only two F_co are held at
-    a time (the keyframes around the current gap), so memory does not grow with the sequence.
+    Returns one (H, W) label map per frame, at each frame's resolution. Only two keyframes' cached
+    common parts (ffm.common_part of F_co, the size of F_co) are held at a time (the keyframes
+    around the current gap), so memory does not grow with the sequence.
     """
     if average not in AVERAGES:
         raise ValueError(f"average must be one of {AVERAGES}, got {average!r}")
@@ -116,20 +122,20 @@ def run_bmode(model: DCFM, frames: Sequence[np.ndarray], keyframes: int | Sequen
         return (logits[0] + logits[1]) / 2
 
     with torch.inference_mode():
-        prev_f_co: Tensor | None = None
+        prev_common: Tensor | None = None
         prev_key = -1
         for key in [*keys, len(frames)]:  # len(frames): sentinel closing the last gap
-            f_co: Tensor | None = None
+            common: Tensor | None = None
             if key < len(frames):
                 f_in = run.enc_lo(frames[key])
-                f_co = run.enc_hi(f_in)
-                out[key] = run.labels(run.logits(f_co, f_in), frames[key])
+                common = run.common(run.enc_hi(f_in))
+                out[key] = run.labels(run.logits(common, f_in), frames[key])
             # The frames strictly between the previous keyframe and this one.
             for t in range(prev_key + 1, key):
                 f_in = run.enc_lo(frames[t])
-                sides = [c for c in (prev_f_co, f_co) if c is not None]
+                sides = [c for c in (prev_common, common) if c is not None]
                 out[t] = run.labels(combine([run.logits(c, f_in) for c in sides]), frames[t])
-            prev_f_co, prev_key = f_co, key
+            prev_common, prev_key = common, key
     return out  # type: ignore[return-value]
 
 
@@ -148,12 +154,12 @@ def run_pmode(model: DCFM, frames: Sequence[np.ndarray], keyframes: int | Sequen
     run = _Runner(model, device, precision, input_size)
     out: list[np.ndarray] = []
     with torch.inference_mode():
-        f_co: Tensor | None = None
+        common: Tensor | None = None
         for t, frame in enumerate(frames):
             f_in = run.enc_lo(frame)
             if t in keys:
-                f_co = run.enc_hi(f_in)
-            out.append(run.labels(run.logits(f_co, f_in), frame))  # type: ignore[arg-type]
+                common = run.common(run.enc_hi(f_in))
+            out.append(run.labels(run.logits(common, f_in), frame))  # type: ignore[arg-type]
     return out
 
 

@@ -1,12 +1,18 @@
 """StreamEngine: DCFM in P mode, one frame at a time, strictly causal.
 
-keyframe:      F_in = enc_lo(x), F_co = enc_hi(F_in) (cached), F = ffm(F_co, F_in), y = head(F)
-non-key frame: F_in = enc_lo(x), F = ffm(cached F_co, F_in), y = head(F)
+keyframe:      F_in = enc_lo(x), F_co = enc_hi(F_in), common = ffm.common_part(F_co) (cached),
+               F = ffm.fuse_with_common(common, F_in), y = head(F)
+non-key frame: F_in = enc_lo(x), F = ffm.fuse_with_common(cached common, F_in), y = head(F)
+
+The cache is the F_co half of the FFM's 1x1 conv (W_co * Norm(F_co) + bias, see FFM), not F_co
+itself: it is computed once per keyframe, so a non-key frame's FFM convolves only the few F_in
+channels. Key and non-key frames share the fuse_with_common path; the result equals
+model.ffm(F_co, F_in) up to float rounding.
 
 `process` returns the current frame's labels before it returns at all: no frame is buffered, no
 future frame is looked at (the authors' loop computes the next keyframe first even in P mode; a
 live node must not). Keyframes are forced on the first frame, after `reset()` and when the image
-resolution changes (a different camera or mode: the cached F_co describes another scene).
+resolution changes (a different camera or mode: the cached common part describes another scene).
 """
 
 from __future__ import annotations
@@ -39,7 +45,8 @@ class FrameResult:
     # mean |x - x_key| on the downsampled 0..1 input; 0.0 when it was not computed (forced
     # keyframes, and policies with needs_motion False).
     motion_score: float
-    # ms per stage: preprocess (incl. motion score), enc_lo, enc_hi (0 on non-key), ffm, head,
+    # ms per stage: preprocess (incl. motion score), enc_lo, enc_hi (0 on non-key), ffm (on a
+    # keyframe incl. computing the cached common part; on a non-key frame only the F_in half), head,
     # postprocess (upsample + argmax + copy to host), total (wall time of process()).
     timings_ms: dict[str, float] = field(default_factory=dict)
 
@@ -70,19 +77,19 @@ class StreamEngine:
     @policy.setter
     def policy(self, policy: KeyframePolicy) -> None:
         # Replaceable at run time (node parameters); takes effect from the next frame. The cached
-        # F_co and the keyframe's small copy stay valid, so no keyframe is forced.
+        # common part and the keyframe's small copy stay valid, so no keyframe is forced.
         self._policy = check_policy(policy)
 
     def reset(self) -> None:
         """Forget the cached keyframe: the next frame is a keyframe."""
-        self._f_co: Tensor | None = None
+        self._common: Tensor | None = None  # ffm.common_part of the last keyframe's F_co
         self._key_small: Tensor | None = None
         self._since = 0
         self._image_shape: tuple[int, int] | None = None
 
     @property
     def has_keyframe(self) -> bool:
-        return self._f_co is not None
+        return self._common is not None
 
     @property
     def preprocessor(self) -> FramePreprocessor:
@@ -108,7 +115,7 @@ class StreamEngine:
             x = self._pre.normalize(x01)
             small: Tensor | None = None
             score = 0.0
-            if self._f_co is None or shape != self._image_shape:
+            if self._common is None or shape != self._image_shape:
                 is_key, since = True, 0
             else:
                 since = self._since + 1
@@ -125,9 +132,11 @@ class StreamEngine:
                 if is_key:
                     f_co = model.enc_hi(f_in)
                     timer.mark("enc_hi")
+                    # Once per keyframe (counted in "ffm"): the F_co half of the FFM conv.
+                    common = model.ffm.common_part(f_co)
                 else:
-                    f_co = self._f_co
-                f = model.ffm(f_co, f_in)
+                    common = self._common
+                f = model.ffm.fuse_with_common(common, f_in)  # type: ignore[arg-type]
                 timer.mark("ffm")
                 logits = model.head(f)
                 timer.mark("head")
@@ -142,7 +151,7 @@ class StreamEngine:
         timings["total"] = (time.perf_counter() - t_start) * 1000.0
         # Commit the new state only once the frame went through.
         if is_key:
-            self._f_co, self._key_small, self._since = f_co, key_small, 0
+            self._common, self._key_small, self._since = common, key_small, 0
             since = 0
         else:
             self._since = since

@@ -8,6 +8,10 @@ Keyframes go through the FFM too, so one head serves both kinds of frame.
 F_co crosses the key/non-key boundary raw (un-normalised): `forward_key` returns the raw enc_hi
 output and `forward_nonkey` expects exactly that back; the FFM applies Norm itself. Keeping the
 cache raw means `enc_hi(F_in)` is the only thing that produces it, whoever calls the stages.
+
+Inference engines cache `common_cache(F_co)` (= ffm.common_part) instead of F_co and run
+`forward_nonkey_cached` / ffm.fuse_with_common: the exact split of the FFM's 1x1 conv that leaves
+only the F_in half to compute on a non-key frame (see FFM).
 """
 
 from __future__ import annotations
@@ -49,6 +53,15 @@ class FFM(nn.Module):
 
     Only a slice of the shallow feature is used ("half of the independent feature") so the fused
     feature stays dominated by the reusable common part while still carrying frame-specific detail.
+
+    Split form for inference (`common_part` + `fuse_with_common`): a 1x1 conv over a channel
+    concatenation is exactly the sum of two 1x1 convs with the matching weight slices,
+        conv(cat[a, b]) = W_co * a + W_in * b + bias,   W_co = weight[:, :C_co], W_in = weight[:, C_co:].
+    On a non-key frame F_co is the keyframe's, unchanged, so `common = W_co * Norm(F_co) + bias` is
+    computed once per keyframe and cached; each frame then pays only the small W_in conv over
+    `lo_take` channels (e.g. 32 instead of 800 input channels for MiT-B2) plus an add, BN, ReLU, Norm.
+    It is the same arithmetic as `forward` up to float rounding (summation order). `forward` stays
+    the one-shot form used in training; both read the same parameters, so the state dict is unchanged.
     """
 
     def __init__(self, co_channels: int, lo_channels: int, lo_take: int) -> None:
@@ -63,15 +76,52 @@ class FFM(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         init_new_layers(self)
 
-    def forward(self, f_co: Tensor, f_in: Tensor) -> Tensor:
-        f_co = l2_normalize(f_co)
+    def _independent(self, f_in: Tensor, size: torch.Size) -> Tensor:
+        """Norm(F_in), its leading `lo_take` channels, resized to F_co's (h, w)."""
         # Norm over all channels of F_in first (as the paper writes it), then keep the leading slice;
         # slicing before the resize is equivalent (bilinear is per channel) and cheaper.
         f_in = l2_normalize(f_in)[:, : self.lo_take]
-        if f_in.shape[-2:] != f_co.shape[-2:]:
-            f_in = F.interpolate(f_in, size=f_co.shape[-2:], mode="bilinear", align_corners=False)
-        f = self.relu(self.bn(self.conv(torch.cat([f_co, f_in.to(f_co.dtype)], dim=1))))
-        return l2_normalize(f)
+        if f_in.shape[-2:] != size:
+            f_in = F.interpolate(f_in, size=size, mode="bilinear", align_corners=False)
+        return f_in
+
+    def _finish(self, f: Tensor) -> Tensor:
+        return l2_normalize(self.relu(self.bn(f)))
+
+    def forward(self, f_co: Tensor, f_in: Tensor) -> Tensor:
+        f_co = l2_normalize(f_co)
+        f_in = self._independent(f_in, f_co.shape[-2:])
+        return self._finish(self.conv(torch.cat([f_co, f_in.to(f_co.dtype)], dim=1)))
+
+    def common_part(self, f_co: Tensor) -> Tensor:
+        """W_co * Norm(F_co) + bias, (B, C_co, h, w): the keyframe-only half of the FFM conv.
+
+        `f_co` is the raw enc_hi output; cache the result for the frames that reuse this F_co.
+        """
+        if f_co.dim() != 4 or f_co.shape[1] != self.co_channels:
+            raise ValueError(f"FFM.common_part: f_co must be (B, {self.co_channels}, h, w), "
+                             f"got shape {tuple(f_co.shape)}")
+        w_co = self.conv.weight[:, : self.co_channels]
+        return F.conv2d(l2_normalize(f_co), w_co, self.conv.bias)
+
+    def fuse_with_common(self, common: Tensor, f_in: Tensor) -> Tensor:
+        """F from a cached `common_part(F_co)` and the current frame's F_in; equals forward(F_co, F_in).
+
+        Only the W_in conv over `lo_take` channels runs here. `common` is not modified.
+        """
+        if common.dim() != 4 or common.shape[1] != self.co_channels:
+            raise ValueError(f"FFM.fuse_with_common: common must be (B, {self.co_channels}, h, w) as "
+                             f"returned by common_part, got shape {tuple(common.shape)}")
+        if f_in.dim() != 4 or f_in.shape[1] != self.lo_channels or f_in.shape[0] != common.shape[0]:
+            raise ValueError(f"FFM.fuse_with_common: f_in must be ({common.shape[0]}, {self.lo_channels}, "
+                             f"H, W) to match common, got shape {tuple(f_in.shape)}")
+        f_in = self._independent(f_in, common.shape[-2:])
+        w_in = self.conv.weight[:, self.co_channels :]
+        f = F.conv2d(f_in.to(w_in.dtype), w_in)
+        # `f` is a fresh tensor: add in place (saves a C_co x h x w allocation per frame) unless the
+        # dtypes differ (e.g. an fp32 cache used under autocast), where the out-of-place add promotes.
+        f = f.add_(common) if f.dtype == common.dtype else f + common
+        return self._finish(f)
 
 
 class ConvHead(nn.Module):
@@ -164,6 +214,27 @@ class DCFM(nn.Module):
         if f_co.shape[0] != f_in.shape[0]:
             raise ValueError(f"forward_nonkey: f_co batch {f_co.shape[0]} != input batch {f_in.shape[0]}")
         f = self.ffm(f_co, f_in)
+        return self.head(f), f
+
+    def common_cache(self, f_co: Tensor) -> Tensor:
+        """The per-keyframe cache for `forward_nonkey_cached`: ffm.common_part of a raw F_co.
+
+        Computed once per keyframe, it turns every following non-key frame's FFM into a conv over
+        the `ffm_lo_channels` F_in channels only (see FFM). Same shape as F_co.
+        """
+        return self.ffm.common_part(f_co)
+
+    def forward_nonkey_cached(self, x: Tensor, common: Tensor) -> tuple[Tensor, Tensor]:
+        """`forward_nonkey` with the keyframe's `common_cache(F_co)` instead of F_co (same result up to
+        float rounding, much cheaper FFM). Returns (logits, F)."""
+        if common.dim() != 4 or common.shape[1] != self.co_channels:
+            raise ValueError(f"forward_nonkey_cached: common must be (B, {self.co_channels}, h, w) as "
+                             f"returned by common_cache, got shape {tuple(common.shape)}")
+        f_in = self.enc_lo(x)
+        if common.shape[0] != f_in.shape[0]:
+            raise ValueError(f"forward_nonkey_cached: common batch {common.shape[0]} != input batch "
+                             f"{f_in.shape[0]}")
+        f = self.ffm.fuse_with_common(common, f_in)
         return self.head(f), f
 
     def forward(self, x: Tensor, f_co: Tensor | None = None) -> Tensor:
