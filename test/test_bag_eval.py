@@ -15,6 +15,7 @@ from dcfm_ros.evaluation.bag_eval import (
     BagEvalError,
     analyze,
     effective_params,
+    label_classes_warning,
     main,
     read_params_file,
 )
@@ -151,6 +152,23 @@ def test_errors_before_the_node_starts(tmp_path: Path, camvid_root: Path, camvid
     assert main([str(bag), "--max", "--out", str(tmp_path / "out"), "--model",
                  str(tmp_path / "x.safetensors")]) == 2
     assert "model file" in capsys.readouterr().err
+
+
+def test_label_class_map_of_the_bag_is_checked(tmp_path: Path) -> None:
+    """A bag made from a dataset records its class names; evaluating its labels with a model of another
+    class map is warned about (the ids would mean different classes)."""
+    from train_fixtures import make_vspw
+
+    bag = tmp_path / "vspw_bag"
+    assert make_bag([str(bag), "--vspw", str(make_vspw(tmp_path / "vspw")), "--rate", "15"]) == 0
+    with BagReader(bag) as r:
+        custom = r.custom_data
+    warning = label_classes_warning(custom, "/camera/labels", CAMVID_NAMES)
+    assert warning is not None and "vspw train ids of 124 classes" in warning and "model has 11" in warning
+    vspw_names = json.loads(custom["dcfm_ros.make_bag"])["class_names"]
+    assert label_classes_warning(custom, "/camera/labels", vspw_names) is None
+    assert label_classes_warning(custom, "/other/labels", CAMVID_NAMES) is None  # not the topic it made
+    assert label_classes_warning({}, "/camera/labels", CAMVID_NAMES) is None  # a bag from elsewhere
 
 
 def test_analyze_counts_unusable_ground_truth(tmp_path: Path) -> None:
@@ -334,3 +352,58 @@ def test_node_failure_shows_its_log(tmp_path: Path, camvid_root: Path, camvid_ch
     assert "dcfm_node exited with status 1" in err and "keyframe.interval" in err
     assert not (tmp_path / "eval" / "report.json").exists()
 
+
+
+@pytest.mark.ros
+def test_report_metrics_equal_dcfm_evaluate(tmp_path: Path, camvid_checkpoint: Path, one_torch_thread: None,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The issue's promise: the report's metrics are the ones `dcfm-evaluate` computes offline on the same
+    frames (same checkpoint, P mode, the same fixed keyframe interval). Everything between the dataset
+    folder and the numbers differs (bag, ROS transport, node process, stamp matching), so any gap in
+    void mapping, resizing, argmax or class bookkeeping shows up here."""
+    from train_fixtures import make_camvid
+
+    from dcfm_ros.evaluation.evaluate import main as evaluate_main
+
+    # one thread in the node too: the in-process run below uses one (same kernels, same bits)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    # one densely numbered 15 Hz sequence (frames 2 apart) with a void (11) strip in every label
+    frames = [f"{n:05d}" for n in range(7959, 7959 + 2 * N, 2)]
+    root = make_camvid(tmp_path / "camvid", train={}, val={"0016E5": frames}, test={})
+    bag = _bag_from_camvid(root, tmp_path / "bag")
+    out = tmp_path / "eval"
+    rc = main([str(bag), "--gt-topic", "/camera/labels", "--max", "--model", str(camvid_checkpoint),
+               "--param", "keyframe.policy=fixed", "--param", f"keyframe.interval={INTERVAL}",
+               "--param", "device=cpu", "--no-video", "--out", str(out), "-q"])
+    assert rc == 0, (out / "node.log").read_text() if (out / "node.log").exists() else ""
+    report = json.loads((out / "report.json").read_text())
+    assert (report["frames_in"], report["frames_out"], report["frames_dropped"]) == (N, N, 0)
+    assert report["warnings"] == []  # includes: the bag's CamVid class map is the model's
+    m = report["metrics"]
+    assert m["frames"] == N and m["mvc_runs"] == 1
+
+    offline = tmp_path / "evaluate.json"
+    assert evaluate_main(["--model", str(camvid_checkpoint), "--dataset", "camvid", "--root", str(root),
+                          "--split", "val", "--modes", "p", "--policies", f"fixed:{INTERVAL}",
+                          "--device", "cpu", "--json", str(offline), "--quiet"]) == 0
+    ev = json.loads(offline.read_text())
+    assert ev["dense_videos"] == ["0016E5"] and ev["num_frames"] == N
+    (row,) = ev["results"]
+    assert (row["mode"], row["policy"], row["labeled_frames"]) == ("p", f"fixed:{INTERVAL}", N)
+    assert row["keyframe_ratio"] == pytest.approx(report["keyframe_ratio"], abs=1e-12)
+    # the label fixture has void pixels and classes the model never predicts: both conventions matter
+    gt = _read_topic(bag, "/camera/labels")[0].image
+    assert (gt == 255).any()
+    assert any(v is None for v in row["per_class_IoU"].values())
+    assert m["miou"] == pytest.approx(row["mIoU"], abs=1e-9)
+    assert m["wiou"] == pytest.approx(row["wIoU"], abs=1e-9)
+    assert m["pixel_acc"] == pytest.approx(row["pixel_acc"], abs=1e-9)
+    assert list(m["per_class_iou"]) == list(row["per_class_IoU"]) == list(CAMVID_NAMES)
+    for name, want in row["per_class_IoU"].items():
+        got = m["per_class_iou"][name]
+        assert (got is None) == (want is None), name
+        if want is not None:
+            assert got == pytest.approx(want, abs=1e-9), name
+    assert row["mVC_8"] is not None
+    assert m["mvc8"] == pytest.approx(row["mVC_8"], abs=1e-9)
+    assert m["mvc16"] is None and row["mVC_16"] is None  # 10 frames: no 16-frame window

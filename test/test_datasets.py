@@ -186,3 +186,18 @@ def test_vspw_split_list_pairs_and_label_convention(tmp_path: Path):
     shutil.rmtree(root / "data" / "3_abc")
     with pytest.raises(FileNotFoundError, match=r"val\.txt"):
         pair_samples("vspw", root, "val")
+
+
+def test_palette_png_labels_read_as_class_indices(tmp_path: Path) -> None:
+    """VSPW masks are palette PNGs: the stored indices are the classes, not the palette colours."""
+    from PIL import Image
+
+    from dcfm_ros.training.datasets.pairs import make_lut, read_label
+
+    ids = np.array([[0, 1, 2], [3, 124, 255]], np.uint8)
+    im = Image.fromarray(ids, mode="P")
+    im.putpalette([(i * 37) % 256 for i in range(256 * 3)])
+    path = tmp_path / "mask.png"
+    im.save(path)
+    identity = make_lut({i: i for i in range(256)})
+    np.testing.assert_array_equal(read_label(path, identity), ids)

@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from train_fixtures import make_cityscapes, make_vspw
 
 from dcfm_ros.evaluation import bagio
 from dcfm_ros.evaluation.bagio import BadMessage, BagError, BagReader, BagWriter, Frame
@@ -153,6 +154,65 @@ def test_camvid_needs_sequence_when_ambiguous(tmp_path: Path, capsys: pytest.Cap
     assert not (tmp_path / "bag").exists()
     assert main([str(tmp_path / "bag"), "--camvid", str(tmp_path / "camvid"), "--sequence", "nope"]) == 2
     assert "no sequence 'nope'" in capsys.readouterr().err
+
+
+def _custom(bag: Path) -> dict:
+    with BagReader(bag) as reader:
+        return json.loads(reader.custom_data["dcfm_ros.make_bag"])
+
+
+def test_vspw_sequence_uses_training_readers_and_class_names(tmp_path: Path) -> None:
+    root = make_vspw(tmp_path / "vspw")
+    names = {f"thing {v}": v for v in range(1, 125)}
+    names["wall"], names["sky"] = 1, 124
+    del names["thing 1"], names["thing 124"]
+    (root / "label_num_dic_final.json").write_text(json.dumps(names))
+    out = tmp_path / "bag"
+    # val.txt lists one video: no --sequence needed; VSPW has no fixed frame rate
+    assert main([str(out), "--vspw", str(root), "--split", "val", "--rate", "15"]) == 0
+    _topics, frames, labs = _read_all(out, "/camera/image")
+    assert len(frames) == len(labs) == 3
+    video = root / "data" / "3_abc"
+    for i, (f, lab) in enumerate(zip(frames, labs, strict=True)):
+        # the JPEG decoded by the same reader as training: bit exact in a raw rgb8 bag
+        jpg = cv2.cvtColor(cv2.imread(str(video / "origin" / f"{i + 1:08d}.jpg")), cv2.COLOR_BGR2RGB)
+        np.testing.assert_array_equal(f.image, jpg)
+        assert lab.stamp_ns == f.stamp_ns
+        # mask 1..124 -> train ids 0..123; 0 (others) and 255 (void) -> ignore 255
+        raw = cv2.imread(str(video / "mask" / f"{i + 1:08d}.png"), cv2.IMREAD_UNCHANGED)
+        expected = np.where((raw >= 1) & (raw <= 124), raw.astype(int) - 1, 255).astype(np.uint8)
+        np.testing.assert_array_equal(lab.image, expected)
+    assert set(np.unique(labs[0].image).tolist()) == {0, 123, 255}
+    meta = _custom(out)
+    assert meta["type"] == "vspw" and meta["dataset"] == "vspw" and meta["label_topic"] == "/camera/labels"
+    # the dataset's own names (what dcfm-train and dcfm-evaluate use), not class_1..class_124
+    assert len(meta["class_names"]) == 124
+    assert meta["class_names"][0] == "wall" and meta["class_names"][123] == "sky"
+    assert meta["class_names"][1] == "thing 2"
+
+
+def test_cityscapes_snippet_labels_only_the_annotated_frame(tmp_path: Path) -> None:
+    root = make_cityscapes(tmp_path / "cityscapes", split="val")
+    out = tmp_path / "bag"
+    assert main([str(out), "--cityscapes", str(root), "--split", "val"]) == 0
+    _topics, frames, labs = _read_all(out, "/camera/image")
+    seq_dir = root / "leftImg8bit_sequence" / "val" / "aachen"
+    assert len(frames) == 5 and len(labs) == 1  # frames 17..21 of the snippet, GT for the 20th (19)
+    for f, n in zip(frames, range(17, 22), strict=True):
+        png = cv2.cvtColor(cv2.imread(str(seq_dir / f"aachen_000000_{n:06d}_leftImg8bit.png")),
+                           cv2.COLOR_BGR2RGB)
+        np.testing.assert_array_equal(f.image, png)
+    assert frames[1].stamp_ns - frames[0].stamp_ns == round(1e9 / 17)  # Cityscapes default rate
+    assert labs[0].stamp_ns == frames[2].stamp_ns
+    raw = cv2.imread(str(root / "gtFine" / "val" / "aachen" / "aachen_000000_000019_gtFine_labelIds.png"),
+                     cv2.IMREAD_UNCHANGED)
+    # labelIds -> trainIds: road 7 -> 0, car 26 -> 13, bicycle 33 -> 18, unlabeled 0 -> ignore
+    expected = np.select([raw == 7, raw == 26, raw == 33], [0, 13, 18], 255).astype(np.uint8)
+    np.testing.assert_array_equal(labs[0].image, expected)
+    assert set(np.unique(expected).tolist()) == {0, 13, 18, 255}
+    meta = _custom(out)
+    assert meta["dataset"] == "cityscapes" and len(meta["class_names"]) == 19
+    assert meta["class_names"][13] == "car" and meta["labeled"] == 1
 
 
 def test_video_source_rate_resize_and_range(tmp_path: Path) -> None:

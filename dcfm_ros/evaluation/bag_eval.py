@@ -698,6 +698,31 @@ def analyze(in_bag: Path, out_bag: Path, records: Sequence[FrameRecord], *, imag
                     warnings)
 
 
+def label_classes_warning(custom_data: Mapping[str, str], gt_topic: str | None,
+                          class_names: Sequence[str]) -> str | None:
+    """A warning when the bag says (dcfm-make-bag's custom data) that `gt_topic` holds the train ids
+    of a class list other than the model's: the ids would then be compared with a different meaning
+    and the metrics be numbers about nothing. None when they agree or the bag does not say."""
+    text = custom_data.get("dcfm_ros.make_bag")
+    if gt_topic is None or not text:
+        return None
+    try:
+        made = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    names = made.get("class_names") if isinstance(made, dict) else None
+    if not isinstance(names, list) or made.get("label_topic") != gt_topic:
+        return None
+    if [str(n) for n in names] == list(class_names):
+        return None
+    def short(seq: Sequence[object]) -> str:
+        return ", ".join(map(str, list(seq)[:5])) + (", ..." if len(seq) > 5 else "")
+
+    return (f"the labels on {gt_topic} are {made.get('dataset', 'dataset')} train ids of {len(names)} "
+            f"classes ({short(names)}), the model has {len(class_names)} ({short(class_names)}): the "
+            "metrics compare different class maps")
+
+
 def _size(a: np.ndarray) -> str:
     return f"{a.shape[1]}x{a.shape[0]}"
 
@@ -793,6 +818,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.gt_topic is not None:
             bag.require_topic(args.gt_topic, bagio.IMAGE_TYPES, "ground-truth")
         image_count = info.count
+        custom_data = bag.custom_data
     transport, node_input = NODE_INPUT[info.msgtype]
 
     overrides = list(args.param) + ([("model", args.model)] if args.model else [])
@@ -832,6 +858,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     say("playback done; computing the report")
     names = list(cfg.class_names)
+    mismatch = label_classes_warning(custom_data, args.gt_topic, names)
+    if mismatch is not None:
+        pb.warnings.append(mismatch)
     if pb.classes is not None and pb.classes != names:
         pb.warnings.append(f"the node's class map {pb.classes} differs from the checkpoint's {names}")
     an = analyze(in_path, out_bag, pb.records, image_topic=info.name, gt_topic=args.gt_topic,

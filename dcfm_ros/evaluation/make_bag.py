@@ -6,7 +6,9 @@ Sources (exactly one):
                                stored as they are (no mapping)
   --camvid ROOT | --cityscapes ROOT | --vspw ROOT   with --split and --sequence: one video of the
                                dataset, frames in temporal order, labels mapped to train ids exactly as
-                               training and dcfm-evaluate map them (void/ignore = 255)
+                               training and dcfm-evaluate map them (void/ignore = 255); the
+                               dataset's class names (train id order, as training reads them: VSPW's
+                               from label_num_dic_final.json) go into the bag's custom data
 
 Topics written (frame_id "camera" unless --frame-id):
   <image-topic>              sensor_msgs/Image rgb8           (default /camera/image), or with
@@ -140,17 +142,30 @@ def folder_frames(images: Path, labels: Path | None) -> Iterator[SourceFrame]:
         yield SourceFrame(f.stem, _read_rgb(f), _read_raw_label(lab) if lab is not None else None)
 
 
+def dataset_classes(kind: str, root: Path) -> dict[str, object]:
+    """The class map of a dataset's train ids as training sees it (`dataset_spec(kind, root)`: VSPW
+    reads its class names from the dataset folder), recorded in the bag so that a later evaluation
+    can tell which classes the label topic's ids stand for."""
+    from dcfm_ros.training.datasets import dataset_spec
+
+    try:
+        spec = dataset_spec(kind, root)
+    except (OSError, ValueError) as exc:  # e.g. an unreadable label_num_dic_final.json
+        raise SourceError(f"cannot read the {kind} class names under {root}: {exc}") from exc
+    return {"dataset": spec.name, "class_names": list(spec.class_names)}
+
+
 def dataset_frames(kind: str, root: Path, split: str, sequence: str | None) -> Iterator[SourceFrame]:
-    """One video of a dataset through the training package's readers (same label mapping as training
-    and dcfm-evaluate)."""
+    """One video of a dataset through the training package's readers (same image reader and label
+    mapping as training and dcfm-evaluate)."""
     from dcfm_ros.training.datasets import dataset_spec
     from dcfm_ros.training.datasets import video_frames as dataset_videos
-    from dcfm_ros.training.datasets.pairs import read_label
+    from dcfm_ros.training.datasets.pairs import read_label, read_rgb
 
     if not root.is_dir():
         raise SourceError(f"{kind} root folder not found: {root}")
     try:
-        spec = dataset_spec(kind)
+        spec = dataset_spec(kind, root)  # with root: VSPW's own class names, not class_1..class_124
         videos = dataset_videos(kind, root, split)
     except (OSError, ValueError, ImportError) as exc:
         raise SourceError(f"cannot list {kind} split {split!r} under {root}: {exc}") from exc
@@ -163,13 +178,12 @@ def dataset_frames(kind: str, root: Path, split: str, sequence: str | None) -> I
         raise SourceError(f"{kind} {split} has no sequence {sequence!r}; sequences: "
                           f"{', '.join(sorted(videos)[:20])}{' ...' if len(videos) > 20 else ''}")
     for sample in videos[sequence]:
-        labels = None
-        if sample.label is not None:
-            try:
-                labels = read_label(sample.label, spec.lut)
-            except (OSError, ValueError) as exc:
-                raise SourceError(str(exc)) from exc
-        yield SourceFrame(sample.name, _read_rgb(sample.image), labels)
+        try:
+            rgb = read_rgb(sample.image)
+            labels = read_label(sample.label, spec.lut) if sample.label is not None else None
+        except (OSError, ValueError) as exc:
+            raise SourceError(str(exc)) from exc
+        yield SourceFrame(sample.name, rgb, labels)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -240,7 +254,8 @@ def write_bag(out: Path, frames: Iterator[SourceFrame], *, rate: float, compress
         if n == 0:
             raise SourceError("the source gave no frame (after --start-frame)")
         info = dict(source or {}, rate_hz=rate, frames=n, labeled=labeled, compressed=compressed,
-                    jpeg_quality=jpeg_quality if compressed else None, label_void=255)
+                    jpeg_quality=jpeg_quality if compressed else None, label_void=255,
+                    label_topic=label_topic if labeled else None)
         bag.set_custom_data("dcfm_ros.make_bag", json.dumps(info, sort_keys=True))
     size = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
     return BagSummary(out, n, labeled, topics, rate, start_ns, size)
@@ -300,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
             root: Path = args.camvid or args.cityscapes or args.vspw
             frames = dataset_frames(kind, root, args.split, args.sequence)
             rate = rate or DATASET_RATES.get((kind, args.split)) or DATASET_RATES.get((kind, None))
-            source = {"type": kind, "root": str(root), "split": args.split, "sequence": args.sequence}
+            source = {"type": kind, "root": str(root), "split": args.split, "sequence": args.sequence,
+                      **dataset_classes(kind, root)}
         if rate is None:
             parser.error("this source has no known frame rate: give --rate HZ")
         if args.out.exists():

@@ -52,6 +52,14 @@ def read_label(path: Path, lut: np.ndarray) -> np.ndarray:
     raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if raw is None:
         raise FileNotFoundError(f"cannot read label {path}")
+    if raw.ndim == 3 and path.suffix.lower() == ".png":
+        # Palette PNGs (VSPW's masks) store class ids as palette indices; OpenCV expands them to
+        # colours, Pillow reads the indices themselves.
+        from PIL import Image
+
+        with Image.open(path) as im:
+            if im.mode == "P":
+                raw = np.asarray(im)
     if raw.ndim != 2:
         raise ValueError(f"label {path} must be a single-channel image, got shape {raw.shape}")
     if raw.dtype == np.uint16 and lut.shape[0] < 65536 and int(raw.max()) >= lut.shape[0]:
