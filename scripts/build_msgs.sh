@@ -17,6 +17,7 @@ for f in "$venv"/share/*/cmake/*__rosidl_generator_pyExport.cmake; do
 done
 
 build="$root/build/msgs"
+mkdir -p "$build"
 export AMENT_PREFIX_PATH="$venv"
 cmake -S "$root" -B "$build" -DCMAKE_PREFIX_PATH="$venv" -DCMAKE_INSTALL_PREFIX="$venv" \
   -DPython3_EXECUTABLE="$py" -DBUILD_TESTING=OFF -DDCFM_ROS_INSTALL_PYTHON=OFF >"$build.log" 2>&1 \
