@@ -546,20 +546,24 @@ FAILURES: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     "unknown drop_policy": ({"drop_policy": "sometimes"}, ("drop_policy",)),
     "interval out of range": ({"keyframe.interval": 0}, ("keyframe.interval",)),
     "min above max": ({"keyframe.min_interval": 40}, ("max_interval",)),
-    "packaged model not installed": ({"model": ""}, ("packaged default model",)),
 }
 
 
 def _not_applicable(case: str) -> str | None:
     import torch
 
-    from dcfm_ros.node.params import default_model_path
-
     if case == "cuda without a GPU" and torch.cuda.is_available():
         return "a GPU is present: device cuda is valid here"
-    if case == "packaged model not installed" and default_model_path().is_file():
-        return "the packaged model is installed"
     return None
+
+
+def test_empty_model_parameter_means_the_shipped_camvid_model() -> None:
+    from dcfm_ros.model import read_checkpoint_meta
+    from dcfm_ros.node.params import default_model_path
+
+    meta = read_checkpoint_meta(default_model_path())
+    assert meta["config"].backbone == "efficientnet-lite0"
+    assert meta["config"].class_names[:4] == ("Sky", "Building", "Pole", "Road")
 
 
 @pytest.fixture(scope="module")
