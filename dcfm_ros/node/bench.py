@@ -36,24 +36,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+from dcfm_ros.engine.bench import IMAGE_SUFFIXES, default_clip, parse_size
+
 START_TIMEOUT_S = 120.0
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"size must be HxW, e.g. 480x853, got {text!r}") from exc
-    if h <= 0 or w <= 0:
-        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
-    return h, w
-
-
-def default_clip() -> Path | None:
-    """CamVid's densely labelled val clip beside the repository (../shared/data/camvid/val)."""
-    candidate = Path(__file__).resolve().parents[3] / "shared" / "data" / "camvid" / "val"
-    return candidate if candidate.is_dir() else None
 
 
 def load_frames(clip: Path | None, count: int, size: tuple[int, int]) -> tuple[list[np.ndarray], str]:

