@@ -79,10 +79,12 @@ class BagSummary:
 
 
 def _read_rgb(path: Path) -> np.ndarray:
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise SourceError(f"cannot read image {path}")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    from dcfm_ros.training.datasets.pairs import read_rgb
+
+    try:
+        return read_rgb(path)
+    except FileNotFoundError as exc:
+        raise SourceError(str(exc)) from exc
 
 
 def _read_raw_label(path: Path) -> np.ndarray:
