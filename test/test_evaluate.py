@@ -16,14 +16,9 @@ ROW_KEYS = {"mode", "policy", "mIoU", "wIoU", "pixel_acc", "per_class_IoU", "mIo
             "seconds_per_frame"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # One intra-op thread: the CI box has 2 cores shared with other work, and OpenMP threads that
-    # outnumber free cores make a tiny step take seconds instead of milliseconds.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# One intra-op thread (conftest.one_torch_thread): the CI box has 2 cores shared with other work, and
+# OpenMP threads that outnumber free cores make a tiny step take seconds instead of milliseconds.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

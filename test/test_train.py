@@ -19,14 +19,9 @@ from dcfm_ros.training.train import Trainer, main, state_path
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # One intra-op thread: the CI box has 2 cores shared with other work, and OpenMP threads that
-    # outnumber free cores make a tiny step take seconds instead of milliseconds.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# One intra-op thread (conftest.one_torch_thread): the CI box has 2 cores shared with other work, and
+# OpenMP threads that outnumber free cores make a tiny step take seconds instead of milliseconds.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
