@@ -29,6 +29,7 @@ YAML layout (every key optional unless marked; see config/train/*.yaml):
     loss:
       lambda_b: 0.4          # 0 = the ablation without L_B (also: dcfm-train --ablate-lb)
       lambda_c: 10.0         # default per dataset from Table I
+      class_weights: null    # null | median_frequency (from the training labels) | [w_0, ..., w_C-1]
     optim:                   # defaults per backbone family (optim.default_optim), any key overrides
       type: sgd              # sgd | adamw
       lr_encoder: 0.01
@@ -51,7 +52,8 @@ YAML layout (every key optional unless marked; see config/train/*.yaml):
       ckpt_interval: 250     # 0 = only at the end
       out_dir: runs/camvid_efficientnet_lite0   # log.csv, checkpoints, config copy
       save_fp16: true        # final model also as model_fp16.safetensors (half precision)
-      amp: true              # mixed precision; only ever used on CUDA
+      amp: true              # mixed precision on CUDA (fp16 autocast + grad scaling)
+      cpu_bf16: false        # bf16 autocast on CPU (pays off on CPUs with AMX / AVX512-BF16)
       channels_last: null    # NHWC memory format; null = on for CPU (faster oneDNN convs), off on CUDA
 """
 
@@ -139,12 +141,25 @@ class DatasetSection:
 class LossSection:
     lambda_b: float | None = None  # None: Table I value for the dataset
     lambda_c: float | None = None
+    class_weights: str | list[float] | None = None  # None | "median_frequency" | one weight per class
 
     def __post_init__(self) -> None:
         for k in ("lambda_b", "lambda_c"):
             v = getattr(self, k)
             if v is not None and float(v) < 0:
                 raise ConfigError(f"loss.{k} must be >= 0, got {v!r}")
+        w = self.class_weights
+        if isinstance(w, str):
+            if w != "median_frequency":
+                raise ConfigError(f"loss.class_weights must be null, median_frequency or a list of numbers, "
+                                  f"got {w!r}")
+        elif w is not None:
+            try:
+                self.class_weights = [float(x) for x in w]
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"loss.class_weights: a list of numbers expected, got {w!r}") from exc
+            if any(x < 0 for x in self.class_weights) or not any(x > 0 for x in self.class_weights):
+                raise ConfigError(f"loss.class_weights must be >= 0 with at least one > 0, got {w!r}")
 
 
 @dataclass
@@ -157,6 +172,7 @@ class TrainSection:
     out_dir: str = "runs/train"
     save_fp16: bool = True
     amp: bool = True
+    cpu_bf16: bool = False
     channels_last: bool | None = None  # None: on for CPU (oneDNN convs are faster in NHWC), off on CUDA
 
     def __post_init__(self) -> None:

@@ -35,17 +35,20 @@ class LossTerms:
                 "mask_ratio": self.mask_ratio}
 
 
-def segmentation_ce(logits: Tensor, target: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
+def segmentation_ce(logits: Tensor, target: Tensor, ignore_index: int = IGNORE_INDEX,
+                    weight: Tensor | None = None) -> Tensor:
     """Pixel-wise cross-entropy; `logits` (B,C,h,w) are upsampled bilinearly to the label size (B,H,W).
 
-    Pixels equal to `ignore_index` do not count. A batch with no valid pixel gives 0 (connected to the
-    graph) instead of PyTorch's NaN, so one all-void crop cannot poison a run.
+    `weight` (C,) weighs each pixel by its target class (the mean is over the weights, as in
+    `F.cross_entropy`). Pixels equal to `ignore_index` do not count. A batch with no valid pixel
+    gives 0 (connected to the graph) instead of PyTorch's NaN, so one all-void crop cannot poison a
+    run.
     """
     if logits.shape[-2:] != target.shape[-2:]:
         logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
     if not bool((target != ignore_index).any()):
         return logits.sum() * 0.0
-    return F.cross_entropy(logits.float(), target, ignore_index=ignore_index)
+    return F.cross_entropy(logits.float(), target, weight=weight, ignore_index=ignore_index)
 
 
 def agreement_mask(logits_u: Tensor, logits_l: Tensor, size: tuple[int, int]) -> Tensor:
@@ -88,8 +91,11 @@ def dcfm_losses(
     lambda_b: float,
     lambda_c: float,
     ignore_index: int = IGNORE_INDEX,
+    class_weight: Tensor | None = None,
 ) -> LossTerms:
     """All DCFM losses for one batch of pairs. `x_l`, `x_u` normalised (B,3,H,W), `y_l` (B,H,W) int64.
+
+    `class_weight` (C,), if given, weighs the two cross-entropies L_I and L_B (not L_C).
 
     Both frames go through the encoder as ONE batch (one pass, and BatchNorm sees both frames as it
     will at inference). The stages are called one by one (model.enc_lo / enc_hi / ffm / head, the
@@ -104,11 +110,11 @@ def dcfm_losses(
     logits_l, logits_u = logits[:b], logits[b:]
     fused_l, fused_u = fused[:b], fused[b:]
 
-    l_i = segmentation_ce(logits_l, y_l, ignore_index)
+    l_i = segmentation_ce(logits_l, y_l, ignore_index, class_weight)
     if lambda_b > 0:
         # x_l as a non-key frame: its own F_in, the neighbour's (keyframe) F_co. Eq. 9.
         logits_ul = model.head(model.ffm(f_co[b:], f_in[:b]))
-        l_b = segmentation_ce(logits_ul, y_l, ignore_index)
+        l_b = segmentation_ce(logits_ul, y_l, ignore_index, class_weight)
     else:
         l_b = logits.new_zeros(())  # ablation: the branch is not even computed
     mask = agreement_mask(logits_u, logits_l, tuple(fused.shape[-2:]))

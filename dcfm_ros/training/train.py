@@ -4,8 +4,9 @@
                [--out DIR] [--resume CKPT] [--ablate-lb] [--iterations N]
 
 Each iteration takes a batch of pairs (labeled frame x_l, label y_l, neighbour x_u) and minimises
-L = L_I + lambda_B L_B + lambda_C L_C (losses.py). Plain BatchNorm, no distributed launcher; AMP
-only on CUDA. Output directory:
+L = L_I + lambda_B L_B + lambda_C L_C (losses.py), optionally with per-class weights on the
+cross-entropies (loss.class_weights; class_weights.py). Plain BatchNorm, no distributed launcher;
+fp16 AMP on CUDA, bf16 autocast on CPU when train.cpu_bf16. Output directory:
     config.yaml                 the resolved config (after overrides)
     log.csv                     one row per iteration: iter, lr, loss, L_I, L_B, L_C, mask, time
     eval.csv                    periodic key-frame mIoU on the val split
@@ -36,6 +37,7 @@ from tqdm import tqdm
 
 from dcfm_ros.evaluation.metrics import ConfusionMatrix
 from dcfm_ros.model import DCFM, DCFMConfig, build_model, load_checkpoint, save_checkpoint, upsample_logits
+from dcfm_ros.training.class_weights import class_pixel_counts, median_frequency_weights
 from dcfm_ros.training.config import ConfigError, TrainConfig, load_config
 from dcfm_ros.training.datasets import (
     LabeledFrames,
@@ -138,6 +140,7 @@ class Trainer:
         self.scheduler = PolyWarmup(self.optimizer, cfg.train.iterations, o.power, o.warmup_iters,
                                     o.warmup_ratio, o.min_lr_ratio)
         self.use_amp = bool(cfg.train.amp and self.device.type == "cuda")
+        self.use_cpu_bf16 = bool(cfg.train.cpu_bf16 and self.device.type == "cpu")
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         if resume_state is not None:
             self.optimizer.load_state_dict(resume_state["optimizer"])
@@ -157,10 +160,23 @@ class Trainer:
         if len(self.train_set) < cfg.train.batch_size:
             raise ConfigError(f"train.batch_size {cfg.train.batch_size} > {len(self.train_set)} "
                               "training pairs")
+        self.class_weight = self._class_weight()
         self.val_set = None
         if d.val_split:
             frames = [f for v in video_frames(d.type, d.root, d.val_split).values() for f in v]
             self.val_set = LabeledFrames(frames, self.lut, self.mcfg.input_size)
+
+    def _class_weight(self) -> torch.Tensor | None:
+        w = self.cfg.loss.class_weights
+        n = self.mcfg.num_classes
+        if w is None:
+            return None
+        if w == "median_frequency":
+            counts, image_pixels = class_pixel_counts([s.label for s in self.train_set.samples], self.lut, n)
+            w = median_frequency_weights(counts, image_pixels).tolist()
+        if len(w) != n:
+            raise ConfigError(f"loss.class_weights has {len(w)} weights for {n} classes")
+        return torch.tensor(w, dtype=torch.float32, device=self.device)
 
     # --- checkpoints -------------------------------------------------------------------------------
     def _load_resume(self, ckpt: Path) -> dict:
@@ -204,10 +220,20 @@ class Trainer:
         return evaluate_keyframes(self.model, self.val_set, self.device, self.cfg.dataset.ignore_index,
                                   self.cfg.dataset.eval_stride)
 
+    def _autocast(self) -> Any:
+        if self.use_amp:
+            return torch.autocast("cuda", dtype=torch.float16)
+        if self.use_cpu_bf16:
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return nullcontext()
+
     def run(self) -> Path:
         cfg, t = self.cfg, self.cfg.train
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        resolved = cfg.to_dict()
+        if self.class_weight is not None:  # the weights used, not only how they were chosen
+            resolved["loss"]["class_weights_used"] = [round(float(x), 6) for x in self.class_weight]
+        (self.out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
         gen = torch.Generator()
         gen.manual_seed((cfg.seed or 0) + self.start_iter)
         loader = DataLoader(self.train_set, batch_size=t.batch_size, shuffle=True, drop_last=True,
@@ -235,9 +261,9 @@ class Trainer:
                 x_u = self.model.normalize_input(batch["neighbour"].to(self.device, non_blocking=True))
                 x_l, x_u = x_l.contiguous(memory_format=mf), x_u.contiguous(memory_format=mf)
                 y_l = batch["label"].to(self.device, non_blocking=True)
-                amp = (torch.autocast("cuda", dtype=torch.float16) if self.use_amp else nullcontext())
-                with amp:
-                    terms = dcfm_losses(self.model, x_l, y_l, x_u, lb, lc, cfg.dataset.ignore_index)
+                with self._autocast():
+                    terms = dcfm_losses(self.model, x_l, y_l, x_u, lb, lc, cfg.dataset.ignore_index,
+                                        self.class_weight)
                 if not torch.isfinite(terms.total):
                     raise FloatingPointError(f"loss is {float(terms.total)} at iteration {it + 1} "
                                              f"({terms.as_floats()}); lower the learning rate?")
