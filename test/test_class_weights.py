@@ -86,7 +86,8 @@ def test_cpu_bf16_autocast_runs_convolutions_in_bf16(tmp_path: Path):
     path = _tiny_config(tmp_path, root)
     on = Trainer(load_config(path, ["train.cpu_bf16=true", "dataset.val_split=null"]), tmp_path / "a",
                  progress=False)
-    off = Trainer(load_config(path, ["dataset.val_split=null"]), tmp_path / "b", progress=False)
+    off = Trainer(load_config(path, ["train.cpu_bf16=false", "dataset.val_split=null"]), tmp_path / "b",
+                  progress=False)
     conv = torch.nn.Conv2d(3, 4, 3)
     x = torch.rand(1, 3, 8, 8)
     with on._autocast():
