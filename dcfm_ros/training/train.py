@@ -188,7 +188,8 @@ class Trainer:
         sp = state_path(ckpt)
         if not sp.is_file():
             raise ConfigError(f"--resume {ckpt}: optimizer state {sp} not found (only weights?); "
-                              "use model.pretrained for a fine-tune start instead")
+                              "a weights-only file cannot be resumed (model.pretrained loads backbone "
+                              "weights only)")
         return torch.load(sp, map_location="cpu", weights_only=True)
 
     def _extra(self, iteration: int, val: dict | None) -> dict:
