@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import pytest
 import torch
+from test_engine import SIZE, clip
 
 from dcfm_ros.engine import (
     FixedInterval,
@@ -18,15 +18,6 @@ from dcfm_ros.engine import (
 )
 from dcfm_ros.model import CAMVID_CLASSES, CAMVID_PALETTE, DCFMConfig, build_model, upsample_logits
 
-SIZE = (64, 96)
-
-
-def clip(n: int, seed: int = 0, shift: int = 4) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    base = cv2.resize(rng.integers(0, 256, (8, 24, 3), dtype=np.uint8), (SIZE[1] * 2, SIZE[0]),
-                      interpolation=cv2.INTER_CUBIC)
-    return [np.ascontiguousarray(np.roll(base, shift * i, axis=1)[:, : SIZE[1]]) for i in range(n)]
-
 
 @pytest.fixture(scope="module")
 def model() -> torch.nn.Module:
@@ -36,7 +27,7 @@ def model() -> torch.nn.Module:
 
 @pytest.fixture(scope="module")
 def frames() -> list[np.ndarray]:
-    return clip(6)
+    return clip(6, shift=4)
 
 
 def by_hand(model: torch.nn.Module, frames: list[np.ndarray], keys: list[int],
