@@ -36,6 +36,17 @@ def test_counts_and_median_frequency_by_hand(tmp_path: Path):
     assert w[2] > w[0] > w[1]  # the rarest class weighs most
 
 
+def test_power_softens_median_frequency_weights():
+    counts, image_pixels = np.array([6, 7, 1, 0]), np.array([16, 16, 8, 0])
+    full = median_frequency_weights(counts, image_pixels)
+    root = median_frequency_weights(counts, image_pixels, power=0.5)
+    assert np.allclose(root, np.sqrt(full))
+    assert root[3] == 0.0
+    assert full[2] / full[1] > root[2] / root[1] > 1.0  # still rarest-first, but a smaller spread
+    with pytest.raises(ValueError, match="power must be > 0"):
+        median_frequency_weights(counts, image_pixels, power=0.0)
+
+
 def test_median_frequency_needs_some_labeled_pixel():
     with pytest.raises(ValueError, match="no labeled pixel"):
         median_frequency_weights(np.zeros(3), np.zeros(3))
@@ -61,6 +72,10 @@ def test_config_validates_class_weights(tmp_path: Path):
         load_config(path, ["loss.class_weights=inverse"])
     with pytest.raises(ConfigError, match="class_weights"):
         load_config(path, ["loss.class_weights=[1, -1]"])
+    with pytest.raises(ConfigError, match="class_weight_power must be > 0"):
+        load_config(path, ["loss.class_weight_power=0"])
+    with pytest.raises(ConfigError, match="class_weight_power: a number"):
+        load_config(path, ["loss.class_weight_power=soft"])
     cfg = load_config(path, ["loss.class_weights=[1, 2]"])
     with pytest.raises(ConfigError, match="2 weights for 11 classes"):
         Trainer(cfg, tmp_path / "run", progress=False)
@@ -69,10 +84,11 @@ def test_config_validates_class_weights(tmp_path: Path):
 def test_trainer_uses_median_frequency_weights_of_its_training_labels(tmp_path: Path):
     root = make_camvid(tmp_path / "camvid")
     cfg = load_config(_tiny_config(tmp_path, root),
-                      ["loss.class_weights=median_frequency", "dataset.val_split=null", "train.iterations=1"])
+                      ["loss.class_weights=median_frequency", "loss.class_weight_power=0.5",
+                       "dataset.val_split=null", "train.iterations=1"])
     trainer = Trainer(cfg, tmp_path / "run", progress=False)
     labels = sorted((root / "trainannot").glob("*.png"))
-    expected = median_frequency_weights(*class_pixel_counts(labels, CAMVID_LUT, 11))
+    expected = median_frequency_weights(*class_pixel_counts(labels, CAMVID_LUT, 11), power=0.5)
     assert torch.allclose(trainer.class_weight, torch.tensor(expected, dtype=torch.float32))
     assert trainer.class_weight[8] > trainer.class_weight[3]  # the fixture's car is rarer than road
     trainer.run()

@@ -33,11 +33,15 @@ def class_pixel_counts(labels: Sequence[Path], lut: np.ndarray,
     return counts, image_pixels
 
 
-def median_frequency_weights(counts: np.ndarray, image_pixels: np.ndarray) -> np.ndarray:
-    """median(freq) / freq per class, freq = counts / image_pixels. A class never seen gets weight 0.
+def median_frequency_weights(counts: np.ndarray, image_pixels: np.ndarray, power: float = 1.0) -> np.ndarray:
+    """(median(freq) / freq) ** power per class, freq = counts / image_pixels. A class never seen gets 0.
 
     The median is over the classes that occur, so an absent class cannot shift the others' weights.
+    power < 1 softens the balancing: full weights (power 1) trade the large classes' IoU (building,
+    sky) for the thin ones', and 0.5 (square root) keeps more of the large classes.
     """
+    if power <= 0:
+        raise ValueError(f"median frequency weights: power must be > 0, got {power}")
     counts = np.asarray(counts, np.float64)
     image_pixels = np.asarray(image_pixels, np.float64)
     seen = counts > 0
@@ -46,5 +50,5 @@ def median_frequency_weights(counts: np.ndarray, image_pixels: np.ndarray) -> np
     freq = np.zeros_like(counts)
     freq[seen] = counts[seen] / image_pixels[seen]
     weights = np.zeros_like(counts)
-    weights[seen] = np.median(freq[seen]) / freq[seen]
+    weights[seen] = (np.median(freq[seen]) / freq[seen]) ** power
     return weights

@@ -173,7 +173,7 @@ class Trainer:
             return None
         if w == "median_frequency":
             counts, image_pixels = class_pixel_counts([s.label for s in self.train_set.samples], self.lut, n)
-            w = median_frequency_weights(counts, image_pixels).tolist()
+            w = median_frequency_weights(counts, image_pixels, self.cfg.loss.class_weight_power).tolist()
         if len(w) != n:
             raise ConfigError(f"loss.class_weights has {len(w)} weights for {n} classes")
         return torch.tensor(w, dtype=torch.float32, device=self.device)
