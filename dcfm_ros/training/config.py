@@ -30,7 +30,7 @@ YAML layout (every key optional unless marked; see config/train/*.yaml):
       lambda_b: 0.4          # 0 = the ablation without L_B (also: dcfm-train --ablate-lb)
       lambda_c: 10.0         # default per dataset from Table I
       class_weights: null    # null | median_frequency (from the training labels) | [w_0, ..., w_C-1]
-      class_weight_power: 1.0  # median_frequency weights ** power (0.5 = square root: softer)
+      class_weight_power: 1.0  # median_frequency weights ** power (0.5 = square root: softer); not on a list
     optim:                   # defaults per backbone family (optim.default_optim), any key overrides
       type: sgd              # sgd | adamw
       lr_encoder: 0.01
@@ -143,8 +143,7 @@ class LossSection:
     lambda_b: float | None = None  # None: Table I value for the dataset
     lambda_c: float | None = None
     class_weights: str | list[float] | None = None  # None | "median_frequency" | one weight per class
-    class_weight_power: float = 1.0  # exponent on the median-frequency weights
-
+    class_weight_power: float = 1.0  # exponent on median-frequency weights; a given list is used as it is
 
     def __post_init__(self) -> None:
         for k in ("lambda_b", "lambda_c"):
