@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 import torch
 
-from dcfm_ros.engine.device import PRECISIONS, StageTimer, autocast
+from dcfm_ros.engine.device import PRECISIONS, StageTimer
 from dcfm_ros.engine.keyframe import FixedInterval, MotionThreshold
 from dcfm_ros.engine.stream import StreamEngine
 
@@ -116,15 +116,15 @@ def _sync(device: torch.device) -> None:
 def _baseline_frame(engine: StreamEngine, image: np.ndarray) -> tuple[float, float]:
     """One per-frame-baseline pass, head(enc_hi(enc_lo(x))), with the engine's own pre/post-processing
     and stage timer. Returns (network ms, end-to-end ms)."""
-    model, pre, device = engine.model, engine.preprocessor, engine.device
+    net, pre, device = engine.backend, engine.preprocessor, engine.device
     with torch.inference_mode():
         t0 = time.perf_counter()
         timer = StageTimer(device)
         timer.start()
         x = pre.normalize(pre.upload(image))
         timer.mark("preprocess")
-        with autocast(device, engine.amp_dtype):
-            logits = model.head(model.enc_hi(model.enc_lo(x)))
+        # The baseline decodes F_co directly (no FFM): head(enc_hi(enc_lo(x))).
+        logits = net.head(net.enc_hi(net.enc_lo(x)))
         timer.mark("network")
         pre.labels(logits, (image.shape[0], image.shape[1]))
         e2e = (time.perf_counter() - t0) * 1000.0
@@ -143,8 +143,8 @@ def measure(engine: StreamEngine, frames: list[np.ndarray], warmup: int, count: 
     key_engine = engine
     key_engine.policy = FixedInterval(1)
     key_engine.reset()
-    nonkey_engine = StreamEngine(engine.model, FixedInterval(2**31 - 1), device=device,
-                                 precision=engine.precision, input_size=engine.input_size)
+    nonkey_engine = StreamEngine(engine.model, FixedInterval(2**31 - 1), input_size=engine.input_size,
+                                 backend=engine.backend)
     nonkey_engine.process(frames[0])
     key, nonkey, baseline_net, baseline_e2e = [], [], [], []
     for i, f in enumerate(frames[: warmup + count]):

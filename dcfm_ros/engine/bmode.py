@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dcfm_ros.engine.device import autocast, resolve_device, resolve_precision
+from dcfm_ros.engine.backends import InferenceBackend, make_backend
+from dcfm_ros.engine.device import resolve_device
 from dcfm_ros.engine.keyframe import KeyframePolicy, check_policy
 from dcfm_ros.engine.preprocess import FramePreprocessor, validate_image, validate_size
 
@@ -58,34 +59,29 @@ def _keyframe_list(keyframes: int | Sequence[int], num_frames: int) -> list[int]
 
 
 class _Runner:
-    """The per-stage network calls shared by the sequence modes."""
+    """The per-stage network calls shared by the sequence modes, through an inference backend."""
 
     def __init__(self, model: DCFM, device: str | torch.device, precision: str,
-                 input_size: tuple[int, int] | None) -> None:
-        self.device = resolve_device(device)
-        self.amp = resolve_precision(precision, self.device)
-        self.model = model.to(self.device).eval()
+                 input_size: tuple[int, int] | None, backend: str | InferenceBackend = "torch") -> None:
+        self.net = backend if isinstance(backend, InferenceBackend) else make_backend(
+            backend, model, device, precision)
+        self.device = self.net.device
         cfg = model.config
         size = validate_size(cfg.input_size if input_size is None else input_size)
         self.pre = FramePreprocessor(size, cfg.mean, cfg.std, self.device, cfg.num_classes)
 
     def enc_lo(self, image: np.ndarray) -> Tensor:
-        x = self.pre.normalize(self.pre.upload(image))
-        with autocast(self.device, self.amp):
-            return self.model.enc_lo(x)
+        return self.net.enc_lo(self.pre.normalize(self.pre.upload(image)))
 
     def enc_hi(self, f_in: Tensor) -> Tensor:
-        with autocast(self.device, self.amp):
-            return self.model.enc_hi(f_in)
+        return self.net.enc_hi(f_in)
 
     def common(self, f_co: Tensor) -> Tensor:
         """The keyframe's cached FFM half (ffm.common_part), reused by every frame fused with it."""
-        with autocast(self.device, self.amp):
-            return self.model.ffm.common_part(f_co)
+        return self.net.common_part(f_co)
 
     def logits(self, common: Tensor, f_in: Tensor) -> Tensor:
-        with autocast(self.device, self.amp):
-            return self.model.head(self.model.ffm.fuse_with_common(common, f_in)).float()
+        return self.net.head(self.net.fuse(common, f_in))
 
     def labels(self, logits: Tensor, image: np.ndarray) -> np.ndarray:
         return self.pre.labels(logits, (int(image.shape[0]), int(image.shape[1])))
@@ -100,7 +96,8 @@ def _check_frames(frames: Sequence[np.ndarray]) -> None:
 
 def run_bmode(model: DCFM, frames: Sequence[np.ndarray], keyframes: int | Sequence[int], *,
               device: str | torch.device = "auto", precision: str = "fp32",
-              input_size: tuple[int, int] | None = None, average: str = "logits") -> list[np.ndarray]:
+              input_size: tuple[int, int] | None = None, average: str = "logits",
+              backend: str | InferenceBackend = "torch") -> list[np.ndarray]:
     """B mode over a whole sequence. `keyframes`: interval K or explicit frame indices.
 
     Returns one (H, W) label map per frame, at each frame's resolution. Only two keyframes' cached
@@ -111,7 +108,7 @@ def run_bmode(model: DCFM, frames: Sequence[np.ndarray], keyframes: int | Sequen
         raise ValueError(f"average must be one of {AVERAGES}, got {average!r}")
     _check_frames(frames)
     keys = _keyframe_list(keyframes, len(frames))
-    run = _Runner(model, device, precision, input_size)
+    run = _Runner(model, device, precision, input_size, backend)
     out: list[np.ndarray | None] = [None] * len(frames)
 
     def combine(logits: list[Tensor]) -> Tensor:
@@ -141,7 +138,8 @@ def run_bmode(model: DCFM, frames: Sequence[np.ndarray], keyframes: int | Sequen
 
 def run_pmode(model: DCFM, frames: Sequence[np.ndarray], keyframes: int | Sequence[int], *,
               device: str | torch.device = "auto", precision: str = "fp32",
-              input_size: tuple[int, int] | None = None) -> list[np.ndarray]:
+              input_size: tuple[int, int] | None = None,
+              backend: str | InferenceBackend = "torch") -> list[np.ndarray]:
     """P mode over a sequence with given keyframes (for comparison with B mode on equal keyframes).
 
     Frame 0 must be a keyframe (P mode has nothing to reuse before it). With an interval K this
@@ -151,7 +149,7 @@ def run_pmode(model: DCFM, frames: Sequence[np.ndarray], keyframes: int | Sequen
     keys = set(_keyframe_list(keyframes, len(frames)))
     if 0 not in keys:
         raise ValueError("P mode needs frame 0 as a keyframe (nothing earlier to reuse F_co from)")
-    run = _Runner(model, device, precision, input_size)
+    run = _Runner(model, device, precision, input_size, backend)
     out: list[np.ndarray] = []
     with torch.inference_mode():
         common: Tensor | None = None

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dcfm_ros.engine.device import StageTimer, autocast, resolve_device, resolve_precision
+from dcfm_ros.engine.backends import InferenceBackend, make_backend
+from dcfm_ros.engine.device import StageTimer
 from dcfm_ros.engine.keyframe import KeyframePolicy, check_policy
 from dcfm_ros.engine.preprocess import FramePreprocessor, validate_image, validate_size
 
@@ -52,16 +53,23 @@ class FrameResult:
 
 
 class StreamEngine:
-    """P-mode DCFM over a live stream. Moves `model` to `device` and puts it in eval mode."""
+    """P-mode DCFM over a live stream.
+
+    backend: a name from `dcfm_ros.engine.backends.BACKENDS` (built here for `device` and
+    `precision`) or a ready InferenceBackend (whose device and precision then apply). The torch
+    backend moves `model` to the device and puts it in eval mode.
+    """
 
     def __init__(self, model: DCFM, policy: KeyframePolicy, device: str | torch.device = "auto",
-                 precision: str = "fp32", input_size: tuple[int, int] | None = None) -> None:
-        self.device = resolve_device(device)
-        self.precision = precision
-        self._amp_dtype = resolve_precision(precision, self.device)
+                 precision: str = "fp32", input_size: tuple[int, int] | None = None,
+                 backend: str | InferenceBackend = "torch") -> None:
+        self.backend = backend if isinstance(backend, InferenceBackend) else make_backend(
+            backend, model, device, precision)
+        self.device = self.backend.device
+        self.precision = self.backend.precision
         self.policy = policy  # validated by the setter
         config = model.config
-        self.model = model.to(self.device).eval()
+        self.model = model
         self.num_classes: int = config.num_classes
         self.class_names: tuple[str, ...] = tuple(config.class_names)
         self.palette: tuple[tuple[int, int, int], ...] = tuple(tuple(c) for c in config.palette)
@@ -96,11 +104,6 @@ class StreamEngine:
         """The engine's frame conversion (shared with the benchmark's baseline path)."""
         return self._pre
 
-    @property
-    def amp_dtype(self) -> torch.dtype | None:
-        """The autocast dtype of the network stages; None for float32."""
-        return self._amp_dtype
-
     def process(self, image_rgb: np.ndarray) -> FrameResult:
         """Segment one (H, W, 3) uint8 RGB frame; labels are returned at (H, W)."""
         # Validate before touching any state: a bad frame raises and the stream carries on.
@@ -108,7 +111,7 @@ class StreamEngine:
         t_start = time.perf_counter()
         shape = (int(image_rgb.shape[0]), int(image_rgb.shape[1]))
         timer = StageTimer(self.device)
-        model = self.model
+        net = self.backend
         with torch.inference_mode():
             timer.start()
             x01 = self._pre.upload(image_rgb)
@@ -126,20 +129,19 @@ class StreamEngine:
                 else:
                     is_key = bool(self._policy.decide(since, None))
             timer.mark("preprocess")
-            with autocast(self.device, self._amp_dtype):
-                f_in = model.enc_lo(x)
-                timer.mark("enc_lo")
-                if is_key:
-                    f_co = model.enc_hi(f_in)
-                    timer.mark("enc_hi")
-                    # Once per keyframe (counted in "ffm"): the F_co half of the FFM conv.
-                    common = model.ffm.common_part(f_co)
-                else:
-                    common = self._common
-                f = model.ffm.fuse_with_common(common, f_in)  # type: ignore[arg-type]
-                timer.mark("ffm")
-                logits = model.head(f)
-                timer.mark("head")
+            f_in = net.enc_lo(x)
+            timer.mark("enc_lo")
+            if is_key:
+                f_co = net.enc_hi(f_in)
+                timer.mark("enc_hi")
+                # Once per keyframe (counted in "ffm"): the F_co half of the FFM conv.
+                common = net.common_part(f_co)
+            else:
+                common = self._common
+            f = net.fuse(common, f_in)  # type: ignore[arg-type]
+            timer.mark("ffm")
+            logits = net.head(f)
+            timer.mark("head")
             labels = self._pre.labels(logits, shape)
             timer.mark("postprocess")
             if is_key:

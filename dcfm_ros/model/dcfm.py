@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dcfm_ros.model.backbone import SplitEncoder
 from dcfm_ros.model.config import DCFMConfig
+from dcfm_ros.model.layers import DeepUnit, SplitEncoder, init_new_layers
 
 
 def l2_normalize(x: Tensor) -> Tensor:
@@ -33,18 +33,6 @@ def l2_normalize(x: Tensor) -> Tensor:
     if x.dtype in (torch.float16, torch.bfloat16):
         return F.normalize(x.float(), p=2.0, dim=1).to(x.dtype)
     return F.normalize(x, p=2.0, dim=1)
-
-
-def init_new_layers(module: nn.Module) -> None:
-    """Initialise layers no pretrained file provides (FFM, head, PPM, fuse): He convs, identity BN."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
 
 class FFM(nn.Module):
@@ -215,6 +203,15 @@ class DCFM(nn.Module):
             raise ValueError(f"forward_nonkey: f_co batch {f_co.shape[0]} != input batch {f_in.shape[0]}")
         f = self.ffm(f_co, f_in)
         return self.head(f), f
+
+    def deep_units(self) -> list[DeepUnit]:
+        """`enc_hi` cut into its blocks, for engines that spread a keyframe's deep pass over time:
+        run_deep_units(model.deep_units(), (F_in,)) == (model.enc_hi(F_in),). A backbone without
+        pieces of its own is one piece."""
+        units = getattr(self.enc_hi, "deep_units", None)
+        if units is None:
+            return [DeepUnit("enc_hi", lambda f_in: (self.enc_hi(f_in),), [self.enc_hi])]
+        return units()
 
     def common_cache(self, f_co: Tensor) -> Tensor:
         """The per-keyframe cache for `forward_nonkey_cached`: ffm.common_part of a raw F_co.

@@ -24,14 +24,14 @@ used and its weights are ignored on purpose.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dcfm_ros.model.backbone import SplitEncoder
-from dcfm_ros.model.dcfm import init_new_layers
+from dcfm_ros.model.layers import DeepUnit, SplitEncoder, init_new_layers
 from dcfm_ros.model.weights import LoadReport, WeightLoadError, load_into, read_state_dict
 
 LO_BLOCKS = 3  # blocks 0..2: stride-2 stage (16 ch) and stride-4 stage (24 ch)
@@ -93,7 +93,10 @@ class EfficientNetHi(nn.Module):
             x = block(x, drop_connect_rate=rate)
             if i in self.taps:
                 feats.append(x)
-        size = f_in.shape[-2:]
+        return self._fuse(feats)
+
+    def _fuse(self, feats: list[Tensor]) -> Tensor:
+        size = feats[0].shape[-2:]
         projected = []
         for proj, feat in zip(self.proj, feats, strict=True):
             y = proj(feat)
@@ -101,6 +104,30 @@ class EfficientNetHi(nn.Module):
                 y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
             projected.append(y)
         return self.fuse(torch.cat(projected, dim=1))
+
+    def deep_units(self) -> list[DeepUnit]:
+        """forward in pieces: one MBConv block each, then the multi-scale fuse.
+
+        State: (*tapped features, current x); F_in is the first tap, so the first piece keeps it
+        and the last block's output (a tap too) stays current until the fuse piece.
+        """
+        units = [DeepUnit(f"blocks.{i}", self._block_unit(i), [block]) for i, block in enumerate(self.blocks)]
+        units.append(DeepUnit("proj+fuse", self._fuse_unit, [self.proj, self.fuse]))
+        return units
+
+    def _block_unit(self, i: int) -> Callable[..., tuple[Tensor, ...]]:
+        block, rate = self.blocks[i], self.drop_rates[i]
+
+        def run(*state: Tensor) -> tuple[Tensor, ...]:
+            # The current x is kept as a tap when the previous block ended a stage (or it is F_in).
+            *taps, x = state
+            if i == 0 or (i - 1) in self.taps:
+                taps.append(x)
+            return (*taps, block(x, drop_connect_rate=rate))
+        return run
+
+    def _fuse_unit(self, *state: Tensor) -> tuple[Tensor]:
+        return (self._fuse(list(state)),)
 
 
 def packaged_weights_path() -> Path:

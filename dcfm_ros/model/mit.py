@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dcfm_ros.model.backbone import SplitEncoder
+from dcfm_ros.model.layers import DeepUnit, SplitEncoder
 from dcfm_ros.model.weights import LoadReport, WeightLoadError, load_into, read_state_dict
 
 log = logging.getLogger(__name__)
@@ -339,6 +339,50 @@ class MiTEncHi(nn.Module):
 
     def forward(self, f_in: Tensor) -> Tensor:
         return self.decoder(self.forward_stages(f_in))  # F_co: (B, E, H/4, W/4)
+
+    def deep_units(self) -> list[DeepUnit]:
+        """forward in pieces, one MiT block each (the decoder is the last piece).
+
+        State between pieces: (*finished stage outputs, current stage's map (B, C_s, H_s, W_s)); a
+        stage's LayerNorm runs in the first piece of the next stage (or in the decoder piece).
+        """
+        units = [DeepUnit(f"block1.{key}", self._block_unit(block), [block])
+                 for key, block in self.block1.items()]
+        for s in (2, 3, 4):
+            norm_prev, embed = getattr(self, f"norm{s - 1}"), getattr(self, f"patch_embed{s}")
+            blocks = getattr(self, f"block{s}")
+            start = self._stage_start_unit(norm_prev, embed, blocks[0])
+            units.append(DeepUnit(f"patch_embed{s}+block{s}.0", start, [norm_prev, embed, blocks[0]]))
+            units += [DeepUnit(f"block{s}.{k}", self._block_unit(block), [block])
+                      for k, block in enumerate(blocks) if k > 0]
+        units.append(DeepUnit("norm4+decoder", self._decoder_unit(), [self.norm4, self.decoder]))
+        return units
+
+    @staticmethod
+    def _block_unit(block: Block) -> Callable[..., tuple[Tensor, ...]]:
+        def run(*state: Tensor) -> tuple[Tensor, ...]:
+            *done, x = state
+            H, W = x.shape[-2:]
+            return (*done, tokens_to_map(block(map_to_tokens(x), H, W), H, W))
+        return run
+
+    @staticmethod
+    def _stage_start_unit(norm_prev: nn.LayerNorm, embed: OverlapPatchEmbed,
+                          block: Block) -> Callable[..., tuple[Tensor, ...]]:
+        def run(*state: Tensor) -> tuple[Tensor, ...]:
+            *done, x = state
+            H, W = x.shape[-2:]
+            finished = tokens_to_map(norm_prev(map_to_tokens(x)), H, W)
+            t, H, W = embed(finished)
+            return (*done, finished, tokens_to_map(block(t, H, W), H, W))
+        return run
+
+    def _decoder_unit(self) -> Callable[..., tuple[Tensor, ...]]:
+        def run(*state: Tensor) -> tuple[Tensor, ...]:
+            *done, x = state
+            H, W = x.shape[-2:]
+            return (self.decoder([*done, tokens_to_map(self.norm4(map_to_tokens(x)), H, W)]),)
+        return run
 
 
 class MiTEncoder(nn.Module):

@@ -17,14 +17,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dcfm_ros.model.backbone import SplitEncoder
-from dcfm_ros.model.dcfm import init_new_layers
+from dcfm_ros.model.layers import DeepUnit, SplitEncoder, init_new_layers
 from dcfm_ros.model.weights import LoadReport, WeightLoadError, load_into, read_state_dict
 
 PPM_BINS = (1, 2, 3, 6)
@@ -166,6 +166,21 @@ class ResNetHi(nn.Module):
     def forward(self, f_in: Tensor) -> Tensor:
         x = self.layer4(self.layer3(self.layer2(f_in)))
         return self.conv_f(self.ppm(x))
+
+    def deep_units(self) -> list[DeepUnit]:
+        """forward in pieces: one residual block each, then PPM + conv_f. State: (x,)."""
+        units = [DeepUnit(f"{name}.{i}", _single(block), [block])
+                 for name in ("layer2", "layer3", "layer4")
+                 for i, block in enumerate(getattr(self, name))]
+        tail = nn.Sequential(self.ppm, self.conv_f)
+        units.append(DeepUnit("ppm+conv_f", _single(tail), [self.ppm, self.conv_f]))
+        return units
+
+
+def _single(module: nn.Module) -> Callable[[Tensor], tuple[Tensor]]:
+    def run(x: Tensor) -> tuple[Tensor]:
+        return (module(x),)
+    return run
 
 
 def _rename_torchvision_key(key: str) -> str | None:
