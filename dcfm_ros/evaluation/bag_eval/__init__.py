@@ -2,17 +2,17 @@
 a report. One module per job:
 
   params        the node's effective parameters (defaults < params file < --param < the run's needs)
-  node_process  dcfm_node as a subprocess in an isolated ROS domain
+  node_process  dcfm_node as a subprocess in an isolated ROS domain; the DDS transport
   playback      publish the frames (+ /clock), record the outputs (rclpy, imported on use)
   analysis      match outputs to frames and ground truth by stamp; metrics, video, contact sheet
+  stopping      SIGINT/SIGTERM: stop the run, keep what it had
   runner        one run, start to end
   cli           the command line (`dcfm-bag-eval`, main)
+
+Only `main` is imported here, and cli keeps its imports light, so the signal handlers are in place
+before numpy, OpenCV, torch or rclpy load.
 """
 
-from dcfm_ros.evaluation.bag_eval.analysis import analyze, label_classes_warning
-from dcfm_ros.evaluation.bag_eval.cli import build_parser, main
-from dcfm_ros.evaluation.bag_eval.errors import BagEvalError, NodeFailedError
-from dcfm_ros.evaluation.bag_eval.params import effective_params, read_params_file
+from dcfm_ros.evaluation.bag_eval.cli import main
 
-__all__ = ["BagEvalError", "NodeFailedError", "analyze", "build_parser", "effective_params",
-           "label_classes_warning", "main", "read_params_file"]
+__all__ = ["main"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from dcfm_ros.evaluation.bag_eval.errors import BagEvalError
 from dcfm_ros.evaluation.bag_eval.playback import OUT_TOPICS
 from dcfm_ros.evaluation.bagio import BadMessage, BagReader, Frame
 from dcfm_ros.evaluation.report import FrameRecord
+from dcfm_ros.evaluation.video import CODECS, VideoSink
 
 IGNORE_INDEX = 255
 MVC_LENGTHS = (8, 16)
@@ -39,7 +40,8 @@ class StampLookup:
     def _take(self, item: Frame | BadMessage) -> None:
         if isinstance(item, BadMessage):
             self.bad.append(item)
-        if item.stamp_ns is not None and item.stamp_ns not in self._buf:
+        # only what will be asked for: a long bag played in a slice must not pile up in memory
+        if item.stamp_ns in self.known and item.stamp_ns not in self._buf:
             self._buf[item.stamp_ns] = item
 
     def get(self, stamp: int) -> Frame | BadMessage | None:
@@ -63,9 +65,9 @@ class StampLookup:
         return self.bad
 
 
-def topic_stamps(bag: BagReader, topic: str) -> set[int]:
+def topic_stamps(bag: BagReader, topic: str, start_ns: int | None = None) -> set[int]:
     stamps = set()
-    for raw in bag.raw([topic]):
+    for raw in bag.raw([topic], start_ns=start_ns):
         with contextlib.suppress(bagio.DecodeError):
             stamps.add(bagio.cdr_header_stamp(raw.data))
     return stamps
@@ -116,12 +118,23 @@ class Analysis:
     video: str | None
     contact_sheet: str | None
     warnings: list[str]
+    video_codec: str | None = None
+    contact_sheet_columns: str | None = None
+    analysed: int = 0  # records gone through (all of them unless stopped)
+    stopped: bool = False
 
 
 def analyze(in_bag: Path, out_bag: Path, records: Sequence[FrameRecord], *, image_topic: str,
             gt_topic: str | None, class_names: Sequence[str], palette: Sequence[Sequence[int]],
-            out_dir: Path, video: bool = True, contact_frames: int = CONTACT_FRAMES) -> Analysis:
-    """Match labels and GT to frames by stamp; metrics, overlay video and contact sheet (streaming)."""
+            out_dir: Path, video: bool = True, contact_frames: int = CONTACT_FRAMES,
+            video_codecs: Sequence[str] = CODECS, sliced: bool = False,
+            should_stop: Callable[[], bool] = lambda: False) -> Analysis:
+    """Match labels and GT to frames by stamp; metrics, overlay video and contact sheet (streaming).
+
+    `sliced`: the records are a slice of the bag, so unusable GT messages outside it are not listed.
+    `should_stop()` true ends the pass at the current frame: metrics, video and sheet then cover the
+    frames gone through (`analysed`)."""
+    from dcfm_ros.evaluation import pictures as pic
     from dcfm_ros.evaluation import report as rp
     from dcfm_ros.evaluation.metrics import ConfusionMatrix
 
@@ -131,19 +144,28 @@ def analyze(in_bag: Path, out_bag: Path, records: Sequence[FrameRecord], *, imag
     gt_bad: list[BadMessage] = []
     metric_frames = 0
     ok = [r for r in records if r.status == "ok"]
+    wanted = {r.stamp_ns for r in records}
+    start_ns = records[0].log_ns if records and sliced else None
+    out = Analysis(None, gt_bad, None, None, warnings)
     with BagReader(in_bag) as src, BagReader(out_bag) as dst:
-        images = StampLookup(src.frames(image_topic), {r.stamp_ns for r in records})
-        gts = StampLookup(src.frames(gt_topic, "labels"), topic_stamps(src, gt_topic)) if gt_topic else None
+        images = StampLookup(src.frames(image_topic, start_ns=start_ns), wanted)
+        gts = (StampLookup(src.frames(gt_topic, "labels", start_ns=start_ns),
+                           topic_stamps(src, gt_topic, start_ns) & wanted) if gt_topic else None)
         labels_topic = OUT_TOPICS["labels"][0]
         preds = StampLookup(dst.frames(labels_topic, "labels"), {r.stamp_ns for r in ok})
         # contact sheet: frames with labels, preferably with ground truth
         candidates = ([r for r in ok if r.stamp_ns in gts.known] if gts is not None else []) or ok
-        sheet_stamps = {candidates[i].stamp_ns for i in rp.pick_frames(len(candidates), contact_frames)}
+        sheet_stamps = {candidates[i].stamp_ns for i in pic.pick_frames(len(candidates), contact_frames)}
         sheet_rows: list[tuple[str, list[tuple[str, np.ndarray]]]] = []
-        fps = _rate(records)
-        sink = rp.VideoSink(out_dir / rp.FILES["video"], fps) if video and records else None
+        last_column: set[str] = set()
+        sink = VideoSink(out_dir, Path(rp.FILES["video"]).stem, _rate(records), video_codecs) \
+            if video and records else None
+        strip: np.ndarray | None = None
         try:
             for r in records:
+                if should_stop():
+                    out.stopped = True
+                    break
                 img = images.get(r.stamp_ns)
                 if not isinstance(img, Frame):
                     raise BagEvalError(f"frame {r.index} (stamp {r.stamp_ns}) is no longer readable in "
@@ -184,36 +206,51 @@ def analyze(in_bag: Path, out_bag: Path, records: Sequence[FrameRecord], *, imag
                 if sink is not None:
                     text = (f"#{r.index} {'KEY ' if r.is_keyframe else ''}{r.latency_ms or 0:.0f} ms"
                             if pred is not None else f"#{r.index} no output")
-                    sink.write(rp.overlay_frame(img.image, pred, palette, 0.5, text))
+                    frame = pic.overlay_frame(img.image, pred, palette, 0.5, text)
+                    if strip is None or strip.shape[1] != frame.shape[1]:
+                        strip = pic.legend(class_names, palette, frame.shape[1])
+                    sink.write(pic.with_legend(frame, strip))
                 if r.stamp_ns in sheet_stamps:
-                    cells = [("camera", img.image),
-                             ("overlay", rp.overlay_frame(img.image, pred, palette, 0.5))]
+                    # captions say what each tile is: "ground truth" only where there is one
+                    cells = [("camera", img.image), ("overlay" if pred is not None else "no output",
+                                                     pic.overlay_frame(img.image, pred, palette, 0.5))]
                     if gt is not None:
-                        cells.append(("ground truth", rp.colorize(gt, palette)))
+                        cells.append(("ground truth", pic.colorize(gt, palette)))
                     elif pred is not None:
-                        cells.append(("labels", rp.colorize(pred, palette)))
+                        cells.append(("prediction", pic.colorize(pred, palette)))
+                    last_column.add(cells[-1][0] if len(cells) == 3 else "")
                     sheet_rows.append((f"#{r.index}", cells))
-            if gts is not None:
+                out.analysed += 1
+            if gts is not None and not out.stopped:
                 seen = {(b.index, b.reason) for b in gt_bad}
-                gt_bad += [b for b in gts.finish() if (b.index, b.reason) not in seen]
-        finally:
+                gt_bad += [b for b in gts.finish() if (b.index, b.reason) not in seen and
+                           (not sliced or (records and b.log_ns <= records[-1].log_ns))]
+        except BaseException:
             if sink is not None:
-                sink.close()
-    sheet = None
+                sink.abort()
+            raise
+    if sink is not None and sink.close() is not None:
+        assert sink.path is not None
+        out.video, out.video_codec = sink.path.name, sink.codec
+        if sink.tried:
+            warnings.append(f"overlay video written as {sink.codec}; passed over: {'; '.join(sink.tried)}")
+        if sink.codec == "mpeg4":
+            warnings.append("the overlay video is MPEG-4 Part 2, which browsers do not play: pip install "
+                            "imageio-ffmpeg for H.264")
     if sheet_rows:
-        rp.contact_sheet(sheet_rows, out_dir / rp.FILES["contact_sheet"])
-        sheet = rp.FILES["contact_sheet"]
-    metrics = None
+        pic.contact_sheet(sheet_rows, out_dir / rp.FILES["contact_sheet"], classes=(class_names, palette))
+        out.contact_sheet = rp.FILES["contact_sheet"]
+        third = " or ".join(sorted(c for c in last_column if c))
+        out.contact_sheet_columns = "camera | overlay" + (f" | {third}" if third else "")
     if gt_topic is not None:
         summary = cm.summary(class_names)
-        metrics = {"frames": metric_frames, "ignore_index": IGNORE_INDEX, "miou": summary["mIoU"],
-                   "wiou": summary["wIoU"], "pixel_acc": summary["pixel_acc"],
-                   "per_class_iou": summary["per_class_IoU"], "mvc8": vc.result(8), "mvc16": vc.result(16),
-                   "mvc_runs": vc.run_count}
+        out.metrics = {"frames": metric_frames, "ignore_index": IGNORE_INDEX, "miou": summary["mIoU"],
+                       "wiou": summary["wIoU"], "pixel_acc": summary["pixel_acc"],
+                       "per_class_iou": summary["per_class_IoU"], "mvc8": vc.result(8),
+                       "mvc16": vc.result(16), "mvc_runs": vc.run_count}
         if metric_frames == 0:
             warnings.append(f"no frame has both labels and ground truth on {gt_topic}: metrics are empty")
-    return Analysis(metrics, gt_bad, rp.FILES["video"] if sink is not None and sink.frames else None, sheet,
-                    warnings)
+    return out
 
 
 def label_classes_warning(custom_data: Mapping[str, str], gt_topic: str | None,

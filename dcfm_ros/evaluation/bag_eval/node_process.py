@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
-from collections.abc import Iterator, Mapping
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
-from dcfm_ros.evaluation.bag_eval.errors import NodeFailedError
+from dcfm_ros.evaluation.bag_eval.errors import BagEvalError, NodeFailedError
 
 LOG_TAIL_LINES = 40
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def default_domain_id() -> int:
@@ -19,12 +22,29 @@ def default_domain_id() -> int:
     return 1 + (os.getpid() + 50) % 101
 
 
+# Fast DDS builtin transports (FASTDDS_BUILTIN_TRANSPORTS) --transport can choose. UDPv4 is the default
+# for the reasons in README "Evaluation and demo" (transport figures): no shared-memory files left in
+# /dev/shm by a killed process, and over a reliable link it is as fast here as the others.
+TRANSPORTS = ("UDPv4", "DEFAULT", "SHM", "LARGE_DATA")
+DEFAULT_TRANSPORT = "UDPv4"
+
+
+def choose_transport(asked: str | None) -> str:
+    """--transport if given, else FASTDDS_BUILTIN_TRANSPORTS from the environment, else the default."""
+    value = asked if asked is not None else os.environ.get("FASTDDS_BUILTIN_TRANSPORTS", DEFAULT_TRANSPORT)
+    for t in TRANSPORTS:
+        if value.upper() == t.upper():
+            return t
+    where = "--transport" if asked is not None else "FASTDDS_BUILTIN_TRANSPORTS"
+    raise BagEvalError(f"{where} must be one of {', '.join(TRANSPORTS)}, got {value!r}")
+
+
 @contextlib.contextmanager
-def ros_environment(domain_id: int) -> Iterator[dict[str, str]]:
-    """Set (and afterwards restore) the variables that isolate this run; yields the node's env."""
-    wanted = {"ROS_DOMAIN_ID": str(domain_id), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
-    # UDPv4 only: no shared-memory files left behind in /dev/shm if a process is killed.
-    wanted.setdefault("FASTDDS_BUILTIN_TRANSPORTS", os.environ.get("FASTDDS_BUILTIN_TRANSPORTS", "UDPv4"))
+def ros_environment(domain_id: int, transport: str = DEFAULT_TRANSPORT) -> Iterator[dict[str, str]]:
+    """Set (and afterwards restore) the variables that isolate this run and choose its transport, for
+    this process's rclpy and the node; yields the node's env."""
+    wanted = {"ROS_DOMAIN_ID": str(domain_id), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+              "FASTDDS_BUILTIN_TRANSPORTS": transport}
     saved = {k: os.environ.get(k) for k in wanted}
     os.environ.update(wanted)
     try:
@@ -37,6 +57,23 @@ def ros_environment(domain_id: int) -> Iterator[dict[str, str]]:
                 os.environ[k] = v
 
 
+def _parent_death_signal() -> Callable[[], None] | None:
+    """A preexec_fn that makes the kernel send SIGTERM to the node when dcfm-bag-eval dies without the
+    chance to stop it (SIGKILL), so no node outlives it (Linux only). prctl is looked up here, in
+    the parent: the child only calls it between fork and exec."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+    def setup() -> None:
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+
+    return setup
+
+
 class NodeProcess:
     """dcfm_node as a subprocess; stdout+stderr in a log file."""
 
@@ -44,7 +81,10 @@ class NodeProcess:
         self.cmd = cmd
         self.log_path = log_path
         self._log = log_path.open("wb")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=dict(env))
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=dict(env),
+                                     # a session of its own: a Ctrl-C in the terminal reaches only
+                                     # dcfm-bag-eval, which then stops the node in order
+                                     start_new_session=True, preexec_fn=_parent_death_signal())
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -59,7 +99,13 @@ class NodeProcess:
             raise NodeFailedError(f"dcfm_node exited with status {self.proc.returncode} while {doing}; the "
                                   f"end of its log ({self.log_path}):\n{self.tail()}")
 
+    @property
+    def pid(self) -> int:
+        return int(self.proc.pid)
+
     def stop(self, timeout: float = 20.0) -> int:
+        """SIGINT, then SIGKILL after `timeout` s; returns the exit status. Signals that reach
+        dcfm-bag-eval meanwhile are handled by stopping.py (only recorded), so the wait is never cut."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
             try:

@@ -7,10 +7,11 @@ drop policy. Outputs go into the output bag at the input frame's record time.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,20 @@ class Playback:
     unmatched_outputs: int = 0
     warnings: list[str] = field(default_factory=list)
     out_topics: list[str] = field(default_factory=list)
+    stopped: str | None = None  # why playback ended before the slice's end (a signal), else None
+
+
+@dataclass(frozen=True)
+class FrameSlice:
+    """Which frames to play: from `start_s` seconds after the bag's start (record time), at most
+    `max_frames` frames sent (None = to the end)."""
+
+    start_s: float = 0.0
+    max_frames: int | None = None
+
+    @property
+    def whole(self) -> bool:
+        return self.start_s == 0.0 and self.max_frames is None
 
 
 class _Recorder:
@@ -86,12 +101,17 @@ def _fill_info(rec: FrameRecord, data: bytes) -> dict[str, int]:
 
 def play(bag: BagReader, image_topic: str, msgtype: str, node: NodeProcess, writer: BagWriter, *,
          domain_id: int, max_mode: bool, rate: float, record: Sequence[str], frame_timeout: float,
-         startup_timeout: float, progress: bool = True) -> Playback:
-    """Publish the bag's image messages to the node and record its outputs (see the module docstring)."""
+         startup_timeout: float, frames: FrameSlice = FrameSlice(),
+         should_stop: Callable[[], bool] = lambda: False, progress: bool = True) -> Playback:
+    """Publish the bag's image messages to the node and record its outputs (see the module docstring).
+
+    When `should_stop()` turns true, no further frame is sent; frames already sent get a short grace
+    to come back, and the Playback says why it stopped (`stopped`)."""
     import rclpy
     from rclpy.context import Context
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+    from rclpy.signals import SignalHandlerOptions
     from rosgraph_msgs.msg import Clock
     from sensor_msgs.msg import CompressedImage, Image
 
@@ -104,7 +124,8 @@ def play(bag: BagReader, image_topic: str, msgtype: str, node: NodeProcess, writ
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
     ctx = Context()
-    rclpy.init(context=ctx, domain_id=domain_id)
+    # No rclpy signal handlers: dcfm-bag-eval's own (stopping.py) decide what a signal does.
+    rclpy.init(context=ctx, domain_id=domain_id, signal_handler_options=SignalHandlerOptions.NO)
     ros_node = rclpy.create_node("dcfm_bag_eval", context=ctx)
     executor = SingleThreadedExecutor(context=ctx)
     executor.add_node(ros_node)
@@ -121,11 +142,11 @@ def play(bag: BagReader, image_topic: str, msgtype: str, node: NodeProcess, writ
             writer.add_topic(topic, otype)
             out.out_topics.append(topic)
 
-        def spin_until(done: Any, timeout: float, doing: str) -> bool:
+        def spin_until(done: Any, timeout: float, doing: str, stoppable: bool = True) -> bool:
             deadline = time.perf_counter() + timeout
             while not done():
                 node.check(doing)
-                if time.perf_counter() > deadline:
+                if time.perf_counter() > deadline or (stoppable and should_stop()):
                     return False
                 executor.spin_once(timeout_sec=0.005)
             return True
@@ -137,7 +158,11 @@ def play(bag: BagReader, image_topic: str, msgtype: str, node: NodeProcess, writ
                     and all(s.get_publisher_count() > 0 for k, s in subs.items())
                     and rec.classes is not None)
 
-        if not spin_until(discovered, startup_timeout, "starting up"):
+        ok = spin_until(discovered, startup_timeout, "starting up")
+        if should_stop():
+            out.stopped = "during the node's start-up, before any frame was sent"
+            return out
+        if not ok:
             missing = [k for k, s in subs.items() if s.get_publisher_count() == 0]
             if image_pub.get_subscription_count() == 0:
                 missing.append(f"subscriber of {image_topic}")
@@ -146,7 +171,7 @@ def play(bag: BagReader, image_topic: str, msgtype: str, node: NodeProcess, writ
                                   f"({node.log_path}):\n{node.tail()}")
         # The node's reader must also have matched our writer; its writers have matched ours already,
         # and DDS matches both directions from the same discovery exchange. A short settle covers it.
-        spin_until(lambda: False, 0.3, "starting up")
+        spin_until(lambda: False, 0.3, "starting up", stoppable=False)
         for key, (topic, otype) in OUT_TOPICS.items():
             if key in subs:
                 for info in ros_node.get_publishers_info_by_topic(topic):
@@ -189,8 +214,16 @@ def play(bag: BagReader, image_topic: str, msgtype: str, node: NodeProcess, writ
         t0 = time.perf_counter()
         first_log: int | None = None
         last_report = t0
-        total = bag.topics[image_topic].count
-        for raw in bag.raw([image_topic]):
+        total = bag.topics[image_topic].count if frames.whole else None
+        slice_start = bag.start_ns + round(frames.start_s * 1e9)
+        if progress:
+            print("dcfm-bag-eval: the node is ready; playing", file=sys.stderr, flush=True)
+        for raw in bag.raw([image_topic], start_ns=slice_start):
+            if should_stop():
+                out.stopped = f"after {len(out.records)} frames sent"
+                break
+            if frames.max_frames is not None and len(out.records) >= frames.max_frames:
+                break
             item = bagio.decode_raw(raw, "image")
             if isinstance(item, BadMessage):
                 out.skipped.append(item)
@@ -204,7 +237,7 @@ def play(bag: BagReader, image_topic: str, msgtype: str, node: NodeProcess, writ
                 t0 = time.perf_counter()
             if not max_mode:  # recorded timing, scaled
                 target = t0 + (raw.log_ns - first_log) / 1e9 / rate
-                while (now := time.perf_counter()) < target:
+                while (now := time.perf_counter()) < target and not should_stop():
                     node.check("playing the bag")
                     executor.spin_once(timeout_sec=min(0.005, target - now))
                 drain()
@@ -219,7 +252,7 @@ def play(bag: BagReader, image_topic: str, msgtype: str, node: NodeProcess, writ
                 wait = frame_timeout if len(out.records) > 1 else max(frame_timeout, startup_timeout)
                 ok = spin_until(lambda s=r.stamp_ns: s in rec.labels_at and s in rec.info_at, wait,
                                 "processing frames")
-                out.timeouts += not ok
+                out.timeouts += not ok and not should_stop()  # a stop is not a timeout
                 mark(r)
                 drain()
             else:
@@ -228,9 +261,12 @@ def play(bag: BagReader, image_topic: str, msgtype: str, node: NodeProcess, writ
             if progress and time.perf_counter() - last_report > 2.0:
                 last_report = time.perf_counter()
                 done = sum(1 for x in out.records if x.stamp_ns in rec.labels_at)
-                print(f"dcfm-bag-eval: {len(out.records)}/{total} frames sent, {done} back", file=sys.stderr)
+                print(f"dcfm-bag-eval: {len(out.records)}/{total or '?'} frames sent, {done} back",
+                      file=sys.stderr)
+        if out.stopped is None and should_stop():  # the signal came while the last frame was out
+            out.stopped = f"after {len(out.records)} frames sent"
 
-        if not max_mode:  # the node may still be working through its queue
+        if not max_mode or out.stopped:  # the node may still be working through its queue
             def all_back() -> bool:
                 return all(r.stamp_ns in rec.labels_at and r.stamp_ns in rec.info_at for r in out.records)
 
@@ -246,11 +282,14 @@ def play(bag: BagReader, image_topic: str, msgtype: str, node: NodeProcess, writ
             slowest = max((t - t0 - (by_stamp[s].sent_s or 0.0) for s, t in rec.labels_at.items()
                            if s in by_stamp), default=1.0)
             quiet = min(frame_timeout, max(3.0, 3 * slowest))
-            while not all_back() and not node_idle() and time.perf_counter() - rec.last_output < quiet:
-                spin_until(all_back, 0.1, "finishing the queue")
+            # After a stop request the grace is bounded: the user asked to stop.
+            grace_end = time.perf_counter() + (quiet if out.stopped else math.inf)
+            while (not all_back() and not node_idle() and time.perf_counter() - rec.last_output < quiet
+                   and time.perf_counter() < grace_end):
+                spin_until(all_back, 0.1, "finishing the queue", stoppable=False)
             for r in out.records:
                 mark(r)
-        spin_until(lambda: False, 0.05, "finishing")  # late info messages
+        spin_until(lambda: False, 0.05, "finishing", stoppable=False)  # late info messages
         for r in out.records:
             mark(r)
         drain()
