@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from types import FrameType
 from typing import Any
 
@@ -42,6 +43,10 @@ class StopRequest:
                         "report of what was recorded (further signals are ignored)\n".encode())
 
     def install(self) -> StopRequest:
+        """Take over SIGINT/SIGTERM (only possible in the main thread; elsewhere, e.g. main() called
+        from a worker thread, the caller's handlers stay)."""
+        if threading.current_thread() is not threading.main_thread():
+            return self
         for s in SIGNALS:
             self._saved[s] = signal.signal(s, self._handle)
         return self
