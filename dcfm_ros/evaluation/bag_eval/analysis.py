@@ -238,7 +238,11 @@ def analyze(in_bag: Path, out_bag: Path, records: Sequence[FrameRecord], *, imag
             warnings.append("the overlay video is MPEG-4 Part 2, which browsers do not play: pip install "
                             "imageio-ffmpeg for H.264")
     if sheet_rows:
-        pic.contact_sheet(sheet_rows, out_dir / rp.FILES["contact_sheet"], classes=(class_names, palette))
+        names, colors = list(class_names), [tuple(c) for c in palette]
+        if "ground truth" in last_column:  # void pixels of the ground truth are drawn black
+            names.append(f"void ({IGNORE_INDEX} in ground truth, not scored)")
+            colors.append((0, 0, 0))
+        pic.contact_sheet(sheet_rows, out_dir / rp.FILES["contact_sheet"], classes=(names, colors))
         out.contact_sheet = rp.FILES["contact_sheet"]
         third = " or ".join(sorted(c for c in last_column if c))
         out.contact_sheet_columns = "camera | overlay" + (f" | {third}" if third else "")
