@@ -4,6 +4,11 @@ run of the same model on the same frames, and bad input gives a clear error or a
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -11,14 +16,10 @@ import numpy as np
 import pytest
 
 from dcfm_ros.evaluation import bagio
-from dcfm_ros.evaluation.bag_eval import (
-    BagEvalError,
-    analyze,
-    effective_params,
-    label_classes_warning,
-    main,
-    read_params_file,
-)
+from dcfm_ros.evaluation.bag_eval import main
+from dcfm_ros.evaluation.bag_eval.analysis import analyze, label_classes_warning
+from dcfm_ros.evaluation.bag_eval.errors import BagEvalError
+from dcfm_ros.evaluation.bag_eval.params import effective_params, read_params_file
 from dcfm_ros.evaluation.bagio import BagReader, BagWriter, Frame
 from dcfm_ros.evaluation.make_bag import main as make_bag
 from dcfm_ros.evaluation.metrics import ConfusionMatrix, mean_video_consistency
@@ -229,6 +230,68 @@ def test_analyze_counts_unusable_ground_truth(tmp_path: Path) -> None:
                 palette=[(0, 0, 0)] * 5, out_dir=tmp_path, video=False)
 
 
+def _analysis_bags(tmp_path: Path, n: int) -> tuple[Path, Path, list[FrameRecord]]:
+    """An input bag (camera + GT) and an output bag (labels for every frame), as a run leaves them."""
+    images, labels = _clip(n, seed=7)
+    labels = [np.where(lab == 11, 255, lab).astype(np.uint8) for lab in labels]
+    stamps = [2_000_000_000 + i * 66_666_667 for i in range(n)]
+    in_bag, out_bag = tmp_path / "in", tmp_path / "out"
+    with BagWriter(in_bag) as w:
+        w.add_topic("/cam", bagio.IMAGE)
+        w.add_topic("/gt", bagio.IMAGE)
+        for i, st in enumerate(stamps):
+            w.write("/cam", st, bagio.image_msg(images[i], st, "c"))
+            w.write("/gt", st + 1, bagio.label_msg(labels[i], st, "c"))
+    with BagWriter(out_bag) as w:
+        w.add_topic("/segmentation/labels", bagio.IMAGE)
+        for i, st in enumerate(stamps):
+            pred = np.where(labels[i] == 255, 0, labels[i]).astype(np.uint8)
+            w.write("/segmentation/labels", st, bagio.label_msg(pred, st, "c"))
+    records = [FrameRecord(index=i, stamp_ns=st, log_ns=st, status="ok", sent_s=0.1 * i, latency_ms=10.0,
+                           is_keyframe=i % 2 == 0) for i, st in enumerate(stamps)]
+    return in_bag, out_bag, records
+
+
+def test_analyze_truthful_captions_legend_and_stop(tmp_path: Path) -> None:
+    """The contact sheet says "ground truth" only with ground truth; the video carries the legend; a stop
+    request ends the pass at the current frame, and what was analysed is still written whole."""
+    from dcfm_ros.model import CAMVID_PALETTE
+
+    n = 12
+    in_bag, out_bag, records = _analysis_bags(tmp_path, n)
+    kw = {"image_topic": "/cam", "class_names": CAMVID_NAMES, "palette": CAMVID_PALETTE}
+    with_gt = analyze(in_bag, out_bag, records, gt_topic="/gt", out_dir=tmp_path, **kw)
+    assert with_gt.contact_sheet_columns == "camera | overlay | ground truth"
+    assert with_gt.metrics is not None and with_gt.metrics["frames"] == n and with_gt.metrics["miou"] == 1.0
+    assert (with_gt.analysed, with_gt.stopped) == (n, False)
+    assert with_gt.video == "overlay.mp4" and with_gt.video_codec == "h264"
+    cap = cv2.VideoCapture(str(tmp_path / with_gt.video))
+    ok, first = cap.read()
+    assert ok and first.shape[1] == W and first.shape[0] > H  # the legend strip below the picture
+    legend_part = cv2.cvtColor(first[H:], cv2.COLOR_BGR2RGB).reshape(-1, 3).astype(int)
+    road = np.array(CAMVID_PALETTE[CAMVID_NAMES.index("Road")])
+    assert (np.abs(legend_part - road).max(axis=1) < 40).sum() > 3  # its swatch, through the codec
+
+    out2 = tmp_path / "no_gt"
+    out2.mkdir()
+    no_gt = analyze(in_bag, out_bag, records, gt_topic=None, out_dir=out2, video=False, **kw)
+    assert no_gt.contact_sheet_columns == "camera | overlay | prediction" and no_gt.metrics is None
+    assert no_gt.video is None and not list(out2.glob("overlay*"))
+
+    out3 = tmp_path / "stopped"
+    out3.mkdir()
+    calls = iter(range(1000))
+    stopped = analyze(in_bag, out_bag, records, gt_topic="/gt", out_dir=out3,
+                      should_stop=lambda: next(calls) >= 5, **kw)
+    assert (stopped.analysed, stopped.stopped) == (5, True)
+    assert stopped.metrics is not None and stopped.metrics["frames"] == 5
+    cap = cv2.VideoCapture(str(out3 / stopped.video))
+    count = 0
+    while cap.read()[0]:
+        count += 1
+    assert count == 5 and not list(out3.glob(".*partial*"))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # with the real node over ROS
 
@@ -407,3 +470,144 @@ def test_report_metrics_equal_dcfm_evaluate(tmp_path: Path, camvid_checkpoint: P
     assert row["mVC_8"] is not None
     assert m["mvc8"] == pytest.approx(row["mVC_8"], abs=1e-9)
     assert m["mvc16"] is None and row["mVC_16"] is None  # 10 frames: no 16-frame window
+
+
+@pytest.mark.ros
+def test_slice_of_a_bag_and_transport_option(tmp_path: Path, camvid_root: Path, camvid_checkpoint: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    bag = _bag_from_camvid(camvid_root, tmp_path / "bag")
+    with BagReader(bag) as r:
+        start = r.start_ns
+        inputs = [f for f in r.frames("/camera/image") if isinstance(f, Frame)]
+    offset = (inputs[3].log_ns - start) / 1e9 - 0.001  # just before frame 3
+    out = tmp_path / "eval"
+    assert main([str(bag), "--gt-topic", "/camera/labels", "--max", "--model", str(camvid_checkpoint),
+                 "--start", f"{offset:.6f}", "--max-frames", "4", "--transport", "large_data", "--no-video",
+                 "--out", str(out), "-q"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["complete"] is True and report["transport"] == "LARGE_DATA"
+    assert (report["frames_in"], report["frames_out"]) == (4, 4)
+    assert report["slice"]["start_s"] == pytest.approx(offset) and report["slice"]["max_frames"] == 4
+    assert report["slice"]["first_s"] == pytest.approx((inputs[3].log_ns - start) / 1e9)
+    assert report["slice"]["last_s"] == pytest.approx((inputs[6].log_ns - start) / 1e9)
+    assert [r.stamp_ns for r in read_frames_csv(out / "frames.csv")] == [f.stamp_ns for f in inputs[3:7]]
+    assert report["metrics"]["frames"] == 4 and report["gt_skipped"] == 0
+    assert [f.stamp_ns for f in _read_topic(out / "bag", "/segmentation/labels")] == \
+        [f.stamp_ns for f in inputs[3:7]]
+    assert "at most 4 frames" in (out / "report.md").read_text()
+
+    # a start past the end is an error before the node starts
+    assert main([str(bag), "--max", "--model", str(camvid_checkpoint), "--start", "100",
+                 "--out", str(tmp_path / "late"), "-q"]) == 2
+    assert "--start 100 s: no message on /camera/image" in capsys.readouterr().err
+    assert main([str(bag), "--max", "--model", str(camvid_checkpoint), "--max-frames", "0",
+                 "--out", str(tmp_path / "late"), "-q"]) == 2
+    assert "--max-frames must be at least 1" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------------
+# signals: dcfm-bag-eval as a real process, signalled like a terminal or a supervisor would
+
+
+BAG_EVAL_EXE = Path(sys.executable).parent / "dcfm-bag-eval"
+
+
+class _Proc:
+    """dcfm-bag-eval as a subprocess; its stderr collected by a thread, so a test can wait for a line."""
+
+    def __init__(self, args: list[str]) -> None:
+        from conftest import NODE_ENV, ros_env
+
+        self.proc = subprocess.Popen([str(BAG_EVAL_EXE), *args], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, env=ros_env(NODE_ENV))
+        self.err: list[str] = []
+        self._reader = threading.Thread(target=lambda: self.err.extend(iter(self.proc.stderr.readline, "")),
+                                        daemon=True)
+        self._reader.start()
+
+    def wait_for(self, text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.err):
+            code = self.proc.poll()
+            assert code is None, f"exited ({code}) before {text!r}:\n{self.stderr}"
+            assert time.monotonic() < deadline, f"no {text!r} within {timeout} s:\n{self.stderr}"
+            time.sleep(0.05)
+
+    def finish(self, timeout: float = 60.0) -> int:
+        out, _ = self.proc.communicate(timeout=timeout)
+        self._reader.join(5)
+        self.stdout = out
+        return self.proc.returncode
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.err)
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    """pids whose command line contains `text` (the node's command line names DIR/node_params.yaml)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if text in (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                    pids.append(int(d.name))
+            except OSError:
+                continue
+    return pids
+
+
+@pytest.mark.ros
+def test_signals_during_playback_stop_cleanly_with_an_incomplete_report(tmp_path: Path, camvid_root: Path,
+                                                                      camvid_checkpoint: Path) -> None:
+    """SIGINT, SIGINT again, then SIGTERM while frames are playing: exit 130 without a traceback, no node
+    left, and a report of the frames played, marked incomplete, with its output bag whole."""
+    bag = _bag_from_camvid(camvid_root, tmp_path / "bag")
+    out = tmp_path / "eval"
+    # 15 Hz recorded, played at 0.1x: 10 frames take about 6 s, so the signals land mid-playback
+    run = _Proc([str(bag), "--gt-topic", "/camera/labels", "--rate", "0.1", "--model", str(camvid_checkpoint),
+                 "--out", str(out)])
+    run.wait_for("the node is ready; playing", timeout=120)
+    node_pids = _processes_mentioning(str(out / "node_params.yaml"))
+    assert len(node_pids) == 1
+    time.sleep(1.5)
+    run.proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    run.proc.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    run.proc.send_signal(signal.SIGTERM)
+    rc = run.finish()
+    assert rc == 130, run.stderr
+    assert "Traceback" not in run.stderr and "KeyboardInterrupt" not in run.stderr
+    assert _processes_mentioning(str(out / "node_params.yaml")) == []
+    report = json.loads((out / "report.json").read_text())
+    assert report["complete"] is False
+    assert report["incomplete_reason"].startswith("playback stopped by SIGINT after ")
+    assert 1 <= report["frames_in"] < N and report["frames_out"] == report["frames_in"]
+    assert report["metrics"]["frames"] == report["frames_out"]
+    assert "**Incomplete run: playback stopped by SIGINT" in (out / "report.md").read_text()
+    assert "INCOMPLETE: playback stopped by SIGINT" in run.stdout
+    labels = _read_topic(out / "bag", "/segmentation/labels")  # the output bag was closed properly
+    assert len(labels) == report["frames_out"]
+    assert not list(out.glob(".*partial*"))
+
+
+@pytest.mark.ros
+def test_sigterm_during_node_start_up(tmp_path: Path, camvid_root: Path, camvid_checkpoint: Path) -> None:
+    bag = _bag_from_camvid(camvid_root, tmp_path / "bag", "--max-frames", "2")
+    out = tmp_path / "eval"
+    run = _Proc([str(bag), "--max", "--model", str(camvid_checkpoint), "--out", str(out)])
+    deadline = time.monotonic() + 60
+    while not _processes_mentioning(str(out / "node_params.yaml")):  # the node is starting
+        assert run.proc.poll() is None and time.monotonic() < deadline, run.stderr
+        time.sleep(0.02)
+    run.proc.send_signal(signal.SIGTERM)
+    run.proc.send_signal(signal.SIGTERM)
+    rc = run.finish()
+    assert rc == 143, run.stderr
+    assert "Traceback" not in run.stderr
+    assert _processes_mentioning(str(out / "node_params.yaml")) == []
+    report = json.loads((out / "report.json").read_text())
+    assert report["complete"] is False and report["frames_in"] == 0
+    assert report["incomplete_reason"] == ("playback stopped by SIGTERM during the node's start-up, before "
+                                           "any frame was sent")

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from dcfm_ros.evaluation import pictures as pic
 from dcfm_ros.evaluation import report as rp
+from dcfm_ros.evaluation import video
 from dcfm_ros.evaluation.report import FrameRecord
+from dcfm_ros.evaluation.video import VideoSink
 
 
 def _records() -> list[FrameRecord]:
@@ -109,29 +113,129 @@ def test_report_without_ground_truth(tmp_path: Path) -> None:
     assert "No ground-truth topic" in (tmp_path / "report.md").read_text()
 
 
-def test_video_and_contact_sheet(tmp_path: Path) -> None:
+def test_overlay_and_contact_sheet(tmp_path: Path) -> None:
     palette = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
     rgb = np.full((48, 64, 3), 100, np.uint8)
     pred = np.zeros((48, 64), np.uint8)
     pred[:, 32:] = 2
-    frame = rp.overlay_frame(rgb, pred, palette, 0.5)
+    frame = pic.overlay_frame(rgb, pred, palette, 0.5)
     assert tuple(frame[10, 10]) == (178, 50, 50) and tuple(frame[10, 50]) == (50, 50, 178)
-    assert rp.overlay_frame(rgb, None, palette, text="dropped").shape == rgb.shape
+    assert pic.overlay_frame(rgb, None, palette, text="dropped").shape == rgb.shape
 
-    sink = rp.VideoSink(tmp_path / "v.mp4", fps=15)
-    for i in range(6):
-        sink.write(rp.overlay_frame(rgb, (pred + i) % 3, palette, text=f"frame {i}"))
-    sink.write(np.zeros((24, 32, 3), np.uint8))  # another size is resized, not an error
-    sink.close()
-    cap = cv2.VideoCapture(str(tmp_path / "v.mp4"))
+    gt = pic.colorize(pred, palette)
+    rows = [(f"#{i}", [("camera", rgb), ("overlay", frame), ("GT", gt)]) for i in range(3)]
+    pic.contact_sheet(rows, tmp_path / "sheet.png", tile_width=128)
+    sheet = cv2.imread(str(tmp_path / "sheet.png"))
+    assert sheet.shape == (3 * (96 + 4), 3 * (128 + 4), 3)
+    assert pic.pick_frames(101, 4) == [0, 33, 67, 100] and pic.pick_frames(2, 4) == [0, 1]
+
+    # with the class legend below the grid: every class colour is in the added strip
+    names = ["Road", "Sky", "Pedestrian"]
+    pic.contact_sheet(rows, tmp_path / "legend_sheet.png", tile_width=128, classes=(names, palette))
+    with_legend = cv2.cvtColor(cv2.imread(str(tmp_path / "legend_sheet.png")), cv2.COLOR_BGR2RGB)
+    assert with_legend.shape[1] == sheet.shape[1] and with_legend.shape[0] > sheet.shape[0]
+    strip = with_legend[sheet.shape[0]:].reshape(-1, 3)
+    for color in palette:
+        assert (strip == color).all(axis=1).sum() > 20, color
+    assert not list(tmp_path.glob(".*partial*"))  # written under a temporary name, then renamed
+
+
+def _colour_pixels(img: np.ndarray, color: tuple[int, int, int]) -> int:
+    return int((img.reshape(-1, 3) == color).all(axis=1).sum())
+
+
+def test_legend_swatches_names_and_wrapping() -> None:
+    names = [f"class {i}" for i in range(11)]
+    palette = [(20 * i + 10, 255 - 20 * i, (37 * i) % 256) for i in range(11)]
+    wide = pic.legend(names, palette, 1600)
+    narrow = pic.legend(names, palette, 320)
+    assert wide.shape[1] == 1600 and narrow.shape[1] == 320
+    assert narrow.shape[0] > wide.shape[0]  # wrapped into more rows, nothing cut off
+    for legend in (wide, narrow):
+        for color in palette:
+            assert _colour_pixels(legend, color) > 20, color  # one swatch per class
+        grey = (legend.min(axis=2) > 150) & (np.ptp(legend, axis=2) < 10)
+        assert grey.sum() > 100  # white names on black
+    # names differ in length, so dropping one changes the layout: the names are really drawn
+    assert not np.array_equal(pic.legend(["a", "bbbbbbbbbbbb"], palette[:2], 400),
+                              pic.legend(["bbbbbbbbbbbb", "a"], palette[:2], 400))
+    with pytest.raises(ValueError, match="2 class names but 3 palette colours"):
+        pic.legend(["a", "b"], palette[:3], 400)
+    frame = np.zeros((60, 320, 3), np.uint8)
+    out = pic.with_legend(frame, pic.legend(names, palette, 640))  # a wider strip is scaled down
+    assert out.shape[1] == 320 and out.shape[0] > 60 and np.array_equal(out[:60], frame)
+
+
+def _read_video(path: Path) -> tuple[int, str]:
+    cap = cv2.VideoCapture(str(path))
     n = 0
     while cap.read()[0]:
         n += 1
-    assert n == 7 and sink.codec in ("mp4v", "avc1")
+    fourcc = int(cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little").decode(errors="replace")
+    return n, fourcc
 
-    gt = rp.colorize(pred, palette)
-    rows = [(f"#{i}", [("camera", rgb), ("overlay", frame), ("GT", gt)]) for i in range(3)]
-    rp.contact_sheet(rows, tmp_path / "sheet.png", tile_width=128)
-    sheet = cv2.imread(str(tmp_path / "sheet.png"))
-    assert sheet.shape == (3 * (96 + 4), 3 * (128 + 4), 3)
-    assert rp.pick_frames(101, 4) == [0, 33, 67, 100] and rp.pick_frames(2, 4) == [0, 1]
+
+@pytest.mark.parametrize(("codec", "suffix", "fourccs"), [("h264", ".mp4", {"h264", "avc1"}),
+                                                          ("vp9", ".webm", {"VP90", "vp09"}),
+                                                          ("mpeg4", ".mp4", {"FMP4", "mp4v"})])
+def test_video_codecs(tmp_path: Path, codec: str, suffix: str, fourccs: set[str]) -> None:
+    rgb = np.zeros((47, 65, 3), np.uint8)  # odd sizes: cropped to even for yuv420p
+    sink = VideoSink(tmp_path, "overlay", fps=15, codecs=(codec,))
+    for i in range(6):
+        frame = rgb.copy()
+        frame[:, : 10 * i] = (200, 30, 30)
+        sink.write(frame)
+    sink.write(np.zeros((24, 32, 3), np.uint8))  # another size is resized, not an error
+    assert not (tmp_path / f"overlay{suffix}").exists()  # only the temporary file while writing
+    path = sink.close()
+    assert path == tmp_path / f"overlay{suffix}" and sink.codec == codec and sink.frames == 7
+    n, fourcc = _read_video(path)
+    assert n == 7 and fourcc in fourccs
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no partial file left
+    if codec == "h264":  # what browsers need: yuv420p and the index (moov) before the data (mdat)
+        data = path.read_bytes()
+        assert data.index(b"moov") < data.index(b"mdat")
+        probe = subprocess.run([video.ffmpeg_with_x264() or "ffmpeg", "-hide_banner", "-i", str(path)],
+                               capture_output=True, text=True)
+        assert "Video: h264" in probe.stderr and "yuv420p" in probe.stderr
+
+
+def test_video_auto_prefers_h264_and_abort_leaves_nothing(tmp_path: Path) -> None:
+    sink = VideoSink(tmp_path, "v", fps=10)
+    sink.write(np.zeros((32, 32, 3), np.uint8))
+    assert sink.codec == ("h264" if video.ffmpeg_with_x264() else "vp9")
+    sink.abort()
+    assert list(tmp_path.iterdir()) == [] and sink.close() is None
+    with pytest.raises(ValueError, match="video codecs must be among"):
+        VideoSink(tmp_path, "v", fps=10, codecs=("avi",))
+
+
+def test_incomplete_report_slice_and_legend(tmp_path: Path) -> None:
+    recs = _records()
+    report = {"complete": False, "incomplete_reason": "playback stopped by SIGINT after 10 frames sent",
+              "mode": {"max": True, "rate": None}, "transport": "UDPv4",
+              "slice": {"start_s": 2.5, "max_frames": 10, "first_s": 2.5, "last_s": 3.1},
+              **rp.summarize(recs), "metrics": None,
+              "classes": rp.class_table(["Road", "Sky"], [(128, 64, 128), (0, 0, 0)]),
+              "video_codec": "h264", "contact_sheet_columns": "camera | overlay | prediction",
+              "files": {"video": "overlay.mp4", "contact_sheet": "contact_sheet.png"}}
+    final = rp.write_report(tmp_path, report, recs)
+    on_disk = json.loads((tmp_path / "report.json").read_text())
+    assert on_disk == final and on_disk["complete"] is False
+    assert on_disk["incomplete_reason"].startswith("playback stopped by SIGINT")
+    assert on_disk["classes"] == [{"id": 0, "name": "Road", "color": [128, 64, 128]},
+                                  {"id": 1, "name": "Sky", "color": [0, 0, 0]}]
+    md = (tmp_path / "report.md").read_text()
+    assert md.splitlines()[2].startswith("**Incomplete run: playback stopped by SIGINT after 10 frames")
+    assert "from 2.5 s after the bag's start, at most 10 frames (sent: 2.500 s to 3.100 s" in md
+    assert "| 0 | Road | `#804080` (128, 64, 128) |" in md and "![class legend](legend.png)" in md
+    assert "![camera | overlay | prediction](contact_sheet.png)" in md and "| ground truth" not in md
+    assert "Overlay video (H.264; legend burnt in)" in md and "Fast DDS transport UDPv4" in md
+    legend = cv2.cvtColor(cv2.imread(str(tmp_path / final["files"]["legend"])), cv2.COLOR_BGR2RGB)
+    assert _colour_pixels(legend, (128, 64, 128)) > 20
+    assert not list(tmp_path.glob(".*partial*"))
+
+    # a whole run says so, and the report of a complete run has no banner
+    whole = rp.write_report(tmp_path, {"mode": {"max": True}, **rp.summarize(recs), "metrics": None}, recs)
+    assert whole["complete"] is True and whole["incomplete_reason"] is None
+    assert "Incomplete" not in (tmp_path / "report.md").read_text()

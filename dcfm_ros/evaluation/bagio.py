@@ -368,6 +368,10 @@ class BagReader:
         return int(self._reader.start_time)
 
     @property
+    def end_ns(self) -> int:
+        return int(self._reader.end_time)
+
+    @property
     def custom_data(self) -> dict[str, str]:
         """rosbag2 metadata custom_data (empty for bare storage files)."""
         meta = getattr(self._reader.storage, "metadata", None)
@@ -388,8 +392,9 @@ class BagReader:
     def image_topics(self) -> list[TopicInfo]:
         return [t for t in self.topics.values() if t.msgtype in IMAGE_TYPES]
 
-    def raw(self, topics: Iterable[str]) -> Iterator[RawMessage]:
-        """Messages of `topics` in log-time order, undecoded."""
+    def raw(self, topics: Iterable[str], start_ns: int | None = None) -> Iterator[RawMessage]:
+        """Messages of `topics` in log-time order, undecoded; from record time `start_ns` on if given
+        (`index` still counts from the topic's first message)."""
         wanted = set(topics)
         conns = [c for c in self._reader.connections if c.topic in wanted]
         counters: dict[str, int] = dict.fromkeys(wanted, 0)
@@ -399,21 +404,25 @@ class BagReader:
             for conn, log_ns, data in self._reader.messages(connections=conns):
                 index = counters[conn.topic]
                 counters[conn.topic] += 1
+                if start_ns is not None and log_ns < start_ns:
+                    continue
                 yield RawMessage(conn.topic, conn.msgtype, int(log_ns), bytes(data), index)
         except ReaderError as exc:
             raise BagError(f"bag {self.path} is damaged: {exc}") from exc
         except Exception as exc:  # zstd, struct, sqlite errors from a damaged storage file
             raise BagError(f"bag {self.path} is damaged: {type(exc).__name__}: {exc}") from exc
 
-    def frames(self, topic: str, kind: Literal["image", "labels"] = "image") -> Iterator[Frame | BadMessage]:
-        """Decoded frames of one topic, in log-time order; undecodable messages come as BadMessage.
+    def frames(self, topic: str, kind: Literal["image", "labels"] = "image",
+               start_ns: int | None = None) -> Iterator[Frame | BadMessage]:
+        """Decoded frames of one topic, in log-time order (from record time `start_ns` on if given);
+        undecodable messages come as BadMessage.
 
         A repeated header stamp on the topic is a BadMessage too (frames are matched by stamp, so a
         duplicate would make matching ambiguous).
         """
         info = self.require_topic(topic, IMAGE_TYPES, "camera" if kind == "image" else "label")
         seen: set[int] = set()
-        for raw in self.raw([topic]):
+        for raw in self.raw([topic], start_ns=start_ns):
             item = decode_raw(raw, kind)
             if isinstance(item, Frame):
                 if item.stamp_ns in seen:

@@ -5,9 +5,16 @@ No ROS and no bag reading here: dcfm-bag-eval collects per-frame records and met
 
 report.json (all times in milliseconds unless the key says otherwise; null where not measurable):
   report_version       1
+  complete             false when the run was cut short (SIGINT/SIGTERM): then the numbers cover only
+                       what had been played and analysed
+  incomplete_reason    null, or what was cut, e.g. "stopped by SIGINT after 37 frames sent (of 101)"
   input                {bag, image_topic, gt_topic, image_messages}: what was played
+  slice                {start_s, max_frames, first_s, last_s}: the part of the bag played (--start
+                       seconds after the bag's start, at most --max-frames frames; first_s / last_s:
+                       record times of the first and last frame sent, in seconds after the bag's start)
   output               {bag, topics}: where the node's outputs were recorded
   mode                 {max: bool, rate: float | null}: --max (back-pressure) or the --rate factor
+  transport            the Fast DDS builtin transport of the run (FASTDDS_BUILTIN_TRANSPORTS)
   frames_in            frames published to the node (decodable image messages)
   frames_out           frames whose labels came back (matched by header stamp)
   frames_dropped       frames_in - frames_out (dropped by the node or timed out)
@@ -29,27 +36,32 @@ report.json (all times in milliseconds unless the key says otherwise; null where
                        dcfm_ros.evaluation.metrics over the frames that have both labels and GT
   node_params          the parameters the node ran with (params file + overrides)
   model                {path, backbone, num_classes, input_size, class_names}
+  classes              [{id, name, color: [r, g, b]}]: the legend of the colours in the pictures
+  video_codec          h264 | vp9 | mpeg4 (see dcfm_ros.evaluation.video) or null without a video
+  contact_sheet_columns  what the contact sheet's columns show, e.g. "camera | overlay | ground truth"
   machine              {cpu, cores, python, torch, platform}
   files                names (relative to the report folder) of report_md, output_bag, frames_csv,
-                       latency_plot, latency_hist, class_iou_plot, video, contact_sheet (null when
-                       not made)
+                       latency_plot, latency_hist, class_iou_plot, legend, video, contact_sheet
+                       (null when not made)
+Every file is written under a temporary name and renamed, report.json last: a report.json that exists
+belongs to a report whose files are whole.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
 import os
 import platform
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 REPORT_VERSION = 1
@@ -59,7 +71,8 @@ FILES = {
     "latency_plot": "latency.png",
     "latency_hist": "latency_hist.png",
     "class_iou_plot": "class_iou.png",
-    "video": "overlay.mp4",
+    "legend": "legend.png",
+    "video": "overlay.mp4",  # .webm when the VP9 fallback wrote it (dcfm_ros.evaluation.video)
     "contact_sheet": "contact_sheet.png",
 }
 STATUSES = ("ok", "dropped")
@@ -86,13 +99,25 @@ class FrameRecord:
     has_gt: bool = False
 
 
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary name next to `path` (same suffix, so writers that go by it still work), renamed to
+    `path` when the block succeeds and removed when it fails."""
+    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+    try:
+        yield tmp
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # frames.csv
 
 
 def write_frames_csv(records: Sequence[FrameRecord], path: Path) -> None:
     names = [f.name for f in fields(FrameRecord)]
-    with path.open("w", newline="") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=names)
         w.writeheader()
         for r in records:
@@ -238,7 +263,8 @@ def plot_latency(records: Sequence[FrameRecord], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
 
 
@@ -262,7 +288,8 @@ def plot_latency_hist(records: Sequence[FrameRecord], path: Path) -> None:
     ax.set_title("Latency histogram")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
 
 
@@ -286,113 +313,9 @@ def plot_class_iou(per_class: dict[str, float | None], miou: float | None, path:
     ax.set_xlabel("IoU")
     ax.set_title("Per-class IoU")
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Pictures: video frames, contact sheet
-
-
-def colorize(labels: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
-    """The node's colouring (dcfm_ros.engine.visualize), imported on use: importing dcfm_ros.engine
-    loads torch, which a report or an early error message should not wait for."""
-    from dcfm_ros.engine.visualize import colorize as _colorize
-
-    return _colorize(labels, palette)
-
-
-def _caption(img: np.ndarray, text: str) -> np.ndarray:
-    out = img.copy()
-    scale = max(0.35, img.shape[1] / 1200)
-    thick = 1 if scale < 0.8 else 2
-    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
-    cv2.rectangle(out, (0, 0), (min(img.shape[1], tw + 8), th + base + 6), (0, 0, 0), -1)
-    cv2.putText(out, text, (4, th + 3), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick, cv2.LINE_AA)
-    return out
-
-
-def overlay_frame(rgb: np.ndarray, pred: np.ndarray | None, palette: Sequence[Sequence[int]],
-                  alpha: float = 0.5, text: str = "") -> np.ndarray:
-    """Camera image with the prediction blended in (the camera alone, captioned, when pred is None)."""
-    from dcfm_ros.engine.visualize import overlay
-
-    img = overlay(rgb, colorize(pred, palette), alpha) if pred is not None else rgb
-    return _caption(img, text) if text else img
-
-
-class VideoSink:
-    """mp4 writer: 'mp4v' (MPEG-4 Part 2, in every OpenCV wheel) or else 'avc1'. Frames are RGB; a frame
-    of another size is resized to the first frame's size."""
-
-    def __init__(self, path: Path, fps: float) -> None:
-        self.path = path
-        self.fps = float(fps) if fps and math.isfinite(fps) and fps > 0 else 15.0
-        self._writer: cv2.VideoWriter | None = None
-        self._size: tuple[int, int] | None = None
-        self.frames = 0
-        self.codec: str | None = None
-
-    def write(self, rgb: np.ndarray) -> None:
-        if self._writer is None:
-            h, w = rgb.shape[:2]
-            size = (w - w % 2, h - h % 2)  # some codecs need even sizes
-            for codec in ("mp4v", "avc1"):
-                writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*codec), self.fps, size)
-                if writer.isOpened():
-                    self._writer, self._size, self.codec = writer, size, codec
-                    break
-                writer.release()
-            if self._writer is None:
-                raise RuntimeError(f"OpenCV cannot write an mp4 video to {self.path} (tried mp4v, avc1)")
-        assert self._size is not None
-        if (rgb.shape[1], rgb.shape[0]) != self._size:
-            rgb = cv2.resize(rgb, self._size, interpolation=cv2.INTER_AREA)
-        self._writer.write(cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR))
-        self.frames += 1
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.release()
-            self._writer = None
-
-
-def contact_sheet(rows: Sequence[tuple[str, Sequence[tuple[str, np.ndarray]]]], path: Path,
-                  tile_width: int = 320) -> None:
-    """Grid PNG: one row per frame, each row a list of (caption, RGB image), e.g. camera | overlay | GT."""
-    if not rows:
-        raise ValueError("contact sheet needs at least one row")
-    ncols = max(len(cells) for _, cells in rows)
-    tiles = []
-    for title, cells in rows:
-        row_tiles = []
-        for j in range(ncols):
-            if j < len(cells):
-                caption, img = cells[j]
-                h = max(1, round(img.shape[0] * tile_width / img.shape[1]))
-                tile = cv2.resize(img, (tile_width, h), interpolation=cv2.INTER_AREA)
-                tile = _caption(tile, f"{title} {caption}".strip())
-            else:
-                tile = None
-            row_tiles.append(tile)
-        height = max(t.shape[0] for t in row_tiles if t is not None)
-        padded = [np.full((height, tile_width, 3), 255, np.uint8) if t is None else
-                  np.pad(t, ((0, height - t.shape[0]), (0, 0), (0, 0)), constant_values=255)
-                  for t in row_tiles]
-        tiles.append(np.concatenate([np.pad(t, ((2, 2), (2, 2), (0, 0)), constant_values=255)
-                                     for t in padded], axis=1))
-    sheet = np.concatenate(tiles, axis=0)
-    if not cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):
-        raise RuntimeError(f"cannot write {path}")
-
-
-def pick_frames(n: int, count: int = 4) -> list[int]:
-    """`count` indices spread evenly over 0..n-1 (first and last included)."""
-    if n <= 0:
-        return []
-    if n <= count:
-        return list(range(n))
-    return sorted({round(i * (n - 1) / (count - 1)) for i in range(count)})
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -417,9 +340,13 @@ def render_markdown(report: dict[str, Any]) -> str:
     playback = ("--max (back-pressure: the next frame is sent when the last one came back)" if mode.get("max")
                 else f"--rate {mode.get('rate')} (recorded timing scaled)")
     lines = ["# DCFM bag evaluation", ""]
+    if report.get("complete") is False:
+        lines += [f"**Incomplete run: {report.get('incomplete_reason') or 'cut short'}.** The numbers below "
+                  "cover only what was played and analysed.", ""]
     lines += [f"- input bag: `{inp.get('bag')}` (image topic `{inp.get('image_topic')}`, "
               f"ground truth `{inp.get('gt_topic') or 'none'}`)",
-              f"- playback: {playback}",
+              f"- frames played: {_slice_text(report.get('slice'))}",
+              f"- playback: {playback}; Fast DDS transport {report.get('transport') or 'n/a'}",
               f"- output bag: `{report.get('output', {}).get('bag')}`",
               f"- model: `{model.get('path')}` ({model.get('backbone')}, input {model.get('input_size')})",
               f"- machine: {machine.get('cpu')} ({machine.get('cores')} cores), "
@@ -460,12 +387,25 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append("")
         if files.get("class_iou_plot"):
             lines += [f"![per-class IoU]({files['class_iou_plot']})", ""]
+    if report.get("classes"):
+        lines += ["## Classes", ""]
+        if files.get("legend"):
+            lines += [f"![class legend]({files['legend']})", ""]
+        lines += ["| id | class | colour (RGB) |", "|---|---|---|"]
+        lines += [f"| {c['id']} | {c['name']} | `#{''.join(f'{v:02x}' for v in c['color'])}` "
+                  f"({', '.join(map(str, c['color']))}) |" for c in report["classes"]]
+        lines.append("")
     if files.get("contact_sheet") or files.get("video"):
         lines += ["## Pictures", ""]
         if files.get("contact_sheet"):
-            lines += [f"![camera | overlay | ground truth]({files['contact_sheet']})", ""]
+            columns = report.get("contact_sheet_columns") or "contact sheet"
+            lines += [f"Contact sheet: {columns}, class legend below.", "",
+                      f"![{columns}]({files['contact_sheet']})", ""]
         if files.get("video"):
-            lines += [f"Overlay video: [{files['video']}]({files['video']})", ""]
+            codec = report.get("video_codec")
+            note = {"h264": "H.264", "vp9": "VP9 (WebM)",
+                    "mpeg4": "MPEG-4 Part 2: browsers do not play it; VLC or mpv do"}.get(str(codec), codec)
+            lines += [f"Overlay video ({note}; legend burnt in): [{files['video']}]({files['video']})", ""]
     if report.get("skipped"):
         lines += ["## Skipped messages", "", "| topic | index | stamp [ns] | reason |", "|---|---|---|---|"]
         for s in report["skipped"][:200]:
@@ -478,6 +418,20 @@ def render_markdown(report: dict[str, Any]) -> str:
         params = json.dumps(report["node_params"], indent=2, sort_keys=True)
         lines += ["## Node parameters", "", "```json", params, "```", ""]
     return "\n".join(lines)
+
+
+def _slice_text(sl: dict[str, Any] | None) -> str:
+    if not sl:
+        return "the whole bag"
+    parts = []
+    if sl.get("start_s"):
+        parts.append(f"from {sl['start_s']:g} s after the bag's start")
+    if sl.get("max_frames") is not None:
+        parts.append(f"at most {sl['max_frames']} frames")
+    what = ", ".join(parts) if parts else "the whole bag"
+    if sl.get("first_s") is not None and sl.get("last_s") is not None:
+        what += f" (sent: {sl['first_s']:.3f} s to {sl['last_s']:.3f} s after the bag's start)"
+    return what
 
 
 def _json_safe(obj: Any) -> Any:
@@ -495,7 +449,8 @@ def _json_safe(obj: Any) -> Any:
 
 
 def write_report(out_dir: Path, report: dict[str, Any], records: Sequence[FrameRecord]) -> dict[str, Any]:
-    """Write frames.csv, the plots, report.json and report.md into `out_dir`; returns the final report.
+    """Write frames.csv, the plots, the legend, report.md and (last) report.json into `out_dir`; returns
+    the final report.
 
     `report` holds everything but the plots (see the module docstring); `files` entries already set
     (video, contact sheet, output bag) are kept.
@@ -514,10 +469,28 @@ def write_report(out_dir: Path, report: dict[str, Any], records: Sequence[FrameR
         files["class_iou_plot"] = FILES["class_iou_plot"]
     else:
         files["class_iou_plot"] = None
+    classes = report.get("classes")
+    if classes:
+        from dcfm_ros.evaluation.pictures import legend, write_png
+
+        strip = legend([c["name"] for c in classes], [c["color"] for c in classes], 640)
+        write_png(out_dir / FILES["legend"], strip)
+        files["legend"] = FILES["legend"]
+    else:
+        files["legend"] = None
     files["report_md"] = FILES["report_md"]
     for key in ("video", "contact_sheet", "output_bag"):
         files.setdefault(key, None)
-    report = _json_safe({"report_version": REPORT_VERSION, **report, "files": files})
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out_dir / FILES["report_md"]).write_text(render_markdown(report))
+    report = _json_safe({"report_version": REPORT_VERSION, "complete": True, "incomplete_reason": None,
+                         **report, "files": files})
+    with atomic_path(out_dir / FILES["report_md"]) as tmp:
+        tmp.write_text(render_markdown(report))
+    with atomic_path(out_dir / "report.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def class_table(class_names: Sequence[str], palette: Sequence[Sequence[int]]) -> list[dict[str, Any]]:
+    """report.json's `classes`: [{id, name, color}] in class-id order."""
+    return [{"id": i, "name": str(n), "color": [int(v) for v in c]}
+            for i, (n, c) in enumerate(zip(class_names, palette, strict=True))]
