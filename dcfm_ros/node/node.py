@@ -21,7 +21,6 @@ from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from rclpy.time import Time
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
@@ -295,9 +294,10 @@ class DCFMNode(Node):
         if self._pub_labels.get_subscription_count() > 0:
             self._pub_labels.publish(convert.labels_to_msg(labels, header, self._buf_labels))
             published.append("labels")
-        stamp = Time.from_msg(header.stamp)
-        # end to end from the camera stamp; undefined for unstamped images
-        e2e = ((self.get_clock().now() - stamp).nanoseconds / 1e6 if stamp.nanoseconds else float("nan"))
+        # End to end from the camera stamp; undefined for unstamped images. Plain integers: rclpy's
+        # Time refuses the negative stamps a message may carry.
+        stamp_ns = int(header.stamp.sec) * 10**9 + int(header.stamp.nanosec)
+        e2e = (self.get_clock().now().nanoseconds - stamp_ns) / 1e6 if stamp_ns else float("nan")
         self.stats.latency((time.perf_counter() - t_received) * 1000.0, e2e)
         if self._pub_info.get_subscription_count() > 0:
             self._pub_info.publish(convert.info_msg(header, result, e2e, *counters))
