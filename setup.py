@@ -21,6 +21,7 @@ setup(
             "dcfm_node = dcfm_ros.node.main:main",
             "dcfm-bench = dcfm_ros.engine.bench:main",
             "dcfm-bench-node = dcfm_ros.node.bench:main",
+            "dcfm-stress = dcfm_ros.node.stress.cli:main",
             "dcfm-train = dcfm_ros.training.train:main",
             "dcfm-evaluate = dcfm_ros.evaluation.evaluate:main",
             "dcfm-bag-eval = dcfm_ros.evaluation.bag_eval:main",

@@ -2,38 +2,63 @@
 
     ros2 launch dcfm_ros dcfm.launch.py image_topic:=/camera/image_raw
     ros2 launch dcfm_ros dcfm.launch.py image_topic:=/camera/image_raw namespace:=front \
-        model:=/path/to/model.safetensors params_file:=/path/to/my_dcfm.yaml use_sim_time:=true
+        model:=/path/to/model.safetensors params_file:=/path/to/my_dcfm.yaml use_sim_time:=True \
+        respawn:=true
 
 The node reads `image` (or `image/compressed` with the parameter image_transport: compressed) and
-publishes segmentation/{labels,color,overlay,info,classes,masks/<class>} in `namespace`. `model`
-given here overrides the params file; left empty, the params file's value applies.
+publishes segmentation/{labels,color,overlay,confidence,info,classes,masks/<class>} in `namespace`.
+`model` given here overrides the params file; left empty, the params file's value applies. A
+params_file or model that is not a file is an error before the node starts (launch itself would
+only warn and run the node on built-in defaults). respawn:=true restarts the node when it exits
+(after respawn_delay seconds); a node that cannot start exits 1 and would be restarted too.
 """
+
+import os
 
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
-from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
 from launch import LaunchDescription
 
+BOOLEANS = {"true": True, "True": True, "false": False, "False": False}
+
+
+def parse_bool(name, text):
+    """A launch argument spelled as ROS users type booleans; ValueError otherwise."""
+    if text not in BOOLEANS:
+        raise ValueError(f"launch argument {name}:={text!r}: use one of {', '.join(BOOLEANS)}")
+    return BOOLEANS[text]
+
+
+def check_file(name, path):
+    """An existing file for launch argument `name`; ValueError naming it otherwise."""
+    if not os.path.isfile(path):
+        raise ValueError(f"launch argument {name}:={path!r} is not a file")
+    return path
+
 
 def _node(context, *args, **kwargs):
     image_topic = LaunchConfiguration("image_topic").perform(context)
+    params_file = check_file("params_file", LaunchConfiguration("params_file").perform(context))
     model = LaunchConfiguration("model").perform(context)
-    overrides = {"use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool)}
+    sim_time = parse_bool("use_sim_time", LaunchConfiguration("use_sim_time").perform(context))
+    overrides = {"use_sim_time": sim_time}
     if model:
         # Only when given: an empty value must not override the params file's model.
-        overrides["model"] = model
+        overrides["model"] = check_file("model", os.path.expanduser(model))
     return [
         Node(
             package="dcfm_ros",
             executable="dcfm_node",
             name="dcfm_node",
             namespace=LaunchConfiguration("namespace"),
-            parameters=[LaunchConfiguration("params_file"), overrides],
+            parameters=[params_file, overrides],
             # Raw and compressed input (image_transport names the compressed topic <base>/compressed).
             remappings=[("image", image_topic), ("image/compressed", image_topic + "/compressed")],
+            respawn=parse_bool("respawn", LaunchConfiguration("respawn").perform(context)),
+            respawn_delay=float(LaunchConfiguration("respawn_delay").perform(context)),
             output="screen",
             emulate_tty=True,
         )
@@ -47,13 +72,17 @@ def generate_launch_description():
                               description="Camera image topic (sensor_msgs/Image); its /compressed "
                                           "sibling is used when image_transport is compressed"),
         DeclareLaunchArgument("params_file", default_value=default_params,
-                              description="Parameters file (see config/dcfm.yaml)"),
+                              description="Parameters file (see config/dcfm.yaml); must exist"),
         DeclareLaunchArgument("namespace", default_value="",
                               description="Namespace of the node and its topics"),
-        DeclareLaunchArgument("use_sim_time", default_value="false", choices=["true", "false"],
+        DeclareLaunchArgument("use_sim_time", default_value="false", choices=list(BOOLEANS),
                               description="Use /clock (rosbag playback with --clock)"),
         DeclareLaunchArgument("model", default_value="",
                               description="Checkpoint file; empty: the params file's model parameter "
                                           "(whose empty default is the packaged model)"),
+        DeclareLaunchArgument("respawn", default_value="false", choices=list(BOOLEANS),
+                              description="Restart the node whenever it exits (on the vehicle)"),
+        DeclareLaunchArgument("respawn_delay", default_value="2.0",
+                              description="Seconds to wait before a respawn"),
         OpaqueFunction(function=_node),
     ])

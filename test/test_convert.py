@@ -12,12 +12,14 @@ from rclpy.serialization import deserialize_message, serialize_message
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
+from dcfm_ros.engine.confidence import Confidence
 from dcfm_ros.node.convert import (
     ENCODINGS,
     BadInputError,
     ImageBuffer,
     classes_msg,
     compressed_to_rgb,
+    confidence_to_msg,
     image_to_rgb,
     info_msg,
     labels_to_msg,
@@ -25,7 +27,7 @@ from dcfm_ros.node.convert import (
     rgb_to_msg,
 )
 
-H, W = 6, 10
+H, W = 8, 10  # the smallest side the node accepts is 8 (convert.MIN_SIDE)
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, (H, W, 3), dtype=np.uint8)
 
@@ -116,7 +118,8 @@ def test_longer_data_than_needed_is_fine() -> None:
 @pytest.mark.parametrize(("change", "words"), [
     ({"encoding": "32FC1"}, ("unsupported encoding", "32FC1")),
     ({"encoding": "RGB8"}, ("unsupported encoding",)),
-    ({"encoding": "bayer_rggb8"}, ("unsupported encoding",)),
+    ({"encoding": "bayer_rggb16"}, ("unsupported encoding",)),
+    ({"encoding": "x" * 10_000}, ("unsupported encoding",)),
     ({"height": 0}, ("zero-sized",)),
     ({"width": 0}, ("zero-sized",)),
     ({"step": W * 3 - 1}, ("step", "smaller")),
@@ -134,8 +137,60 @@ def test_bad_raw_images_say_what_is_wrong(change: dict, words: tuple[str, ...]) 
         assert word in str(info.value)
 
 
+def test_bad_input_reasons_are_short_fixed_keys() -> None:
+    # The node throttles its log per reason: the key must not carry the message's numbers.
+    reasons = set()
+    for change in ({"encoding": "a"}, {"encoding": "b"}, {"step": 3}, {"step": 5}, {"data": b"x"},
+                   {"data": b"xy"}, {"height": 0}, {"width": 2}, {"height": 400}):
+        msg = make(RGB, "rgb8")
+        for key, value in change.items():
+            setattr(msg, key, value)
+        with pytest.raises(BadInputError) as info:
+            image_to_rgb(msg)
+        reasons.add(info.value.reason)
+    assert reasons == {"unsupported encoding", "step too small", "data too short", "zero size",
+                       "too small", "aspect ratio"}
+
+
+@pytest.mark.parametrize(("w", "h", "ok"), [
+    (1, 1, False), (7, 100, False), (100, 7, False), (8, 8, True), (3, 5001, False), (5001, 3, False),
+    (160, 8, True), (161, 8, False), (8, 160, True), (8, 161, False),
+])
+def test_minimum_size_and_aspect_ratio(w: int, h: int, ok: bool) -> None:
+    msg = make(np.zeros((h, w, 3), np.uint8), "rgb8")
+    if ok:
+        assert image_to_rgb(msg).shape == (h, w, 3)
+    else:
+        with pytest.raises(BadInputError, match=r"too small|too elongated"):
+            image_to_rgb(msg)
+
+
+def test_tiny_compressed_image_is_refused() -> None:
+    _, buf = cv2.imencode(".png", np.zeros((1, 1, 3), np.uint8))
+    with pytest.raises(BadInputError, match="too small") as info:
+        compressed_to_rgb(_compressed(buf.tobytes(), "png"))
+    assert info.value.reason == "too small"
+
+
+def _mosaic(rgb: np.ndarray, pattern: str) -> np.ndarray:
+    """A Bayer mosaic of `rgb`: `pattern` names the 2x2 tile's colours row by row (ROS naming)."""
+    out = np.zeros(rgb.shape[:2], np.uint8)
+    for (dy, dx), colour in zip(((0, 0), (0, 1), (1, 0), (1, 1)), pattern.upper(), strict=True):
+        out[dy::2, dx::2] = rgb[dy::2, dx::2, "RGB".index(colour)]
+    return out
+
+
+@pytest.mark.parametrize("pattern", ["rggb", "bggr", "gbrg", "grbg"])
+def test_bayer_mosaics_are_demosaiced(pattern: str) -> None:
+    smooth = cv2.resize(RGB, (64, 48), interpolation=cv2.INTER_CUBIC)
+    out = image_to_rgb(roundtrip(make(_mosaic(smooth, pattern), f"bayer_{pattern}8", pad=3)))
+    assert out.shape == (48, 64, 3) and out.dtype == np.uint8
+    # Bilinear demosaicing of a smooth picture is close; a wrong tile order is off by tens of levels.
+    assert np.abs(out.astype(int) - smooth)[2:-2, 2:-2].mean() < 3
+
+
 def test_odd_width_yuv_is_rejected() -> None:
-    msg = make(RNG.integers(0, 256, (H, 5, 2), dtype=np.uint8), "yuv422")
+    msg = make(RNG.integers(0, 256, (H, 9, 2), dtype=np.uint8), "yuv422")
     with pytest.raises(BadInputError, match="even width"):
         image_to_rgb(msg)
 
@@ -229,6 +284,16 @@ def test_rgb_and_mask_messages_and_buffer_reuse() -> None:
         assert np.array_equal(mask, np.where(labels == class_id, 255, 0))
 
 
+def test_confidence_image_is_the_map_at_camera_size() -> None:
+    small = np.array([[0, 255], [255, 0]], np.uint8)
+    buf = ImageBuffer()
+    msg = roundtrip(confidence_to_msg(small, (H, W), Header(frame_id="cam"), buf))
+    assert (msg.encoding, msg.height, msg.width, msg.step, msg.header.frame_id) == ("mono8", H, W, W, "cam")
+    out = np.frombuffer(msg.data, np.uint8).reshape(H, W)
+    assert np.array_equal(out, cv2.resize(small, (W, H), interpolation=cv2.INTER_LINEAR))
+    assert out[0, 0] < 64 and out[0, -1] > 191 and out[-1, 0] > 191 and out[-1, -1] < 64
+
+
 def test_classes_and_info_messages() -> None:
     from dcfm_ros.engine import FrameResult
 
@@ -240,6 +305,11 @@ def test_classes_and_info_messages() -> None:
                                                         "ffm": 0.5, "head": 0.25})
     info = info_msg(Header(frame_id="cam"), result, 12.5, 10, 8, 1, 1)
     info = deserialize_message(serialize_message(info), SegmentationInfo)
+    assert np.isnan(info.confidence) and info.engine_errors == 0  # a result without confidence
+    result.confidence = Confidence(mean=0.75, map_u8=np.zeros((1, 1), np.uint8))
+    later = deserialize_message(serialize_message(info_msg(Header(), result, 1.0, 11, 9, 1, 1, 3)),
+                                SegmentationInfo)
+    assert (later.confidence, later.engine_errors) == (0.75, 3)
     assert (info.is_keyframe, info.frames_since_keyframe, info.motion_score) == (False, 2, 0.25)
     assert (info.engine_latency_ms, info.enc_lo_ms, info.ffm_ms, info.end_to_end_latency_ms) == \
         (9.5, 1, 0.5, 12.5)

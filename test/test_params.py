@@ -79,7 +79,7 @@ def test_settings_from_the_shipped_config_are_valid() -> None:
     values = {n: (None if v == [] else v) for n, v in config_values().items() if n not in RCLPY_BUILTIN}
     s = settings_from_values(values)
     assert (s.drop_policy, s.image_transport, s.qos_reliability, s.input_size, s.mask_classes) == \
-        ("latest", "raw", "best_effort", None, ())
+        ("latest", "raw", "auto", None, ())
     assert s.model_path == default_model_path()
 
 
@@ -100,7 +100,7 @@ def test_declared_with_descriptors_and_read_only_flags(node: Any) -> None:
 
     declare_parameters(node)
     runtime = {"keyframe.policy", "keyframe.interval", "keyframe.threshold", "keyframe.min_interval",
-               "keyframe.max_interval", "overlay_alpha"}
+               "keyframe.max_interval", "overlay_alpha", "confidence.warn_below", "confidence.window"}
     assert runtime == RUNTIME_PARAMETERS
     for spec in PARAMETERS:
         d = node.describe_parameter(spec.name)
@@ -279,13 +279,15 @@ def test_launch_file_arguments_are_declared_used_and_passed_to_real_parameters()
     tree = ast.parse(LAUNCH.read_text())
     declared = [_str_arg(c) for c in _calls(tree, "DeclareLaunchArgument")]
     used = {_str_arg(c) for c in _calls(tree, "LaunchConfiguration")}
-    assert sorted(declared) == sorted({"image_topic", "params_file", "namespace", "use_sim_time", "model"})
+    assert sorted(declared) == sorted({"image_topic", "params_file", "namespace", "use_sim_time", "model",
+                                       "respawn", "respawn_delay"})
     assert set(declared) == used, f"unused: {set(declared) - used}, undeclared: {used - set(declared)}"
-    # every key put into a parameters dict is a node parameter (or rclpy's use_sim_time)
+    # every key put into the parameters dict is a node parameter (or rclpy's use_sim_time)
     keys = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.Dict):
-            keys |= {k.value for k in node.keys if isinstance(k, ast.Constant)}
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict) \
+                and any(getattr(t, "id", None) == "overrides" for t in node.targets):
+            keys |= {k.value for k in node.value.keys if isinstance(k, ast.Constant)}
         if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) \
                 and isinstance(node.value, ast.Name) and node.value.id == "overrides":
             keys.add(node.slice.value)
@@ -294,6 +296,48 @@ def test_launch_file_arguments_are_declared_used_and_passed_to_real_parameters()
     (node_call,) = _calls(tree, "Node")
     kw = {k.arg: k.value for k in node_call.keywords}
     assert ast.literal_eval(kw["package"]) == "dcfm_ros" and ast.literal_eval(kw["executable"]) == "dcfm_node"
-    assert {"namespace", "parameters", "remappings"} <= set(kw)
+    assert {"namespace", "parameters", "remappings", "respawn", "respawn_delay"} <= set(kw)
     text = LAUNCH.read_text()
     assert '"config", "dcfm.yaml"' in text and '("image", image_topic)' in text
+
+
+def _launch_helpers() -> dict[str, Any]:
+    """The launch file's own pure-Python helpers (parse_bool, check_file), run as written: the file's
+    module-level code without its launch/launch_ros imports, which cannot be installed here."""
+    tree = ast.parse(LAUNCH.read_text())
+    keep = [n for n in tree.body if not (isinstance(n, ast.ImportFrom) and n.module
+                                        and n.module.split(".")[0] in ("launch", "launch_ros"))]
+    namespace: dict[str, Any] = {}
+    exec(compile(ast.Module(body=keep, type_ignores=[]), str(LAUNCH), "exec"), namespace)
+    return namespace
+
+
+def test_launch_use_sim_time_and_respawn_accept_the_usual_spellings() -> None:
+    helpers = _launch_helpers()
+    parse_bool = helpers["parse_bool"]
+    assert [parse_bool("use_sim_time", t) for t in ("true", "True", "false", "False")] == [
+        True, True, False, False]
+    for text in ("yes", "1", "TRUE", ""):
+        with pytest.raises(ValueError, match="use_sim_time"):
+            parse_bool("use_sim_time", text)
+    # the declared choices are exactly what parse_bool accepts
+    tree = ast.parse(LAUNCH.read_text())
+    for call in _calls(tree, "DeclareLaunchArgument"):
+        if _str_arg(call) in ("use_sim_time", "respawn"):
+            choices = next(k.value for k in call.keywords if k.arg == "choices")
+            assert ast.unparse(choices) == "list(BOOLEANS)"
+    assert set(helpers["BOOLEANS"]) == {"true", "True", "false", "False"}
+
+
+def test_launch_refuses_a_missing_params_file_or_model(tmp_path: Path) -> None:
+    check_file = _launch_helpers()["check_file"]
+    real = tmp_path / "dcfm.yaml"
+    real.write_text("/**: {}\n")
+    assert check_file("params_file", str(real)) == str(real)
+    for name, path in (("params_file", tmp_path / "missing.yaml"), ("model", tmp_path / "m.safetensors"),
+                       ("params_file", tmp_path)):
+        with pytest.raises(ValueError, match=f"{name}.*is not a file"):
+            check_file(name, str(path))
+    # both are checked in the node's OpaqueFunction, before the Node action exists
+    text = LAUNCH.read_text()
+    assert 'check_file("params_file"' in text and 'check_file("model"' in text

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from dcfm_ros.engine.backends import InferenceBackend, make_backend
+from dcfm_ros.engine.confidence import Confidence, frame_confidence
 from dcfm_ros.engine.device import StageTimer
 from dcfm_ros.engine.keyframe import KeyframePolicy, check_policy
 from dcfm_ros.engine.preprocess import FramePreprocessor, validate_image, validate_size
@@ -50,6 +51,8 @@ class FrameResult:
     # keyframe incl. computing the cached common part; on a non-key frame only the F_in half), head,
     # postprocess (upsample + argmax + copy to host), total (wall time of process()).
     timings_ms: dict[str, float] = field(default_factory=dict)
+    # mean top softmax probability and its small per-pixel map (see engine.confidence)
+    confidence: Confidence | None = None
 
 
 class StreamEngine:
@@ -143,6 +146,7 @@ class StreamEngine:
             logits = net.head(f)
             timer.mark("head")
             labels = self._pre.labels(logits, shape)
+            confidence = frame_confidence(logits)
             timer.mark("postprocess")
             if is_key:
                 # Kept for the motion score of the following frames (also when the current policy
@@ -159,4 +163,4 @@ class StreamEngine:
             self._since = since
         self._image_shape = shape
         return FrameResult(labels=labels, is_keyframe=is_key, frames_since_key=since,
-                           motion_score=score, timings_ms=timings)
+                           motion_score=score, timings_ms=timings, confidence=confidence)

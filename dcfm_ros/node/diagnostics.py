@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -29,6 +30,11 @@ class Totals:
     resolution_changes: int = 0
     keyframes: int = 0
     published: dict[str, int] = field(default_factory=dict)
+    engine_errors: int = 0
+    qos_changes: int = 0
+    # mean confidence of the last confidence.window frames, and how many frames it covers
+    confidence_mean: float = float("nan")
+    confidence_frames: int = 0
 
 
 @dataclass
@@ -52,6 +58,7 @@ class NodeStats:
         self.totals = Totals()
         self._window = Window()
         self._window_start = time.monotonic()
+        self._confidence: deque[float] = deque()
 
     def received(self, dropped: bool) -> None:
         with self._lock:
@@ -72,20 +79,35 @@ class NodeStats:
             self.totals.errors += 1
             return self.totals.errors
 
+    def engine_error(self) -> int:
+        with self._lock:
+            self.totals.engine_errors += 1
+            return self.totals.engine_errors
+
+    def qos_change(self) -> None:
+        with self._lock:
+            self.totals.qos_changes += 1
+
     def resolution_change(self) -> None:
         with self._lock:
             self.totals.resolution_changes += 1
 
-    def processed(self, is_keyframe: bool, engine_ms: float) -> tuple[int, int, int, int]:
-        """Count a processed frame; returns (received, processed, dropped, bad_inputs) totals."""
+    def processed(self, is_keyframe: bool, engine_ms: float, confidence: float = float("nan"),
+                  confidence_window: int = 30) -> tuple[int, int, int, int, int]:
+        """Count a processed frame; returns (received, processed, dropped, bad_inputs, engine_errors)."""
         with self._lock:
             t, w = self.totals, self._window
+            if math.isfinite(confidence):
+                c = self._confidence
+                c.append(confidence)
+                while len(c) > confidence_window:
+                    c.popleft()
             t.processed += 1
             w.processed += 1
             t.keyframes += int(is_keyframe)
             w.keyframes += int(is_keyframe)
             w.engine_ms.append(engine_ms)
-            return t.received, t.processed, t.dropped, t.bad_inputs
+            return t.received, t.processed, t.dropped, t.bad_inputs, t.engine_errors
 
     def latency(self, node_ms: float, end_to_end_ms: float) -> None:
         with self._lock:
@@ -106,8 +128,10 @@ class NodeStats:
             window.seconds = now - self._window_start
             self._window_start = now
             t = self.totals
+            c = self._confidence
             totals = Totals(t.received, t.processed, t.dropped, t.bad_inputs, t.errors,
-                            t.resolution_changes, t.keyframes, dict(t.published))
+                            t.resolution_changes, t.keyframes, dict(t.published), t.engine_errors,
+                            t.qos_changes, sum(c) / len(c) if c else float("nan"), len(c))
         return totals, window
 
 
@@ -120,9 +144,11 @@ def _fmt(value: float, digits: int = 2) -> str:
 
 
 def diagnostics_msg(stamp: Time, name: str, hardware_id: str, totals: Totals, window: Window,
-                    static: dict[str, str], queued: int) -> DiagnosticArray:
+                    static: dict[str, str], queued: int, confidence_warn_below: float = 0.0,
+                    confidence_window: int = 1) -> DiagnosticArray:
     """One DiagnosticStatus for the node: window rates/latencies, totals, and the static facts
-    (device, precision, keyframe policy, model, ...)."""
+    (device, precision, keyframe policy, model, ...). WARN on bad inputs, errors, or a mean confidence
+    below confidence_warn_below over a full confidence window (the scene looks out of domain)."""
     secs = max(window.seconds, 1e-9)
     rate = window.processed / secs
     ratio = window.keyframes / window.processed if window.processed else float("nan")
@@ -142,6 +168,9 @@ def diagnostics_msg(stamp: Time, name: str, hardware_id: str, totals: Totals, wi
         "bad_inputs": str(totals.bad_inputs),
         "bad_inputs_window": str(window.bad_inputs),
         "errors": str(totals.errors),
+        "engine_errors": str(totals.engine_errors),
+        "input_qos_changes": str(totals.qos_changes),
+        "confidence_mean": _fmt(totals.confidence_mean, 3),
         "resolution_changes": str(totals.resolution_changes),
         "queued": str(queued),
     }
@@ -151,8 +180,14 @@ def diagnostics_msg(stamp: Time, name: str, hardware_id: str, totals: Totals, wi
     if window.bad_inputs:
         level = DiagnosticStatus.WARN
         message = f"{window.bad_inputs} bad input image(s) in the last {secs:.1f} s"
-    elif totals.errors:
-        level, message = DiagnosticStatus.WARN, f"{totals.errors} frame(s) failed in the engine since start"
+    elif totals.errors or totals.engine_errors:
+        level = DiagnosticStatus.WARN
+        message = f"{totals.engine_errors + totals.errors} frame(s) failed since start"
+    elif (totals.confidence_frames >= confidence_window and math.isfinite(totals.confidence_mean)
+          and totals.confidence_mean < confidence_warn_below):
+        level = DiagnosticStatus.WARN
+        message = (f"low confidence {totals.confidence_mean:.2f} over the last {totals.confidence_frames} "
+                   f"frames (below {confidence_warn_below:g}): the scene may be out of the model's domain")
     elif window.processed == 0:
         level, message = DiagnosticStatus.OK, "waiting for images"
     else:

@@ -1,8 +1,10 @@
 """DCFMNode: the ROS I/O around a StreamEngine. Messages in, engine call, messages out; no model logic.
 
 Threads: the executor thread runs the camera callback (enqueue only, never waits for inference),
-parameter services and the 1 Hz diagnostics timer; one worker thread converts, runs the engine and
-publishes. Topic names are relative, so namespaces and remapping apply.
+parameter services, the 1 Hz diagnostics timer and (qos.reliability auto) the check of the input
+publishers' QoS; one worker thread converts, runs the engine and publishes. Topic names are relative,
+so namespaces and remapping apply. An engine exception on one frame is logged and counted, the
+engine's keyframe cache is reset (the next frame is a keyframe), and the node carries on.
 """
 
 from __future__ import annotations
@@ -15,20 +17,23 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType
+from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from rclpy.time import Time
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 from dcfm_ros.msg import SegmentationClasses, SegmentationInfo
 from dcfm_ros.node import convert
 from dcfm_ros.node.diagnostics import NodeStats, diagnostics_msg
+from dcfm_ros.node.faults import engine_call
 from dcfm_ros.node.framequeue import FrameQueue
+from dcfm_ros.node.inputqos import BEST_EFFORT, input_qos, match_publishers
+from dcfm_ros.node.logthrottle import ReasonThrottle
 from dcfm_ros.node.params import (
-    NodeSettings,
     ParameterError,
+    StartupError,
     apply_changes,
     build_engine,
     declare_parameters,
@@ -42,20 +47,16 @@ if TYPE_CHECKING:
 NODE_NAME = "dcfm_node"
 DIAGNOSTICS_PERIOD_S = 1.0
 LOG_THROTTLE_S = 5.0
+# qos.reliability auto: how often the publishers on the input topic are looked at.
+QOS_CHECK_PERIOD_S = 0.5
+# frame_id as logged (a hostile 10 kB frame_id must not flood the log).
+LOG_FRAME_ID_CHARS = 64
 # Outputs: reliable, keep last 10 (ROS default, as image_pipeline publishers).
 OUTPUT_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST,
                         durability=DurabilityPolicy.VOLATILE)
 # The class map: latched, a subscriber that joins late still gets the last one.
 LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
-
-
-def input_qos(settings: NodeSettings) -> QoSProfile:
-    """Sensor-data QoS by default (best effort, keep last qos.depth); reliable on request."""
-    reliability = (ReliabilityPolicy.RELIABLE if settings.qos_reliability == "reliable"
-                   else ReliabilityPolicy.BEST_EFFORT)
-    return QoSProfile(depth=settings.qos_depth, reliability=reliability, history=HistoryPolicy.KEEP_LAST,
-                      durability=DurabilityPolicy.VOLATILE)
 
 
 class DCFMNode(Node):
@@ -85,11 +86,19 @@ class DCFMNode(Node):
         self._pending_policy: KeyframePolicy | None = None
         self._last_shape: tuple[int, int] | None = None
         self._stopping = threading.Event()
+        self._throttle = ReasonThrottle(LOG_THROTTLE_S)
+        try:
+            self._process, faults = engine_call(engine.process)
+        except ValueError as exc:
+            raise StartupError(str(exc)) from exc
+        if faults:
+            self.get_logger().warning(f"fault injection on: engine calls {faults} will raise")
 
         self._pub_labels = self.create_publisher(Image, "segmentation/labels", OUTPUT_QOS)
         self._pub_color = self.create_publisher(Image, "segmentation/color", OUTPUT_QOS)
         self._pub_overlay = self.create_publisher(Image, "segmentation/overlay", OUTPUT_QOS)
         self._pub_info = self.create_publisher(SegmentationInfo, "segmentation/info", OUTPUT_QOS)
+        self._pub_confidence = self.create_publisher(Image, "segmentation/confidence", OUTPUT_QOS)
         self._pub_classes = self.create_publisher(SegmentationClasses, "segmentation/classes", LATCHED_QOS)
         self._pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._masks = []  # (class id, topic suffix, publisher, buffer)
@@ -97,7 +106,8 @@ class DCFMNode(Node):
             suffix = mask_topic_suffix(name)
             pub = self.create_publisher(Image, f"segmentation/masks/{suffix}", OUTPUT_QOS)
             self._masks.append((engine.class_names.index(name), suffix, pub, convert.ImageBuffer()))
-        self._buf_labels, self._buf_color, self._buf_overlay = (convert.ImageBuffer() for _ in range(3))
+        self._buf_labels, self._buf_color, self._buf_overlay, self._buf_confidence = (
+            convert.ImageBuffer() for _ in range(4))
 
         header = Header(stamp=self.get_clock().now().to_msg())
         self._pub_classes.publish(convert.classes_msg(engine.class_names, engine.palette, header))
@@ -106,11 +116,20 @@ class DCFMNode(Node):
             keep_latest=s.drop_policy == "latest")
         if s.image_transport == "compressed":
             self._to_rgb = convert.compressed_to_rgb
-            self._sub = self.create_subscription(CompressedImage, "image/compressed", self._on_image,
-                                                 input_qos(s))
+            self._in_type, in_topic = CompressedImage, "image/compressed"
         else:
             self._to_rgb = convert.image_to_rgb
-            self._sub = self.create_subscription(Image, "image", self._on_image, input_qos(s))
+            self._in_type, in_topic = Image, "image"
+        self._in_topic = self.resolve_topic_name(in_topic)
+        self._reliability, self._qos_why = s.qos_reliability, "set by qos.reliability"
+        if s.qos_reliability == "auto":
+            self._reliability, self._qos_why = match_publishers(
+                self.get_publishers_info_by_topic(self._in_topic))
+        self._sub = self._subscribe()
+        if s.qos_reliability == "auto":
+            self._qos_timer = self.create_timer(QOS_CHECK_PERIOD_S, self._check_input_qos,
+                                                clock=Clock(clock_type=ClockType.STEADY_TIME))
+        self._warn_if_lossy()
 
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.add_post_set_parameters_callback(self._on_parameters_set)
@@ -122,21 +141,60 @@ class DCFMNode(Node):
             f"model {s.model_path} ({engine.num_classes} classes, input {engine.input_size[0]}x"
             f"{engine.input_size[1]}) on {engine.device} {engine.precision}; keyframe policy "
             f"{engine.policy!r}; subscribed to {self._sub.topic_name} ({s.image_transport}, "
-            f"{s.qos_reliability}, depth {s.qos_depth}); drop_policy {s.drop_policy}")
+            f"{self._qos_text()}, depth {s.qos_depth}); drop_policy {s.drop_policy}")
+
+    # -- input subscription ------------------------------------------------------------------------
+
+    def _subscribe(self) -> Any:
+        # auto: a best-effort publisher that appears while the reader is reliable does not match;
+        # rclpy's default handler would log that as a warning, but the next check switches anyway.
+        events = (SubscriptionEventCallbacks(incompatible_qos=lambda _event: None)
+                  if self._settings.qos_reliability == "auto" else None)
+        return self.create_subscription(self._in_type, self._in_topic, self._on_image,
+                                        input_qos(self._reliability, self._settings.qos_depth),
+                                        event_callbacks=events)
+
+    def _qos_text(self) -> str:
+        mode = self._settings.qos_reliability
+        return f"{self._reliability} (auto: {self._qos_why})" if mode == "auto" else self._reliability
+
+    def _check_input_qos(self) -> None:
+        """qos.reliability auto: match the publishers now on the topic; a new subscription on a change."""
+        reliability, why = match_publishers(self.get_publishers_info_by_topic(self._in_topic))
+        if reliability == self._reliability:
+            self._qos_why = why
+            return
+        old = self._reliability
+        self._reliability, self._qos_why = reliability, why
+        self.destroy_subscription(self._sub)
+        self._sub = self._subscribe()
+        self.stats.qos_change()
+        self.get_logger().info(f"input QoS {old} -> {reliability} on {self._in_topic} ({why})")
+        self._warn_if_lossy()
+
+    def _warn_if_lossy(self) -> None:
+        if self._reliability == BEST_EFFORT and self._settings.drop_policy == "none":
+            self.get_logger().warning(
+                f"drop_policy none with a best-effort input ({self._qos_text()}): the node processes "
+                f"every frame it receives, but the transport may still lose frames (large images "
+                f"especially); a reliable publisher avoids that")
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
     def start(self) -> None:
         self._worker.start()
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop the worker (after the frame in progress) and wait for it."""
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Stop the worker (after the frame in progress) and wait for it; False when it is still in
+        that frame after `timeout` s (then it is abandoned: a daemon thread that publishes nothing)."""
         self._stopping.set()
         self._queue.close()
         if self._worker.is_alive():
             self._worker.join(timeout)
             if self._worker.is_alive():
-                self.get_logger().error(f"inference thread did not stop within {timeout} s")
+                self.get_logger().warning(f"inference thread still in a frame after {timeout} s: abandoned")
+                return False
+        return True
 
     # -- executor thread ---------------------------------------------------------------------------
 
@@ -169,13 +227,14 @@ class DCFMNode(Node):
             "keyframe_policy": repr(self.engine.policy),
             "drop_policy": s.drop_policy,
             "image_transport": s.image_transport,
+            "input_qos": self._qos_text(),
             "input_size": f"{self.engine.input_size[0]}x{self.engine.input_size[1]}",
             "model": str(s.model_path),
         }
         self._pub_diag.publish(diagnostics_msg(
             self.get_clock().now().to_msg(), f"{self.get_fully_qualified_name()}: segmentation",
             str(self.engine.device),
-            totals, window, static, len(self._queue)))
+            totals, window, static, len(self._queue), s.confidence_warn_below, s.confidence_window))
 
     # -- worker thread -----------------------------------------------------------------------------
 
@@ -187,17 +246,27 @@ class DCFMNode(Node):
                 if self._stopping.is_set() or not self.context.ok():
                     return  # shutting down: publishers may already be gone
                 n = self.stats.error()
-                self.get_logger().error(f"frame failed ({n} so far): {type(exc).__name__}: {exc}",
-                                        throttle_duration_sec=LOG_THROTTLE_S)
+                self._log_throttled("error", f"output {type(exc).__name__}",
+                                    f"frame failed ({n} so far): {type(exc).__name__}: {exc}")
+
+    def _log_throttled(self, level: str, reason: str, text: str) -> None:
+        held = self._throttle.admit(reason)
+        if held is None:
+            return
+        if held:
+            text += f" [{held} more of these in the last {LOG_THROTTLE_S:g} s not logged]"
+        getattr(self.get_logger(), level)(text)
 
     def _handle(self, msg: Image | CompressedImage, t_received: float) -> None:
         try:
             rgb = self._to_rgb(msg)
         except convert.BadInputError as exc:
             n = self.stats.bad_input()
-            self.get_logger().warning(
-                f"bad input on {self._sub.topic_name} (frame_id '{msg.header.frame_id}', {n} so far): {exc}",
-                throttle_duration_sec=LOG_THROTTLE_S)
+            frame_id = msg.header.frame_id
+            if len(frame_id) > LOG_FRAME_ID_CHARS:
+                frame_id = f"{frame_id[:LOG_FRAME_ID_CHARS]}... ({len(frame_id)} chars)"
+            self._log_throttled("warning", exc.reason,
+                                f"bad input on {self._in_topic} (frame_id '{frame_id}', {n} so far): {exc}")
             return
         with self._policy_lock:
             policy, self._pending_policy = self._pending_policy, None
@@ -211,21 +280,32 @@ class DCFMNode(Node):
                                       f"keyframe", throttle_duration_sec=LOG_THROTTLE_S)
         self._last_shape = shape
 
-        result = self.engine.process(rgb)
-        counters = self.stats.processed(result.is_keyframe, result.timings_ms.get("total", 0.0))
+        try:
+            result = self._process(rgb)
+        except Exception as exc:  # out of memory, a kernel error, ...: this frame only
+            self._engine_failed(exc)
+            return
+        confidence = result.confidence.mean if result.confidence is not None else float("nan")
+        counters = self.stats.processed(result.is_keyframe, result.timings_ms.get("total", 0.0),
+                                        confidence, self._settings.confidence_window)
         header = msg.header
         labels = result.labels
         published = []
         if self._pub_labels.get_subscription_count() > 0:
             self._pub_labels.publish(convert.labels_to_msg(labels, header, self._buf_labels))
             published.append("labels")
-        stamp = Time.from_msg(header.stamp)
-        # end to end from the camera stamp; undefined for unstamped images
-        e2e = ((self.get_clock().now() - stamp).nanoseconds / 1e6 if stamp.nanoseconds else float("nan"))
+        # End to end from the camera stamp; undefined for unstamped images. Plain integers: rclpy's
+        # Time refuses the negative stamps a message may carry.
+        stamp_ns = int(header.stamp.sec) * 10**9 + int(header.stamp.nanosec)
+        e2e = (self.get_clock().now().nanoseconds - stamp_ns) / 1e6 if stamp_ns else float("nan")
         self.stats.latency((time.perf_counter() - t_received) * 1000.0, e2e)
         if self._pub_info.get_subscription_count() > 0:
             self._pub_info.publish(convert.info_msg(header, result, e2e, *counters))
             published.append("info")
+        if self._pub_confidence.get_subscription_count() > 0 and result.confidence is not None:
+            self._pub_confidence.publish(convert.confidence_to_msg(result.confidence.map_u8, shape, header,
+                                                                   self._buf_confidence))
+            published.append("confidence")
 
         want_color = self._pub_color.get_subscription_count() > 0
         want_overlay = self._pub_overlay.get_subscription_count() > 0
@@ -243,3 +323,16 @@ class DCFMNode(Node):
                 pub.publish(convert.mask_to_msg(labels, class_id, header, buf))
                 published.append(f"mask_{suffix}")
         self.stats.published(published)
+
+    def _engine_failed(self, exc: Exception) -> None:
+        # The engine commits its state only after a frame went through, but after e.g. an out of
+        # memory the cached common feature is not trusted either: start over from a keyframe.
+        self.engine.reset()
+        if "cuda" in str(self.engine.device):
+            import torch
+
+            torch.cuda.empty_cache()
+        n = self.stats.engine_error()
+        self._log_throttled("error", f"engine {type(exc).__name__}",
+                            f"engine failed on a frame ({n} so far), frame skipped, next frame is a "
+                            f"keyframe: {type(exc).__name__}: {exc}")

@@ -35,7 +35,7 @@ DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 PRECISIONS = ("fp32", "fp16", "bf16")
 KEYFRAME_POLICIES = ("fixed", "motion")
 TRANSPORTS = ("raw", "compressed")
-RELIABILITIES = ("best_effort", "reliable")
+RELIABILITIES = ("auto", "best_effort", "reliable")
 DROP_POLICIES = ("latest", "none")
 _INT_MAX = 100_000
 
@@ -111,13 +111,22 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "compressed: subscribe to image/compressed (sensor_msgs/CompressedImage, jpeg/png).",
               constraints="one of " + ", ".join(TRANSPORTS)),
     ParamSpec("qos.depth", T.INTEGER, 5, "History depth of the image subscription.", int_range=(1, 1000)),
-    ParamSpec("qos.reliability", T.STRING, "best_effort", "Reliability of the image subscription. "
-              "best_effort (sensor data) also receives from reliable publishers; use reliable with "
-              "drop_policy none so that no frame is lost in transport.",
+    ParamSpec("qos.reliability", T.STRING, "auto", "Reliability of the image subscription. auto: "
+              "like rosbag2, reliable when every publisher on the topic offers reliable, best effort "
+              "otherwise, re-checked as publishers come and go (reliable while there is none). "
+              "best_effort (sensor data) also receives from reliable publishers, but a lost fragment "
+              "of a large image loses the frame; reliable repairs it, but matches reliable "
+              "publishers only.",
               constraints="one of " + ", ".join(RELIABILITIES)),
     ParamSpec("drop_policy", T.STRING, "latest", "latest: live camera, process the newest frame and count "
               "the skipped ones as dropped. none: queue every frame (evaluation, bag playback).",
               constraints="one of " + ", ".join(DROP_POLICIES)),
+    ParamSpec("confidence.warn_below", T.DOUBLE, 0.5, "Diagnostics warn (scene may be out of the "
+              "model's domain) while the mean per-frame confidence (top softmax probability) of the "
+              "last confidence.window frames is below this. 0 turns the warning off.", read_only=False,
+              float_range=(0.0, 1.0)),
+    ParamSpec("confidence.window", T.INTEGER, 30, "Frames the confidence warning averages over.",
+              read_only=False, int_range=(1, 10_000)),
 )
 PARAMETER_NAMES: tuple[str, ...] = tuple(p.name for p in PARAMETERS)
 RUNTIME_PARAMETERS: frozenset[str] = frozenset(p.name for p in PARAMETERS if not p.read_only)
@@ -161,6 +170,8 @@ class NodeSettings:
     qos_depth: int
     qos_reliability: str
     drop_policy: str
+    confidence_warn_below: float = 0.5
+    confidence_window: int = 30
     values: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -248,6 +259,8 @@ def settings_from_values(values: Mapping[str, Any]) -> NodeSettings:
         qos_depth=_int(values, "qos.depth", 1, 1000),
         qos_reliability=_choice(values, "qos.reliability", RELIABILITIES),
         drop_policy=_choice(values, "drop_policy", DROP_POLICIES),
+        confidence_warn_below=_in_range(values, "confidence.warn_below", 0.0, 1.0),
+        confidence_window=_int(values, "confidence.window", 1, 10_000),
         values=dict(values),
     )
     # Last: the cross-field keyframe rules (threshold < 1, min <= max) come from the engine, whose
