@@ -90,3 +90,50 @@ def make_vspw(root: Path) -> Path:
             write_grey(root / "data" / video / "mask" / f"{i + 1:08d}.png", mask)
     (root / "val.txt").write_text("3_abc\n")
     return root
+
+
+FOLDER_CLASSES = ("ground", "wall", "robot")
+FOLDER_PALETTE = ((128, 64, 128), (70, 70, 70), (220, 20, 60))
+
+
+def folder_scene(seed: int, shift: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(RGB image, 0-based label of FOLDER_CLASSES with a 255 strip): the CamVid scene's blocks renamed."""
+    img, camvid = scene(seed, shift)
+    label = np.full((H, W), 255, np.uint8)
+    label[camvid == 3] = 0  # road -> ground
+    label[(camvid == 0) | (camvid == 1)] = 1  # sky, building -> wall
+    label[camvid == 8] = 2  # car -> robot
+    return img, label
+
+
+def make_folder(root: Path, sequences: dict[str, int] | None = None,
+                labeled: dict[str, list[int]] | None = None, split: str = "train",
+                color: bool = False) -> Path:
+    """ROOT/classes.yaml and ROOT/<split>/{images,labels}/<seq>/<frame>.png; frame i is named f"{i:04d}"
+    (sequence -> frame count; `labeled`: which frame indices get a label, default every 2nd)."""
+    import yaml
+
+    sequences = sequences if sequences is not None else {"run1": 6, "run2": 5}
+    classes = {"names": list(FOLDER_CLASSES), "palette": [list(c) for c in FOLDER_PALETTE],
+               "ignore_index": 255}
+    if color:
+        classes.update(labels="color", ignore_color=[0, 0, 0])
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "classes.yaml").write_text(yaml.safe_dump(classes))
+    seed = 100
+    for seq, n in sequences.items():
+        which = labeled[seq] if labeled is not None else list(range(0, n, 2))
+        (root / split / "labels" / seq).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            img, label = folder_scene(seed, shift=2 * i)
+            seed += 1
+            write_rgb(root / split / "images" / seq / f"{i:04d}.png", img)
+            if i in which:
+                if color:
+                    rgb = np.zeros((H, W, 3), np.uint8)
+                    for c, col in enumerate(FOLDER_PALETTE):
+                        rgb[label == c] = col
+                    write_rgb(root / split / "labels" / seq / f"{i:04d}.png", rgb)
+                else:
+                    write_grey(root / split / "labels" / seq / f"{i:04d}.png", label)
+    return root

@@ -226,7 +226,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="dcfm-evaluate", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="checkpoint (.safetensors) written by dcfm-train")
-    p.add_argument("--dataset", required=True, choices=("camvid", "cityscapes", "vspw"))
+    p.add_argument("--dataset", required=True, choices=("camvid", "cityscapes", "vspw", "folder"),
+                   help="folder: your own recordings (ROOT/classes.yaml; dcfm-train's dataset.type folder)")
     p.add_argument("--root", required=True, help="dataset root folder")
     p.add_argument("--split", default="val", help="split name (val, test, ...)")
     p.add_argument("--modes", default="p,b", help="comma list of p (causal) and b (bidirectional)")

@@ -4,11 +4,19 @@ Sources (exactly one):
   --video FILE                 any file OpenCV reads; rate defaults to the file's frame rate
   --images DIR [--labels DIR]  images sorted by name (natural order); labels matched by file stem and
                                stored as they are (no mapping)
-  --camvid ROOT | --cityscapes ROOT | --vspw ROOT   with --split and --sequence: one video of the
-                               dataset, frames in temporal order, labels mapped to train ids exactly as
-                               training and dcfm-evaluate map them (void/ignore = 255); the
-                               dataset's class names (train id order, as training reads them: VSPW's
-                               from label_num_dic_final.json) go into the bag's custom data
+  --camvid ROOT | --cityscapes ROOT | --vspw ROOT | --folder ROOT   with --split and --sequence: one
+                               video of the dataset, frames in temporal order, labels mapped to train
+                               ids exactly as training and dcfm-evaluate map them (void/ignore = 255);
+                               the dataset's class names (train id order, as training reads them: VSPW's
+                               from label_num_dic_final.json, folder's from classes.yaml) go into the
+                               bag's custom data; --folder is your own recordings (no known rate: --rate)
+
+The other way round, `--extract BAG ROOT` writes a bag's camera frames into the folder layout that
+`dcfm-train` reads (dataset.type: folder), to seed a dataset from recorded drives:
+  ROOT/<split>/images/<sequence>/<NNNNNN>.png   every frame (or --every N-th), in log-time order
+  ROOT/<split>/labels/<sequence>/<NNNNNN>.png   frames of the bag's label topic, if it has one
+  ROOT/classes.yaml                             only when the bag records class names and none exists
+(--split default train, --sequence default the bag's folder name, --topic picks the camera topic.)
 
 Topics written (frame_id "camera" unless --frame-id):
   <image-topic>              sensor_msgs/Image rgb8           (default /camera/image), or with
@@ -21,6 +29,7 @@ identical. mcap bags use zstd chunk compression (plain rosbag2 metadata; `ros2 b
 Example (the demo clip in demo/):
   dcfm-make-bag demo/camvid_val_0016E5 --camvid ../shared/data/camvid --split val --sequence 0016E5 \
       --compressed --jpeg-quality 85
+  dcfm-make-bag --extract demo/camvid_val_0016E5 my_dataset --split train --sequence drive1
 """
 
 from __future__ import annotations
@@ -40,8 +49,11 @@ from dcfm_ros.evaluation.bagio import (
     COMPRESSED_IMAGE,
     IMAGE,
     STORAGES,
+    BadMessage,
     BagError,
+    BagReader,
     BagWriter,
+    Frame,
     compressed_image_msg,
     image_msg,
     label_msg,
@@ -263,11 +275,95 @@ def write_bag(out: Path, frames: Iterator[SourceFrame], *, rate: float, compress
     return BagSummary(out, n, labeled, topics, rate, start_ns, size)
 
 
+@dataclass(frozen=True)
+class ExtractSummary:
+    images: Path
+    frames: int
+    labeled: int
+    skipped: int  # undecodable camera messages (counted, never guessed)
+    classes_written: bool
+
+
+def _write_png(path: Path, pixels: np.ndarray) -> None:
+    """Atomic: a reader never sees a half-written frame under its final name."""
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    if not cv2.imwrite(str(tmp), pixels):
+        tmp.unlink(missing_ok=True)
+        raise SourceError(f"cannot write {path}")
+    tmp.replace(path)
+
+
+def _camera_topic(bag: BagReader, topic: str | None, label_topic: str | None) -> str:
+    if topic is not None:
+        bag.require_topic(topic, (IMAGE, COMPRESSED_IMAGE), "camera")
+        return topic
+    cams = [t.name for t in bag.image_topics() if t.name != label_topic]
+    if len(cams) != 1:
+        raise SourceError(f"bag {bag.path} has {len(cams)} camera topics ({', '.join(cams) or 'none'}); "
+                          "choose one with --topic")
+    return cams[0]
+
+
+def extract_bag(bag_path: Path, root: Path, *, split: str = "train", sequence: str | None = None,
+                topic: str | None = None, every: int = 1, max_frames: int | None = None,
+                overwrite: bool = False) -> ExtractSummary:
+    """A bag's camera frames (and its label topic's frames, by header stamp) into the folder layout."""
+    if every < 1:
+        raise ValueError(f"--every must be >= 1, got {every}")
+    with BagReader(bag_path) as bag:
+        info = json.loads(bag.custom_data.get("dcfm_ros.make_bag", "{}") or "{}")
+        label_topic = info.get("label_topic")
+        cam = _camera_topic(bag, topic, label_topic)
+        seq = sequence or bag.path.name
+        img_dir, lbl_dir = root / split / "images" / seq, root / split / "labels" / seq
+        if img_dir.is_dir() and any(img_dir.iterdir()) and not overwrite:
+            raise SourceError(f"{img_dir} exists and is not empty (use --overwrite, or another --sequence)")
+        img_dir.mkdir(parents=True, exist_ok=True)
+        (root / split / "labels").mkdir(parents=True, exist_ok=True)
+        labels: dict[int, np.ndarray] = {}
+        if label_topic and label_topic in bag.topics:
+            labels = {f.stamp_ns: f.image for f in bag.frames(label_topic, "labels") if isinstance(f, Frame)}
+        n = labeled = skipped = 0
+        for i, item in enumerate(bag.frames(cam, "image")):
+            if isinstance(item, BadMessage):
+                skipped += 1
+                print(f"dcfm-make-bag: skipped message {item.index} of {cam}: {item.reason}", file=sys.stderr)
+                continue
+            if i % every:
+                continue
+            if max_frames is not None and n >= max_frames:
+                break
+            name = f"{n:06d}.png"
+            _write_png(img_dir / name, cv2.cvtColor(item.image, cv2.COLOR_RGB2BGR))
+            lab = labels.get(item.stamp_ns)
+            if lab is not None:
+                lbl_dir.mkdir(parents=True, exist_ok=True)
+                _write_png(lbl_dir / name, lab)
+                labeled += 1
+            n += 1
+    if n == 0:
+        raise SourceError(f"no decodable frame on {cam} in {bag_path}")
+    classes_written = False
+    names = info.get("class_names")
+    if names and not (root / "classes.yaml").exists():
+        import yaml
+
+        # make-bag's label topics hold train ids with 255 = void: the folder layout's own convention.
+        text = yaml.safe_dump({"names": list(names), "ignore_index": 255, "labels": "index"}, sort_keys=False)
+        tmp = root / ".classes.yaml.tmp"
+        note = f"# from {bag_path} ({info.get('type', 'bag')}); add a palette: [[R, G, B], ...]\n"
+        tmp.write_text(note + text)
+        tmp.replace(root / "classes.yaml")
+        classes_written = True
+    return ExtractSummary(img_dir, n, labeled, skipped, classes_written)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dcfm-make-bag", description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("out", type=Path, help="output bag directory (must not exist unless --overwrite)")
+    p.add_argument("out", type=Path, nargs="?", help="output bag directory (must not exist unless "
+                   "--overwrite); not with --extract")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--video", type=Path, help="video file")
     src.add_argument("--images", type=Path, help="folder of images (sorted by name)")
@@ -275,9 +371,16 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--cityscapes", type=Path, metavar="ROOT",
                      help="Cityscapes root (leftImg8bit_sequence + gtFine)")
     src.add_argument("--vspw", type=Path, metavar="ROOT", help="VSPW root")
+    src.add_argument("--folder", type=Path, metavar="ROOT", help="folder-layout root (your own recordings: "
+                     "ROOT/classes.yaml, ROOT/<split>/images|labels/<sequence>/)")
+    src.add_argument("--extract", type=Path, nargs=2, metavar=("BAG", "ROOT"),
+                     help="write BAG's camera frames into the folder layout under ROOT (see below)")
     p.add_argument("--labels", type=Path, help="with --images: folder of label images (same file names)")
-    p.add_argument("--split", default="val", help="dataset split (default: val)")
-    p.add_argument("--sequence", help="dataset sequence / video name (required when the split has several)")
+    p.add_argument("--split", help="dataset split (default: val; with --extract: train)")
+    p.add_argument("--sequence", help="dataset sequence / video name (required when the split has several; "
+                   "with --extract: the folder to write, default the bag's name)")
+    p.add_argument("--topic", help="with --extract: the camera topic (default: the bag's only one)")
+    p.add_argument("--every", type=int, default=1, help="with --extract: keep every N-th frame (default: 1)")
     p.add_argument("--rate", type=float, help="frames per second (default: the video's rate, CamVid val "
                    "15, CamVid train/test 1, Cityscapes 17; required otherwise)")
     p.add_argument("--max-frames", type=int, help="stop after this many frames")
@@ -301,6 +404,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.labels is not None and args.images is None:
         parser.error("--labels goes with --images")
+    if args.extract is not None:
+        return _extract_main(args)
+    if args.out is None:
+        parser.error("the output bag directory is required (except with --extract)")
+    args.split = args.split or "val"
     try:
         rate: float | None = args.rate
         source: dict[str, object]
@@ -313,8 +421,9 @@ def main(argv: list[str] | None = None) -> int:
             source = {"type": "images", "path": str(args.images),
                       "labels": str(args.labels) if args.labels else None}
         else:
-            kind = "camvid" if args.camvid else "cityscapes" if args.cityscapes else "vspw"
-            root: Path = args.camvid or args.cityscapes or args.vspw
+            kind = ("camvid" if args.camvid else "cityscapes" if args.cityscapes else
+                    "folder" if args.folder else "vspw")
+            root: Path = args.camvid or args.cityscapes or args.folder or args.vspw
             frames = dataset_frames(kind, root, args.split, args.sequence)
             rate = rate or DATASET_RATES.get((kind, args.split)) or DATASET_RATES.get((kind, None))
             source = {"type": kind, "root": str(root), "split": args.split, "sequence": args.sequence,
@@ -342,6 +451,25 @@ def main(argv: list[str] | None = None) -> int:
           f"{summary.rate:g} Hz, {summary.labeled} labeled)")
     for topic, msgtype in summary.topics.items():
         print(f"  {topic} [{msgtype}]")
+    return 0
+
+
+def _extract_main(args: argparse.Namespace) -> int:
+    bag, root = args.extract
+    try:
+        summary = extract_bag(bag, root, split=args.split or "train", sequence=args.sequence,
+                              topic=args.topic, every=args.every, max_frames=args.max_frames,
+                              overwrite=args.overwrite)
+    except (SourceError, BagError, ValueError, OSError) as exc:
+        print(f"dcfm-make-bag: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {summary.frames} frames to {summary.images} ({summary.labeled} with a label, "
+          f"{summary.skipped} undecodable skipped)")
+    if summary.classes_written:
+        print(f"  {root / 'classes.yaml'} from the bag's class names")
+    elif not (root / "classes.yaml").exists():
+        print(f"  next: write {root / 'classes.yaml'} (names, palette) and label some frames in "
+              f"{root / (args.split or 'train') / 'labels'}")
     return 0
 
 

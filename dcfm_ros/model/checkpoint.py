@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -199,3 +200,51 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
         raise CheckpointError(f"{path}: cannot move the model to {map_location!r}: {exc}") from exc
     model.eval()
     return model, meta
+
+
+@dataclass(frozen=True)
+class InitReport:
+    """What `init_from_checkpoint` did: tensor names loaded, kept at their fresh init, and unused."""
+
+    path: str
+    loaded: tuple[str, ...]
+    reinitialised: tuple[str, ...]  # in the model, absent from the file or of another shape
+    unused: tuple[str, ...]  # in the file, not in the model
+
+    def summary(self) -> str:
+        mods = sorted({k.rsplit(".", 1)[0] for k in self.reinitialised})
+        unused = (f"; {len(self.unused)} in the file unused ({_listing(list(self.unused))})"
+                  if self.unused else "")
+        return (f"init_from {self.path}: loaded {len(self.loaded)} tensors; re-initialised "
+                f"{len(self.reinitialised)}" + (f" ({_listing(mods)})" if mods else "") + unused)
+
+
+def init_from_checkpoint(model: DCFM, path: str | Path) -> InitReport:
+    """Fine-tuning start: copy every tensor of the checkpoint at `path` whose name and shape match a
+    tensor of `model` (cast to the model's dtype); the rest keep the initialisation `model` was built
+    with (a new class list changes the head's last layer). Never unpickles.
+
+    Raises CheckpointError for a bad file, a different backbone, or when nothing matches.
+    """
+    path = Path(path)
+    meta = read_checkpoint_meta(path)
+    src: DCFMConfig = meta["config"]
+    if src.backbone != model.config.backbone:
+        raise CheckpointError(f"init_from {path}: it holds a {src.backbone!r} model, the config builds "
+                              f"{model.config.backbone!r}")
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except Exception as exc:
+        raise CheckpointError(f"init_from {path}: cannot read tensors (truncated or corrupt file): "
+                              f"{exc}") from exc
+    own = model.state_dict()
+    match = {k: v for k, v in tensors.items() if k in own and v.shape == own[k].shape}
+    if not match:
+        raise CheckpointError(f"init_from {path}: no tensor matches the model by name and shape")
+    with torch.no_grad():
+        for k, v in match.items():
+            own[k].copy_(v.to(own[k].dtype))
+    return InitReport(str(path), tuple(sorted(match)), tuple(sorted(k for k in own if k not in match)),
+                      tuple(sorted(k for k in tensors if k not in own)))

@@ -11,8 +11,12 @@ YAML layout (every key optional unless marked; see config/train/*.yaml):
       input_size: [360, 480] # REQUIRED (H, W) the network runs at in evaluation / deployment
       head: conv             # conv | linear
       dropout: 0.1
+      init_from: null        # fine-tuning: a dcfm_ros .safetensors; weights whose name and shape match
+                             # are loaded, the rest keep their fresh initialisation (listed at start)
+      sync_bn: false         # SyncBatchNorm under torchrun with N > 1 GPUs; one device: plain BN
+      freeze_bn: false       # BatchNorm layers use their running statistics (eval mode) while training
     dataset:
-      type: camvid           # REQUIRED: camvid | cityscapes | vspw
+      type: camvid           # REQUIRED: camvid | cityscapes | vspw | folder (your own recordings)
       root: /path            # REQUIRED
       train_split: train     # CamVid also accepts "train+val"
       val_split: val         # null = no periodic evaluation
@@ -23,9 +27,13 @@ YAML layout (every key optional unless marked; see config/train/*.yaml):
       hflip: true
       jitter: {brightness: 0.1, contrast: 0.1, saturation: 0.1}
       ignore_index: 255
-      class_names: [...]     # default: the dataset's; stored in the checkpoint
+      class_names: [...]     # default: the dataset's; stored in the checkpoint (folder: classes.yaml only)
       palette: [[R, G, B], ...]
       eval_stride: 1         # periodic evaluation on every n-th val frame (speed)
+      neighbour_offsets: [-1, 1]  # folder only: frames (labeled or not) that may be x_u, relative to x_l
+      zero_label: null       # vspw with your own class_names: `others` (VSPW: 0 ignored, v -> class v-1)
+                             # or `class` (v -> class v); REQUIRED then, VSPW's own 124 classes: others
+      check_labels: true     # scan every train/val label at start-up (values, sizes) before training
     loss:
       lambda_b: 0.4          # 0 = the ablation without L_B (also: dcfm-train --ablate-lb)
       lambda_c: 10.0         # default per dataset from Table I
@@ -49,6 +57,8 @@ YAML layout (every key optional unless marked; see config/train/*.yaml):
       iterations: 700
       batch_size: 8
       workers: 1
+      batch_scope: rank      # under torchrun: rank = batch_size per process; global = split over ranks
+      dist_timeout_min: 30   # how long a rank waits for the others in a collective (torchrun)
       eval_interval: 250     # 0 = only at the end
       ckpt_interval: 250     # 0 = only at the end
       out_dir: runs/camvid_efficientnet_lite0   # log.csv, checkpoints, config copy
@@ -72,6 +82,7 @@ from dcfm_ros.training.optim import OptimConfig, default_optim
 # Table I: (lambda_B, lambda_C) per dataset.
 LOSS_DEFAULTS: dict[str, tuple[float, float]] = {
     "camvid": (0.4, 10.0), "cityscapes": (0.4, 10.0), "vspw": (0.2, 5.0),
+    "folder": (0.4, 10.0),  # your own driving-like recordings: the CamVid/Cityscapes column
 }
 DATASET_TYPES = tuple(LOSS_DEFAULTS)
 
@@ -97,11 +108,16 @@ class ModelSection:
     pretrained: str | None = None
     head: str = "conv"
     dropout: float = 0.1
+    init_from: str | None = None
+    sync_bn: bool = False
+    freeze_bn: bool = False
 
     def __post_init__(self) -> None:
         self.input_size = _pair(self.input_size, "model.input_size")  # type: ignore[assignment]
         if self.pretrained is not None:
             self.pretrained = str(self.pretrained)
+        if self.init_from is not None:
+            self.init_from = str(self.init_from)
 
 
 @dataclass
@@ -121,6 +137,9 @@ class DatasetSection:
     class_names: list[str] | None = None
     palette: list[list[int]] | None = None
     eval_stride: int = 1
+    neighbour_offsets: list[int] | None = None
+    zero_label: str | None = None
+    check_labels: bool = True
 
     def __post_init__(self) -> None:
         self.type = str(self.type).lower()
@@ -136,6 +155,27 @@ class DatasetSection:
             raise ConfigError(f"dataset.jitter has unknown keys {sorted(unknown)}")
         if self.eval_stride < 1:
             raise ConfigError("dataset.eval_stride must be >= 1")
+        if self.neighbour_offsets is not None:
+            if self.type != "folder":
+                raise ConfigError("dataset.neighbour_offsets is for dataset.type folder only (the other "
+                                  "layouts have fixed neighbours)")
+            try:
+                self.neighbour_offsets = [int(o) for o in self.neighbour_offsets]
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"dataset.neighbour_offsets: a list of frame offsets expected, got "
+                                  f"{self.neighbour_offsets!r}") from exc
+            if not self.neighbour_offsets or 0 in self.neighbour_offsets:
+                raise ConfigError(f"dataset.neighbour_offsets must be non-zero frame offsets, e.g. "
+                                  f"[-2, -1, 1, 2]; got {self.neighbour_offsets!r}")
+        if self.zero_label is not None:
+            if self.type != "vspw":
+                raise ConfigError("dataset.zero_label is for dataset.type vspw only (folder: index 0 is "
+                                  "the first name of classes.yaml)")
+            if self.zero_label not in ("others", "class"):
+                raise ConfigError(f"dataset.zero_label must be 'others' or 'class', got {self.zero_label!r}")
+        if self.type == "folder" and (self.class_names or self.palette):
+            raise ConfigError("dataset.type folder takes its class names and palette from ROOT/classes.yaml; "
+                              "remove dataset.class_names / dataset.palette")
 
 
 @dataclass
@@ -176,6 +216,8 @@ class TrainSection:
     iterations: int = 1000
     batch_size: int = 8
     workers: int = 1
+    batch_scope: str = "rank"
+    dist_timeout_min: float = 30.0
     eval_interval: int = 0
     ckpt_interval: int = 0
     out_dir: str = "runs/train"
@@ -187,6 +229,10 @@ class TrainSection:
     def __post_init__(self) -> None:
         if self.iterations < 1 or self.batch_size < 1 or self.workers < 0:
             raise ConfigError("train.iterations and train.batch_size must be >= 1, train.workers >= 0")
+        if self.batch_scope not in ("rank", "global"):
+            raise ConfigError(f"train.batch_scope must be 'rank' or 'global', got {self.batch_scope!r}")
+        if not float(self.dist_timeout_min) > 0:
+            raise ConfigError("train.dist_timeout_min must be > 0")
 
 
 @dataclass

@@ -6,10 +6,16 @@
 - L_C = MSE(M * F^u, M * F^l), M = where argmax(y_I^u) == argmax(y_I^l): pulls the fused features of
   the two frames together where both keyframe predictions agree; it never pushes them apart.
 - L = L_I + lambda_B L_B + lambda_C L_C.
+
+Each term is a mean (over valid pixels, over masked feature elements). Under DistributedDataParallel
+a rank sees only part of the global batch, and the average of per-rank means is not the mean over
+the global batch when ranks hold different numbers of valid pixels; `mean` (a function of the
+rank's sum and count, distributed.global_mean) makes every term the global-batch mean.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 IGNORE_INDEX = 255
+# (sum over this rank's elements, their count) -> the mean the loss term takes; None = sum / count here.
+MeanFn = Callable[[Tensor, Tensor], Tensor]
 
 
 @dataclass
@@ -36,16 +44,22 @@ class LossTerms:
 
 
 def segmentation_ce(logits: Tensor, target: Tensor, ignore_index: int = IGNORE_INDEX,
-                    weight: Tensor | None = None) -> Tensor:
+                    weight: Tensor | None = None, mean: MeanFn | None = None) -> Tensor:
     """Pixel-wise cross-entropy; `logits` (B,C,h,w) are upsampled bilinearly to the label size (B,H,W).
 
     `weight` (C,) weighs each pixel by its target class (the mean is over the weights, as in
     `F.cross_entropy`). Pixels equal to `ignore_index` do not count. A batch with no valid pixel
     gives 0 (connected to the graph) instead of PyTorch's NaN, so one all-void crop cannot poison a
-    run.
+    run. `mean`: see the module doc (the count is the sum of the valid pixels' weights).
     """
     if logits.shape[-2:] != target.shape[-2:]:
         logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
+    if mean is not None:  # every rank must reach the reduction, even with no valid pixel
+        total = F.cross_entropy(logits.float(), target, weight=weight, ignore_index=ignore_index,
+                                reduction="sum")
+        valid = target != ignore_index
+        count = weight[target[valid]].sum() if weight is not None else valid.sum().float()
+        return mean(total, count)
     if not bool((target != ignore_index).any()):
         return logits.sum() * 0.0
     return F.cross_entropy(logits.float(), target, weight=weight, ignore_index=ignore_index)
@@ -64,7 +78,7 @@ def agreement_mask(logits_u: Tensor, logits_l: Tensor, size: tuple[int, int]) ->
         return (logits_u.argmax(1) == logits_l.argmax(1)).unsqueeze(1).to(torch.float32)
 
 
-def consistency_loss(feat_u: Tensor, feat_l: Tensor, mask: Tensor) -> Tensor:
+def consistency_loss(feat_u: Tensor, feat_l: Tensor, mask: Tensor, mean: MeanFn | None = None) -> Tensor:
     """Masked MSE (eq. 11): mean of (F^u - F^l)^2 over the masked positions and all channels.
 
     Averaging over masked elements only (not the whole map) keeps the scale independent of how much of
@@ -78,6 +92,8 @@ def consistency_loss(feat_u: Tensor, feat_l: Tensor, mask: Tensor) -> Tensor:
     mask = mask.to(feat_u.dtype)
     count = mask.sum() * feat_u.shape[1]
     sq = (feat_u.float() - feat_l.float()).pow(2) * mask
+    if mean is not None:
+        return mean(sq.sum(), count.float())
     if float(count) == 0.0:
         return sq.sum() * 0.0
     return sq.sum() / count
@@ -92,10 +108,12 @@ def dcfm_losses(
     lambda_c: float,
     ignore_index: int = IGNORE_INDEX,
     class_weight: Tensor | None = None,
+    mean: MeanFn | None = None,
 ) -> LossTerms:
     """All DCFM losses for one batch of pairs. `x_l`, `x_u` normalised (B,3,H,W), `y_l` (B,H,W) int64.
 
     `class_weight` (C,), if given, weighs the two cross-entropies L_I and L_B (not L_C).
+    `mean`: how each term averages (module doc); None = over this batch.
 
     Both frames go through the encoder as ONE batch (one pass, and BatchNorm sees both frames as it
     will at inference). The stages are called one by one (model.enc_lo / enc_hi / ffm / head, the
@@ -110,14 +128,41 @@ def dcfm_losses(
     logits_l, logits_u = logits[:b], logits[b:]
     fused_l, fused_u = fused[:b], fused[b:]
 
-    l_i = segmentation_ce(logits_l, y_l, ignore_index, class_weight)
+    l_i = segmentation_ce(logits_l, y_l, ignore_index, class_weight, mean)
     if lambda_b > 0:
         # x_l as a non-key frame: its own F_in, the neighbour's (keyframe) F_co. Eq. 9.
         logits_ul = model.head(model.ffm(f_co[b:], f_in[:b]))
-        l_b = segmentation_ce(logits_ul, y_l, ignore_index, class_weight)
+        l_b = segmentation_ce(logits_ul, y_l, ignore_index, class_weight, mean)
     else:
         l_b = logits.new_zeros(())  # ablation: the branch is not even computed
     mask = agreement_mask(logits_u, logits_l, tuple(fused.shape[-2:]))
-    l_c = consistency_loss(fused_u, fused_l, mask) if lambda_c > 0 else fused.new_zeros(())
+    l_c = consistency_loss(fused_u, fused_l, mask, mean) if lambda_c > 0 else fused.new_zeros(())
     total = l_i + lambda_b * l_b + lambda_c * l_c
     return LossTerms(total, l_i, l_b, l_c, float(mask.mean()))
+
+
+class DCFMObjective(nn.Module):
+    """`dcfm_losses` as a module whose forward is the whole step's objective.
+
+    DistributedDataParallel synchronises gradients only for computations that go through the
+    wrapped module's forward; the losses call the model's stages one by one, so the wrapper wraps
+    this module, not the DCFM. forward returns (total, L_I, L_B, L_C, mask_ratio) as tensors.
+    """
+
+    def __init__(self, model: nn.Module, lambda_b: float, lambda_c: float, ignore_index: int = IGNORE_INDEX,
+                 class_weight: Tensor | None = None, mean: MeanFn | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.lambda_b, self.lambda_c = lambda_b, lambda_c
+        self.ignore_index = ignore_index
+        self.class_weight = class_weight
+        self.mean = mean
+
+    def forward(self, x_l: Tensor, y_l: Tensor, x_u: Tensor) -> tuple[Tensor, ...]:
+        t = dcfm_losses(self.model, x_l, y_l, x_u, self.lambda_b, self.lambda_c, self.ignore_index,
+                        self.class_weight, self.mean)
+        return t.total, t.l_i, t.l_b, t.l_c, torch.tensor(t.mask_ratio)
+
+    @staticmethod
+    def terms(out: tuple[Tensor, ...]) -> LossTerms:
+        return LossTerms(out[0], out[1], out[2], out[3], float(out[4]))

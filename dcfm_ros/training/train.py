@@ -1,12 +1,15 @@
-"""`dcfm-train`: DCFM training on one device (CPU or one GPU), from a YAML config.
+"""`dcfm-train`: DCFM training on one device (CPU or one GPU), or on N under torchrun, from a YAML config.
 
     dcfm-train --config config/train/camvid_efficientnet_lite0.yaml [--set key=value ...]
                [--out DIR] [--resume CKPT] [--ablate-lb] [--iterations N]
+    torchrun --nproc_per_node N -m dcfm_ros.training.train --config ...    # DDP (distributed.py)
 
 Each iteration takes a batch of pairs (labeled frame x_l, label y_l, neighbour x_u) and minimises
 L = L_I + lambda_B L_B + lambda_C L_C (losses.py), optionally with per-class weights on the
-cross-entropies (loss.class_weights; class_weights.py). Plain BatchNorm, no distributed launcher;
-fp16 AMP on CUDA, bf16 autocast on CPU when train.cpu_bf16. Output directory:
+cross-entropies (loss.class_weights; class_weights.py). One device: plain BatchNorm, no launcher
+needed; under torchrun: DistributedDataParallel (distributed.py). fp16 AMP on CUDA, bf16 autocast on
+CPU when train.cpu_bf16. model.init_from starts from a checkpoint's matching weights (fine-tuning).
+Every train/val label is checked at start-up (datasets/checks.py). Output directory (rank 0 only):
     config.yaml                 the resolved config (after overrides)
     log.csv                     one row per iteration: iter, lr, loss, L_I, L_B, L_C, mask, time
     eval.csv                    periodic key-frame mIoU on the val split
@@ -19,8 +22,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.resources
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -32,24 +37,32 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from torch.utils.data import DataLoader
+from torch.distributed.elastic.multiprocessing.errors import record
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from dcfm_ros.evaluation.metrics import ConfusionMatrix
 from dcfm_ros.model import DCFM, DCFMConfig, build_model, load_checkpoint, save_checkpoint, upsample_logits
+from dcfm_ros.model.checkpoint import init_from_checkpoint
+from dcfm_ros.training import distributed
 from dcfm_ros.training.class_weights import class_pixel_counts, median_frequency_weights
 from dcfm_ros.training.config import ConfigError, TrainConfig, load_config
 from dcfm_ros.training.datasets import (
+    DatasetSpec,
     LabeledFrames,
     PairDataset,
     dataset_spec,
     pair_samples,
     video_frames,
 )
-from dcfm_ros.training.losses import dcfm_losses
+from dcfm_ros.training.datasets.checks import check_labels
+from dcfm_ros.training.losses import DCFMObjective
 from dcfm_ros.training.optim import DECODER_KEYS, PolyWarmup, build_optimizer
 from dcfm_ros.training.transforms import ColorJitter, PairAugment
 
+SHIPPED, SHIPPED_FILE = "shipped", "camvid_efficientnet_lite0.safetensors"
 LOG_FIELDS = ("iter", "lr", "loss", "L_I", "L_B", "L_C", "mask_ratio", "time")
 
 
@@ -62,9 +75,21 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+def init_from_path(value: str) -> Path:
+    """`shipped` = the package's default model (what the node runs without a `model` parameter)."""
+    if value == SHIPPED:
+        return Path(str(importlib.resources.files("dcfm_ros").joinpath("models", SHIPPED_FILE)))
+    return Path(value)
+
+
+def train_spec(cfg: TrainConfig) -> DatasetSpec:
+    d = cfg.dataset
+    return dataset_spec(d.type, d.root, d.class_names, d.zero_label)
+
+
 def model_config(cfg: TrainConfig) -> DCFMConfig:
-    spec = dataset_spec(cfg.dataset.type, cfg.dataset.root)
-    names = tuple(cfg.dataset.class_names) if cfg.dataset.class_names else spec.class_names
+    spec = train_spec(cfg)
+    names = spec.class_names
     palette = tuple(tuple(c) for c in cfg.dataset.palette) if cfg.dataset.palette else spec.palette
     return DCFMConfig(backbone=cfg.model.backbone, num_classes=len(names), class_names=names,
                       palette=palette, input_size=cfg.model.input_size, head=cfg.model.head,
@@ -113,22 +138,32 @@ class Trainer:
                  progress: bool = True) -> None:
         self.cfg = cfg
         self.out = Path(out_dir if out_dir is not None else cfg.train.out_dir)
-        self.progress = progress
+        # Under torchrun: join the process group (this rank's device); otherwise a plain single run.
+        self.dist, rank_device = distributed.init(cfg.device, cfg.train.dist_timeout_min)
+        self.is_main = self.dist.is_main
+        self.progress = progress and self.is_main
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
         if cfg.seed is not None:
             random.seed(cfg.seed)
             np.random.seed(cfg.seed)
             torch.manual_seed(cfg.seed)
-        self.device = resolve_device(cfg.device)
+        self.device = rank_device if rank_device is not None else resolve_device(cfg.device)
+        spec = train_spec(cfg)
         self.mcfg = model_config(cfg)
         self.model = build_model(self.mcfg, cfg.model.pretrained)
+        self.init_report = None
+        if cfg.model.init_from is not None:
+            self.init_report = init_from_checkpoint(self.model, init_from_path(cfg.model.init_from))
+            self._say(self.init_report.summary())
         self.start_iter = 0
         self.best_miou = -1.0
         resume_state = None
         if resume is not None:
             resume_state = self._load_resume(Path(resume))
-        self.model.to(self.device).train()
+        self.model = distributed.apply_sync_bn(self.model, cfg.model.sync_bn, self.dist, self.device)
+        self.model.to(self.device)
+        self._train_mode()
         cl = cfg.train.channels_last
         self.memory_format = (torch.channels_last if (cl if cl is not None else self.device.type == "cpu")
                               else torch.contiguous_format)
@@ -149,22 +184,67 @@ class Trainer:
                 self.scaler.load_state_dict(resume_state["scaler"])
             self.start_iter = int(resume_state["iteration"])
             self.best_miou = float(resume_state.get("best_miou", -1.0))
-            if "torch_rng" in resume_state:
+            if "torch_rng" in resume_state and not self.dist.active:
                 torch.set_rng_state(resume_state["torch_rng"])
+        if self.dist.active and cfg.seed is not None:
+            # Ranks must not replay each other's augmentations (and a resumed leg not its own).
+            torch.manual_seed(cfg.seed + self.start_iter * 1009 + self.dist.rank)
 
-        spec = dataset_spec(cfg.dataset.type, cfg.dataset.root)
         self.lut = spec.lut
         d = cfg.dataset
-        self.train_set = PairDataset(pair_samples(d.type, d.root, d.train_split), self.lut,
-                                     build_augment(cfg, self.mcfg.mean))
-        if len(self.train_set) < cfg.train.batch_size:
-            raise ConfigError(f"train.batch_size {cfg.train.batch_size} > {len(self.train_set)} "
-                              "training pairs")
-        self.class_weight = self._class_weight()
+        self.batch_size = distributed.per_rank_batch(cfg.train.batch_size, cfg.train.batch_scope,
+                                                     self.dist.world_size)
+        self.global_batch = self.batch_size * self.dist.world_size
+        pairs = pair_samples(d.type, d.root, d.train_split, d.neighbour_offsets)
+        self.train_set = PairDataset(pairs, self.lut, build_augment(cfg, self.mcfg.mean))
+        if len(self.train_set) < self.global_batch:
+            raise ConfigError(f"global batch {self.global_batch} ({self.dist.world_size} rank(s) x "
+                              f"{self.batch_size}) > {len(self.train_set)} training pairs")
         self.val_set = None
+        val_frames = []
         if d.val_split:
-            frames = [f for v in video_frames(d.type, d.root, d.val_split).values() for f in v]
-            self.val_set = LabeledFrames(frames, self.lut, self.mcfg.input_size)
+            val_frames = [f for v in video_frames(d.type, d.root, d.val_split).values() for f in v]
+            self.val_set = LabeledFrames(val_frames, self.lut, self.mcfg.input_size)
+        if d.check_labels:
+            self._check_labels(spec, val_frames)
+        self.class_weight = self._class_weight()
+        mean = distributed.global_mean if self.dist.active else None
+        self.objective = DCFMObjective(self.model, float(cfg.loss.lambda_b), float(cfg.loss.lambda_c),  # type: ignore[arg-type]
+                                       d.ignore_index, self.class_weight, mean)
+        self.step_module: torch.nn.Module = self.objective
+        if self.dist.active:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.step_module = DistributedDataParallel(self.objective, device_ids=ids)
+
+    def _say(self, text: str) -> None:
+        if self.is_main:
+            print(f"dcfm-train: {text}", file=sys.stderr, flush=True)
+
+    def _train_mode(self) -> None:
+        self.model.train()
+        if self.cfg.model.freeze_bn:  # running statistics, not the batch's (small per-device batches)
+            for m in self.model.modules():
+                if isinstance(m, _BatchNorm):
+                    m.eval()
+
+    def _check_labels(self, spec: DatasetSpec, val_frames: list) -> None:
+        """Every train/val label against the class list, on rank 0; all ranks stop with its message."""
+        error = None
+        if self.is_main:
+            d = self.cfg.dataset
+            try:
+                check_labels([(s.image, s.label) for s in self.train_set.samples], spec.lut,
+                             self.mcfg.num_classes, spec.ignore_values, spec.convention,
+                             f"{d.type} split {d.train_split!r}")
+                if val_frames:
+                    check_labels([(f.image, f.label) for f in val_frames if f.label is not None], spec.lut,
+                                 self.mcfg.num_classes, spec.ignore_values, spec.convention,
+                                 f"{d.type} split {d.val_split!r}")
+            except ValueError as exc:
+                error = str(exc)
+        error = distributed.broadcast_error(error, self.dist)
+        if error:
+            raise ConfigError(error)
 
     def _class_weight(self) -> torch.Tensor | None:
         w = self.cfg.loss.class_weights
@@ -218,8 +298,10 @@ class Trainer:
     def evaluate(self) -> dict | None:
         if self.val_set is None:
             return None
-        return evaluate_keyframes(self.model, self.val_set, self.device, self.cfg.dataset.ignore_index,
-                                  self.cfg.dataset.eval_stride)
+        out = evaluate_keyframes(self.model, self.val_set, self.device, self.cfg.dataset.ignore_index,
+                                 self.cfg.dataset.eval_stride)
+        self._train_mode()
+        return out
 
     def _autocast(self) -> Any:
         if self.use_amp:
@@ -228,27 +310,53 @@ class Trainer:
             return torch.autocast("cpu", dtype=torch.bfloat16)
         return nullcontext()
 
+    def _loader(self) -> Iterator[dict]:
+        t, seed = self.cfg.train, (self.cfg.seed or 0) + self.start_iter
+        common = dict(batch_size=self.batch_size, drop_last=True, num_workers=t.workers,
+                      pin_memory=self.device.type == "cuda", persistent_workers=t.workers > 0)
+        if not self.dist.active:
+            gen = torch.Generator()
+            gen.manual_seed(seed)
+            return _infinite(DataLoader(self.train_set, shuffle=True, generator=gen, **common))  # type: ignore[arg-type]
+        # Every rank shuffles with the same seed and takes its own 1/N of each epoch.
+        sampler = DistributedSampler(self.train_set, self.dist.world_size, self.dist.rank, shuffle=True,
+                                     seed=seed, drop_last=True)
+        loader = DataLoader(self.train_set, sampler=sampler, **common)  # type: ignore[arg-type]
+
+        def epochs() -> Iterator[dict]:
+            epoch = 0
+            while True:
+                sampler.set_epoch(epoch)
+                yield from loader
+                epoch += 1
+
+        return epochs()
+
     def run(self) -> Path:
+        try:
+            return self._run()
+        finally:
+            distributed.shutdown(self.dist)
+
+    def _run(self) -> Path:
         cfg, t = self.cfg, self.cfg.train
-        self.out.mkdir(parents=True, exist_ok=True)
-        resolved = cfg.to_dict()
-        if self.class_weight is not None:  # the weights used, not only how they were chosen
-            resolved["loss"]["class_weights_used"] = [round(float(x), 6) for x in self.class_weight]
-        (self.out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-        gen = torch.Generator()
-        gen.manual_seed((cfg.seed or 0) + self.start_iter)
-        loader = DataLoader(self.train_set, batch_size=t.batch_size, shuffle=True, drop_last=True,
-                            num_workers=t.workers, generator=gen, pin_memory=self.device.type == "cuda",
-                            persistent_workers=t.workers > 0)
-        batches = _infinite(loader)
+        main = self.is_main
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            resolved = cfg.to_dict()
+            if self.class_weight is not None:  # the weights used, not only how they were chosen
+                resolved["loss"]["class_weights_used"] = [round(float(x), 6) for x in self.class_weight]
+            resolved["train"]["world_size"] = self.dist.world_size
+            resolved["train"]["global_batch"] = self.global_batch
+            (self.out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        batches = self._loader()
         log_path = self.out / "log.csv"
         new_log = self.start_iter == 0 or not log_path.exists()
-        log_f = log_path.open("w" if new_log else "a", newline="")
-        log = csv.writer(log_f)
-        if new_log:
+        log_f = log_path.open("w" if new_log else "a", newline="") if main else None
+        log = csv.writer(log_f) if log_f is not None else None
+        if log is not None and new_log:
             log.writerow(LOG_FIELDS)
         eval_path = self.out / "eval.csv"
-        lb, lc = float(cfg.loss.lambda_b), float(cfg.loss.lambda_c)  # type: ignore[arg-type]
         clip = cfg.optim.grad_clip
         val: dict | None = None
         bar = tqdm(range(self.start_iter, t.iterations), initial=self.start_iter, total=t.iterations,
@@ -263,8 +371,7 @@ class Trainer:
                 x_l, x_u = x_l.contiguous(memory_format=mf), x_u.contiguous(memory_format=mf)
                 y_l = batch["label"].to(self.device, non_blocking=True)
                 with self._autocast():
-                    terms = dcfm_losses(self.model, x_l, y_l, x_u, lb, lc, cfg.dataset.ignore_index,
-                                        self.class_weight)
+                    terms = DCFMObjective.terms(self.step_module(x_l, y_l, x_u))
                 if not torch.isfinite(terms.total):
                     raise FloatingPointError(f"loss is {float(terms.total)} at iteration {it + 1} "
                                              f"({terms.as_floats()}); lower the learning rate?")
@@ -278,15 +385,17 @@ class Trainer:
                 self.scaler.update()
                 self.scheduler.step()
                 dt = time.perf_counter() - t0
-                f = terms.as_floats()
-                log.writerow([it + 1, f"{lr:.6g}", f"{f['loss']:.5f}", f"{f['L_I']:.5f}", f"{f['L_B']:.5f}",
-                              f"{f['L_C']:.6f}", f"{f['mask_ratio']:.3f}", f"{dt:.3f}"])
-                log_f.flush()
+                f = distributed.average_floats(terms.as_floats(), self.dist, self.device)
+                if log is not None and log_f is not None:
+                    log.writerow([it + 1, f"{lr:.6g}", f"{f['loss']:.5f}", f"{f['L_I']:.5f}",
+                                  f"{f['L_B']:.5f}", f"{f['L_C']:.6f}", f"{f['mask_ratio']:.3f}",
+                                  f"{dt:.3f}"])
+                    log_f.flush()
                 bar.set_postfix(loss=f"{f['loss']:.3f}", L_I=f"{f['L_I']:.3f}", L_B=f"{f['L_B']:.3f}",
                                 L_C=f"{f['L_C']:.4f}", s_it=f"{dt:.2f}")
                 step = it + 1
                 last = step == t.iterations
-                if (t.eval_interval and step % t.eval_interval == 0) or last:
+                if main and ((t.eval_interval and step % t.eval_interval == 0) or last):
                     val = self.evaluate()
                     if val is not None:
                         self._log_eval(eval_path, step, val)
@@ -294,16 +403,19 @@ class Trainer:
                         if miou > self.best_miou:
                             self.best_miou = miou
                             self.save("best.safetensors", step, val, with_state=False)
-                if (t.ckpt_interval and step % t.ckpt_interval == 0) or last:
+                if main and ((t.ckpt_interval and step % t.ckpt_interval == 0) or last):
                     self.save("last.safetensors", step, val)
         finally:
-            log_f.close()
+            if log_f is not None:
+                log_f.close()
             bar.close()
         final = self.out / "model.safetensors"
-        save_checkpoint(final, self.model, self._extra(t.iterations, val))
-        if t.save_fp16:
-            save_checkpoint(self.out / "model_fp16.safetensors", self.model, self._extra(t.iterations, val),
-                            half=True)
+        if main:
+            save_checkpoint(final, self.model, self._extra(t.iterations, val))
+            if t.save_fp16:
+                save_checkpoint(self.out / "model_fp16.safetensors", self.model,
+                                self._extra(t.iterations, val), half=True)
+        distributed.barrier(self.dist)  # no rank reports success before rank 0's files are written
         return final
 
     def _log_eval(self, path: Path, step: int, val: dict) -> None:
@@ -336,6 +448,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if distributed.launched_by_torchrun():
+        # A rank's uncaught exception goes, with its traceback, into torchrun's failure summary.
+        return record(_main)(argv)
+    return _main(argv)
+
+
+def _main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     overrides = list(args.overrides)
     if args.ablate_lb:
@@ -346,9 +465,12 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, overrides)
         trainer = Trainer(cfg, args.out, args.resume, progress=not args.no_progress)
         final = trainer.run()
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
-        print(f"dcfm-train: error: {exc}", file=sys.stderr)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:  # DistributedError, LabelError: ValueErrors
+        rank = os.environ.get("RANK")
+        print(f"dcfm-train: {f'rank {rank}: ' if rank is not None else ''}error: {exc}", file=sys.stderr)
         return 2
+    if not trainer.is_main:
+        return 0
     best = trainer.best_miou
     note = f" (best val mIoU {100 * best:.2f})" if best >= 0 and math.isfinite(best) else ""
     print(f"dcfm-train: wrote {final}{note}")

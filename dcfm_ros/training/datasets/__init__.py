@@ -1,7 +1,9 @@
-"""Video segmentation datasets for DCFM training/evaluation: CamVid, Cityscapes (sequence), VSPW.
+"""Video segmentation datasets for DCFM training/evaluation: CamVid, Cityscapes (sequence), VSPW, and
+`folder`, the user's own recordings (folder.py).
 
 Each dataset type provides, through this registry:
-- `dataset_spec(type)`: class names, palette and the raw-label -> train-id lookup table (ignore 255);
+- `dataset_spec(type, root)`: class names, palette, the raw-label -> train-id map (ignore 255) and
+  which raw values mean "ignore" (checks.py refuses every other value that is not a class);
 - `pair_samples(type, root, split)`: the training pairs (labeled frame + neighbour candidates);
 - `video_frames(type, root, split)`: every video's frames in temporal order for evaluation (with the
   label path where a frame has one).
@@ -9,16 +11,15 @@ Each dataset type provides, through this registry:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 
-import numpy as np
-
 from dcfm_ros.model.config import CAMVID_CLASSES, CAMVID_PALETTE
-from dcfm_ros.training.datasets.pairs import FrameSample, LabeledFrames, PairDataset, PairSample
+from dcfm_ros.training.datasets.pairs import FrameSample, LabeledFrames, LabelMap, PairDataset, PairSample
 
-TYPES = ("camvid", "cityscapes", "vspw")
+TYPES = ("camvid", "cityscapes", "vspw", "folder")
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,9 @@ class DatasetSpec:
     name: str
     class_names: tuple[str, ...]
     palette: tuple[tuple[int, int, int], ...]
-    lut: np.ndarray  # raw label value -> train id (255 = ignore)
+    lut: LabelMap  # raw label value -> train id (255 = ignore), or a colour palette (folder)
+    ignore_values: tuple[int, ...] = ()  # raw values that mean "not labeled"; other non-classes are errors
+    convention: str = ""  # how raw values map to classes, for error messages
 
 
 def _check(kind: str) -> str:
@@ -36,21 +39,46 @@ def _check(kind: str) -> str:
     return kind
 
 
-def dataset_spec(kind: str, root: str | Path | None = None) -> DatasetSpec:
-    """`root` is only used by VSPW, whose class names come from a file inside the dataset."""
+def dataset_spec(kind: str, root: str | Path | None = None, class_names: Sequence[str] | None = None,
+                 zero_label: str | None = None) -> DatasetSpec:
+    """`root` is used by VSPW (class names from a file inside the dataset) and folder (classes.yaml).
+
+    class_names: the training config's own names (the checkpoint gets them); for VSPW they also set
+    how many mask values are classes, and then `zero_label` must say what mask value 0 is.
+    """
     kind = _check(kind)
     if kind == "camvid":
         from dcfm_ros.training.datasets import camvid as m
-        return DatasetSpec(kind, CAMVID_CLASSES, CAMVID_PALETTE, m.CAMVID_LUT)
+        return DatasetSpec(kind, _names(class_names, CAMVID_CLASSES), CAMVID_PALETTE, m.CAMVID_LUT,
+                           (m.CAMVID_VOID,), "CamVid: 0..10 are the classes, 11 is void")
     if kind == "cityscapes":
         from dcfm_ros.training.datasets import cityscapes as c
-        return DatasetSpec(kind, c.CITYSCAPES_CLASSES, c.CITYSCAPES_PALETTE, c.CITYSCAPES_LUT)
+        ignored = (*(v for v in range(c.MAX_LABEL_ID + 1) if v not in c.LABEL_TO_TRAIN), 255)
+        return DatasetSpec(kind, _names(class_names, c.CITYSCAPES_CLASSES), c.CITYSCAPES_PALETTE,
+                           c.CITYSCAPES_LUT, ignored,
+                           f"Cityscapes labelIds 0..{c.MAX_LABEL_ID} (19 of them are train classes), 255")
+    if kind == "folder":
+        from dcfm_ros.training.datasets.folder import read_classes
+        if root is None:
+            raise ValueError("the folder dataset needs its root (ROOT/classes.yaml)")
+        fc = read_classes(root)
+        return DatasetSpec(kind, fc.names, fc.palette, fc.label_map(),
+                           (fc.ignore_index,) if fc.labels == "index" else (), fc.convention())
     from dcfm_ros.training.datasets import vspw as v
-    return DatasetSpec(kind, v.vspw_class_names(root), v.vspw_palette(), v.VSPW_LUT)
+    return v.vspw_spec(root, class_names, zero_label)
 
 
-def pair_samples(kind: str, root: str | Path, split: str) -> list[PairSample]:
+def _names(given: Sequence[str] | None, default: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(given) if given else default
+
+
+def pair_samples(kind: str, root: str | Path, split: str,
+                 neighbour_offsets: Sequence[int] | None = None) -> list[PairSample]:
+    """neighbour_offsets: folder only (frames around the labeled one that may be its x_u)."""
     kind = _check(kind)
+    if kind == "folder":
+        from dcfm_ros.training.datasets.folder import folder_pairs
+        return folder_pairs(root, split, neighbour_offsets)
     if kind == "camvid":
         from dcfm_ros.training.datasets.camvid import camvid_pairs
         return camvid_pairs(root, split)
@@ -69,6 +97,9 @@ def video_frames(kind: str, root: str | Path, split: str) -> dict[str, list[Fram
     if kind == "cityscapes":
         from dcfm_ros.training.datasets.cityscapes import cityscapes_snippets
         return cityscapes_snippets(root, split)
+    if kind == "folder":
+        from dcfm_ros.training.datasets.folder import folder_videos
+        return folder_videos(root, split)
     from dcfm_ros.training.datasets.vspw import vspw_videos
     return vspw_videos(root, split)
 
@@ -79,7 +110,7 @@ def is_dense(kind: str, frames: list[FrameSample]) -> bool:
 
     CamVid: the labeled frames must be at most 3 source frames apart (>= 10 Hz of the 30 fps video):
     the val clip is 15 Hz (dense), train/test are 1 Hz (not). Cityscapes: one labeled frame per
-    snippet (never). VSPW: every frame labeled (dense).
+    snippet (never). VSPW and folder: when every frame is labeled (a recording's own frame rate).
     """
     kind = _check(kind)
     if len(frames) < 2 or any(f.label is None for f in frames) or kind == "cityscapes":

@@ -35,6 +35,7 @@ LABEL_TO_TRAIN: dict[int, int] = {
     26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
 }
 CITYSCAPES_LUT: np.ndarray = make_lut(LABEL_TO_TRAIN)
+MAX_LABEL_ID = 33  # labelIds run 0..33; 255 is accepted as "ignore" as well
 SNIPPET_BEFORE, SNIPPET_AFTER = 19, 10  # the labeled frame is the 20th of 30
 _GT = re.compile(r"^(?P<city>[^_]+)_(?P<seq>\d+)_(?P<frame>\d+)_gtFine_labelIds\.png$")
 _SEQ = re.compile(r"^(?P<city>[^_]+)_(?P<seq>\d+)_(?P<frame>\d+)_leftImg8bit\.png$")

@@ -47,8 +47,47 @@ def read_rgb(path: Path) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-def read_label(path: Path, lut: np.ndarray) -> np.ndarray:
-    """Read a single-channel label PNG and map raw values to train ids with `lut` (uint8, 256 or 65536)."""
+@dataclass(frozen=True)
+class ColorLabels:
+    """Colour label PNGs (`labels: color` in a folder layout's classes.yaml): a pixel of palette[i] is
+    class i, a pixel of `ignore_rgb` is ignored (255); any other colour is an error naming file and pixel."""
+
+    palette: tuple[tuple[int, int, int], ...]
+    ignore_rgb: tuple[int, int, int] | None = None
+
+    def decode(self, rgb: np.ndarray, path: Path) -> np.ndarray:
+        codes = _rgb_codes(rgb)
+        table = [(_code(c), i) for i, c in enumerate(self.palette)]
+        if self.ignore_rgb is not None:
+            table.append((_code(self.ignore_rgb), 255))
+        keys = np.array(sorted(k for k, _ in table), np.int64)
+        ids = np.array([i for _, i in sorted(table)], np.uint8)
+        pos = np.clip(np.searchsorted(keys, codes), 0, len(keys) - 1)
+        known = keys[pos] == codes
+        if not known.all():
+            y, x = (int(v[0]) for v in np.nonzero(~known))
+            colour = tuple(int(c) for c in rgb[y, x])
+            raise ValueError(f"label {path}: pixel (x={x}, y={y}) has colour {colour}, "
+                             f"which is not in the palette of classes.yaml"
+                             f"{' nor its ignore_color' if self.ignore_rgb is not None else ''} "
+                             f"({int((~known).sum())} such pixels)")
+        return ids[pos]
+
+
+def _code(rgb: tuple[int, int, int]) -> int:
+    return (int(rgb[0]) << 16) | (int(rgb[1]) << 8) | int(rgb[2])
+
+
+def _rgb_codes(rgb: np.ndarray) -> np.ndarray:
+    c = rgb.astype(np.int64)
+    return (c[..., 0] << 16) | (c[..., 1] << 8) | c[..., 2]
+
+
+LabelMap = np.ndarray | ColorLabels  # a lookup table of raw values, or a palette of colours
+
+
+def read_raw_label(path: Path) -> np.ndarray:
+    """A label file's stored values: (H, W) class values, palette PNGs as their indices."""
     raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if raw is None:
         raise FileNotFoundError(f"cannot read label {path}")
@@ -62,6 +101,26 @@ def read_label(path: Path, lut: np.ndarray) -> np.ndarray:
                 raw = np.asarray(im)
     if raw.ndim != 2:
         raise ValueError(f"label {path} must be a single-channel image, got shape {raw.shape}")
+    return raw
+
+
+def read_color_label(path: Path) -> np.ndarray:
+    """(H, W, 3) RGB of a colour label PNG (alpha dropped)."""
+    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if raw is None:
+        raise FileNotFoundError(f"cannot read label {path}")
+    if raw.ndim != 3 or raw.dtype != np.uint8:
+        raise ValueError(f"label {path}: classes.yaml says `labels: color`, but this is not an 8-bit colour "
+                         f"image (shape {raw.shape}, {raw.dtype})")
+    return cv2.cvtColor(raw[..., :3], cv2.COLOR_BGR2RGB)
+
+
+def read_label(path: Path, lut: LabelMap) -> np.ndarray:
+    """Read a label PNG as train ids (255 = ignore): single-channel values mapped with `lut` (uint8,
+    256 or 65536 entries), or colours mapped through a `ColorLabels` palette."""
+    if isinstance(lut, ColorLabels):
+        return lut.decode(read_color_label(path), path)
+    raw = read_raw_label(path)
     if raw.dtype == np.uint16 and lut.shape[0] < 65536 and int(raw.max()) >= lut.shape[0]:
         raise ValueError(f"label {path} has value {int(raw.max())} outside the lookup table")
     return lut[raw]
@@ -101,7 +160,7 @@ class PairDataset(Dataset):
     Also the names of both frames ("name", "neighbour_name") so that tests and logs can check pairing.
     """
 
-    def __init__(self, samples: Sequence[PairSample], lut: np.ndarray, augment: PairAugment | None) -> None:
+    def __init__(self, samples: Sequence[PairSample], lut: LabelMap, augment: PairAugment | None) -> None:
         if not samples:
             raise ValueError("the training dataset is empty (no labeled frame with a neighbour found)")
         self.samples = list(samples)
@@ -133,7 +192,7 @@ class PairDataset(Dataset):
 class LabeledFrames(Dataset):
     """Evaluation frames: image resized to the network input size, label at its own size (uint8)."""
 
-    def __init__(self, samples: Sequence[FrameSample], lut: np.ndarray, input_size: tuple[int, int]) -> None:
+    def __init__(self, samples: Sequence[FrameSample], lut: LabelMap, input_size: tuple[int, int]) -> None:
         self.samples = [s for s in samples if s.label is not None]
         if not self.samples:
             raise ValueError("no labeled frame to evaluate on")
@@ -150,6 +209,6 @@ class LabeledFrames(Dataset):
         return {"image": image_to_tensor(img), "label": torch.from_numpy(label), "name": s.name}
 
 
-def neighbours_of(i: int, n: int) -> tuple[int, ...]:
-    """Indices u in {i-1, i+1} inside [0, n): both inside a sequence, the only one at its ends."""
-    return tuple(j for j in (i - 1, i + 1) if 0 <= j < n)
+def neighbours_of(i: int, n: int, offsets: Sequence[int] = (-1, 1)) -> tuple[int, ...]:
+    """Indices u = i + offset inside [0, n): all of them inside a sequence, fewer near its ends."""
+    return tuple(i + o for o in offsets if 0 <= i + o < n)

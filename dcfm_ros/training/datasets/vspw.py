@@ -10,13 +10,21 @@ Label convention (our choice, the common one of the VSPW benchmark code and its 
 `reduce_zero_label`): mask value 0 is "others" and 255 is void; both are ignored (255), and values
 1..124 become train ids 0..123. So the network predicts 124 classes.
 A training neighbour is the previous or next frame of the same video.
+
+Own data in this layout with its own `dataset.class_names` (N names): the 1-based VSPW reading
+silently turns 0-based masks into nonsense (class 0 ignored, class 1 trained as names[0]), so then
+`dataset.zero_label` must say which it is: `others` (VSPW's: 0 ignored, value v is names[v-1]) or
+`class` (value v is names[v]). Either way the lookup table has exactly N classes, so the start-up
+scan (checks.py) names every value outside them as it is stored in the file.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -24,6 +32,7 @@ from dcfm_ros.training.datasets.pairs import FrameSample, PairSample, make_lut, 
 
 NUM_CLASSES = 124
 VSPW_LUT: np.ndarray = make_lut({v: v - 1 for v in range(1, NUM_CLASSES + 1)})  # 0, 255 -> ignore
+VSPW_OTHERS, VSPW_VOID = 0, 255
 _DIGITS = re.compile(r"(\d+)")
 
 
@@ -41,17 +50,42 @@ def vspw_class_names(root: str | Path | None = None) -> tuple[str, ...]:
     return tuple(names)
 
 
-def vspw_palette() -> tuple[tuple[int, int, int], ...]:
+def vspw_palette(n: int = NUM_CLASSES) -> tuple[tuple[int, int, int], ...]:
     """A fixed, well-spread palette (VSPW ships none): golden-ratio hues at two brightness levels."""
-    import colorsys
+    from dcfm_ros.training.datasets.folder import golden_palette
 
-    out = []
-    for i in range(NUM_CLASSES):
-        h = (i * 0.618033988749895) % 1.0
-        v = 0.95 if i % 2 == 0 else 0.7
-        r, g, b = colorsys.hsv_to_rgb(h, 0.75, v)
-        out.append((round(r * 255), round(g * 255), round(b * 255)))
-    return tuple(out)
+    return golden_palette(n)
+
+
+def vspw_spec(root: str | Path | None, class_names: Sequence[str] | None = None,
+              zero_label: str | None = None) -> Any:
+    """The DatasetSpec of this layout: VSPW's own 124 classes, or the config's names (module doc)."""
+    from dcfm_ros.training.datasets import DatasetSpec
+
+    if not class_names:
+        if zero_label == "class":
+            raise ValueError("dataset.zero_label: class needs your own dataset.class_names (VSPW's 124 "
+                             "classes are 1-based: 0 is 'others')")
+        return DatasetSpec("vspw", vspw_class_names(root), vspw_palette(), VSPW_LUT, (VSPW_OTHERS, VSPW_VOID),
+                           "VSPW: 0 = others (ignored), value v is class v-1 of 124, 255 = void")
+    n = len(class_names)
+    if zero_label is None:
+        raise ValueError(f"dataset.type vspw with your own {n} class_names: set dataset.zero_label to say "
+                         f"how the masks count: 'others' (VSPW's convention: 0 = others, ignored; value v "
+                         f"is class_names[v-1], 1..{n}) or 'class' (0-based: value v is class_names[v], "
+                         f"0..{n - 1}); or use dataset.type folder (0-based, classes.yaml)")
+    if zero_label == "others":
+        if n > 254:
+            raise ValueError(f"dataset.class_names: at most 254 classes with zero_label: others, got {n}")
+        lut = make_lut({v: v - 1 for v in range(1, n + 1)})
+        return DatasetSpec("vspw", tuple(class_names), vspw_palette(n), lut, (VSPW_OTHERS, VSPW_VOID),
+                           f"VSPW layout, zero_label: others: 0 = others (ignored), value v is "
+                           f"class_names[v-1] (1..{n}), 255 = void")
+    if n > 255:
+        raise ValueError(f"dataset.class_names: at most 255 classes, got {n}")
+    lut = make_lut({v: v for v in range(n)})
+    return DatasetSpec("vspw", tuple(class_names), vspw_palette(n), lut, (VSPW_VOID,),
+                       f"VSPW layout, zero_label: class: value v is class_names[v] (0..{n - 1}), 255 = void")
 
 
 def _frame_key(path: Path) -> tuple:
