@@ -187,4 +187,6 @@ def info_msg(header: Header, result: FrameResult, end_to_end_ms: float, received
         frames_processed=processed,
         frames_dropped=dropped,
         bad_inputs=bad_inputs,
+        common_age=int(result.common_age),
+        deep_pass_in_flight=bool(result.deep_pass_in_flight),
     )
