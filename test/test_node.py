@@ -115,8 +115,9 @@ class NodeUnderTest:
                  topics: dict[str, type], input_size: tuple[int, int] | None = None) -> None:
         from sensor_msgs.msg import CompressedImage, Image
 
-        from dcfm_ros.engine import FixedInterval, StreamEngine
+        from dcfm_ros.engine import StreamEngine
         from dcfm_ros.model import load_checkpoint
+        from dcfm_ros.node.params import PARAMETERS, settings_from_values
 
         # Each node runs in its own namespace (this also checks that its topic names are relative).
         self.ns = ns
@@ -132,9 +133,12 @@ class NodeUnderTest:
                                     CompressedImage if compressed else Image)
         self.h.wait_discovery((self.pub,))
         model, _ = load_checkpoint(checkpoint)
-        self.ref = StreamEngine(model, FixedInterval(params.get("keyframe.interval", 2)), "cpu",
-                                input_size=input_size)
-        self.history: list[tuple[str, Any, Any]] = []  # ("frame", key, rgb) / ("policy", None, policy)
+        # The reference uses the keyframe settings the node starts with (its defaults + params).
+        keyframe = settings_from_values({**{p.name: p.default for p in PARAMETERS}, **params}).keyframe
+        self.ref = StreamEngine(model, keyframe.make_policy(), "cpu", input_size=input_size,
+                                schedule=keyframe.make_schedule())
+        # ("frame", key, rgb) / ("policy", None, policy) / ("schedule", None, name)
+        self.history: list[tuple[str, Any, Any]] = []
         self.replayed = 0
         self.ref_results: dict[tuple[int, int], Any] = {}
         self._last_key = (0, 0)
@@ -167,6 +171,9 @@ class NodeUnderTest:
     def set_reference_policy(self, policy: Any) -> None:
         self.history.append(("policy", None, policy))
 
+    def set_reference_schedule(self, schedule: str) -> None:
+        self.history.append(("schedule", None, schedule))
+
     def find(self, topic: str, key: tuple[int, int]) -> Any | None:
         return next((m for m in self.box[topic] if key_of(m.header) == key), None)
 
@@ -186,6 +193,8 @@ class NodeUnderTest:
             self.replayed += 1
             if kind == "policy":
                 self.ref.policy = item
+            elif kind == "schedule":
+                self.ref.schedule = item
             elif k in infos:
                 self.ref_results[k] = self.ref.process(item)
         return self.ref_results[key]
@@ -206,6 +215,7 @@ class NodeUnderTest:
                                                    f"({int((labels != ref.labels).sum())} pixels)"
         assert info.is_keyframe == ref.is_keyframe
         assert info.frames_since_keyframe == ref.frames_since_key
+        assert (info.common_age, info.deep_pass_in_flight) == (ref.common_age, ref.deep_pass_in_flight)
         return labels
 
     def diagnostics_until(self, predicate: Any, what: str) -> dict[str, str]:
@@ -236,7 +246,8 @@ def node_a(ros_context: Any, tiny_checkpoint: Path, tmp_path_factory: pytest.Tem
                                OUT + "info": SegmentationInfo, "/diagnostics": DiagnosticArray}
     topics.update({t: Image for t in A_MASK_TOPICS.values()})
     params = {"drop_policy": "none", "qos.reliability": "reliable", "qos.depth": 100,
-              "keyframe.interval": A_INTERVAL, "mask_classes": list(A_MASKS), "overlay_alpha": A_ALPHA,
+              "keyframe.policy": "fixed", "keyframe.interval": A_INTERVAL, "mask_classes": list(A_MASKS),
+              "overlay_alpha": A_ALPHA,
               "device": "cpu"}
     n = NodeUnderTest(ros_context, tmp_path_factory.mktemp("node_a"), "/a", params, tiny_checkpoint, topics)
     yield n
@@ -271,7 +282,7 @@ def node_b(ros_context: Any, wide_checkpoint: Path, tmp_path_factory: pytest.Tem
     topics: dict[str, type] = {OUT + "labels": Image, OUT + "info": SegmentationInfo,
                                "/diagnostics": DiagnosticArray}
     params = {"image_transport": "compressed", "drop_policy": "none", "qos.reliability": "reliable",
-              "keyframe.interval": 2, "input_size": list(B_INPUT_SIZE)}
+              "keyframe.policy": "fixed", "keyframe.interval": 2, "input_size": list(B_INPUT_SIZE)}
     n = NodeUnderTest(ros_context, tmp_path_factory.mktemp("node_b"), "/b", params, wide_checkpoint, topics,
                       input_size=B_INPUT_SIZE)
     yield n
@@ -422,6 +433,29 @@ def test_keyframe_parameters_change_at_run_time(node_a: NodeUnderTest) -> None:
     assert [node_a.find(OUT + "info", k).frames_since_keyframe for k in keys].count(0) == 2
     assert _get(node_a, "keyframe.interval") == [2]
     assert _set(node_a, use_sim_time=False).successful  # rclpy's own parameters stay settable
+
+
+def test_keyframe_schedule_changes_at_run_time(node_a: NodeUnderTest) -> None:
+    rgb = texture(40)
+    node_a.check_labels(node_a.send(raw_msg(rgb, "rgb8"), rgb), (60, 80))  # all earlier frames done
+    assert not _set(node_a, keyframe__schedule="later").successful
+    assert not _set(node_a, keyframe__spread=0).successful
+    assert _set(node_a, keyframe__schedule="spread", keyframe__spread=2).successful
+    node_a.set_reference_schedule("spread:2")
+    keys = [node_a.send(raw_msg(texture(41 + i), "rgb8"), texture(41 + i)) for i in range(6)]
+    for key in keys:
+        node_a.check_labels(key, (60, 80))  # labels, common_age, deep_pass_in_flight = the engine's
+    infos = [node_a.find(OUT + "info", k) for k in keys]
+    # it took effect: keyframes no longer use their own F_co, later frames use a 2-frame-old one
+    assert any(i.is_keyframe for i in infos) and all(i.common_age > 0 for i in infos)
+    assert any(i.deep_pass_in_flight for i in infos)
+    assert _get(node_a, "keyframe.schedule", "keyframe.spread") == ["spread", 2]
+    assert _set(node_a, keyframe__schedule="sync").successful
+    node_a.set_reference_schedule("sync")
+    keys = [node_a.send(raw_msg(texture(50 + i), "rgb8"), texture(50 + i)) for i in range(A_INTERVAL)]
+    for key in keys:
+        node_a.check_labels(key, (60, 80))
+    assert any(node_a.find(OUT + "info", k).common_age == 0 for k in keys)
 
 
 def test_classes_reach_a_late_subscriber(node_a: NodeUnderTest) -> None:

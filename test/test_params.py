@@ -100,7 +100,8 @@ def test_declared_with_descriptors_and_read_only_flags(node: Any) -> None:
 
     declare_parameters(node)
     runtime = {"keyframe.policy", "keyframe.interval", "keyframe.threshold", "keyframe.min_interval",
-               "keyframe.max_interval", "overlay_alpha", "confidence.warn_below", "confidence.window"}
+               "keyframe.max_interval", "keyframe.schedule", "keyframe.spread", "overlay_alpha",
+               "confidence.warn_below", "confidence.window"}
     assert runtime == RUNTIME_PARAMETERS
     for spec in PARAMETERS:
         d = node.describe_parameter(spec.name)
@@ -166,6 +167,8 @@ def defaults(**changes: Any) -> dict[str, Any]:
     ({"keyframe__threshold": 1.0}, "threshold"),
     ({"keyframe__threshold": -0.1}, "keyframe.threshold"),
     ({"keyframe__min_interval": 10, "keyframe__max_interval": 5}, "max_interval"),
+    ({"keyframe__schedule": "async"}, "keyframe.schedule"),
+    ({"keyframe__spread": 0}, "keyframe.spread"),
     ({"input_size": [480]}, "input_size"),
     ({"input_size": [480, 0]}, "input_size"),
     ({"mask_classes": ["Road", "Road"]}, "mask_classes"),
@@ -190,11 +193,18 @@ def test_choices_are_case_insensitive_and_normalised() -> None:
 def test_run_time_changes() -> None:
     from rclpy.parameter import Parameter
 
-    s = settings_from_values(defaults())
+    s = settings_from_values(defaults(keyframe__policy="fixed"))
     new = apply_changes(s, [Parameter("keyframe.policy", value="motion"),
                             Parameter("keyframe.threshold", value=0.2)])
     assert (new.keyframe.policy, new.keyframe.threshold) == ("motion", 0.2)
     assert s.keyframe.policy == "fixed"  # the old settings are untouched
+    sched = apply_changes(s, [Parameter("keyframe.schedule", value="Spread"),
+                              Parameter("keyframe.spread", value=4)])
+    assert (sched.keyframe.schedule, sched.keyframe.spread) == ("spread", 4)
+    assert sched.keyframe.make_schedule().describe() == "spread:4"
+    assert sched.keyframe.policy_fields() == s.keyframe.policy_fields()  # the policy is not rebuilt
+    with pytest.raises(ParameterError, match=r"keyframe\.schedule"):
+        apply_changes(s, [Parameter("keyframe.schedule", value="later")])
     with pytest.raises(ParameterError, match="run time"):
         apply_changes(s, [Parameter("drop_policy", value="none")])
     with pytest.raises(ParameterError, match="max_interval"):
@@ -224,10 +234,15 @@ def test_default_model_is_the_packaged_file() -> None:
 
 def test_engine_is_built_from_a_checkpoint(tiny_checkpoint: Path) -> None:
     s = settings_from_values(defaults(model=str(tiny_checkpoint), device="cpu", input_size=[32, 48],
-                                      keyframe__interval=4))
+                                      keyframe__policy="fixed", keyframe__interval=4,
+                                      keyframe__schedule="background"))
     engine = build_engine(s)
     assert engine.input_size == (32, 48)
     assert engine.policy.interval == 4
+    assert engine.schedule.name == "background"
+    engine.close()
+    assert type(build_engine(settings_from_values(defaults(model=str(tiny_checkpoint)))).policy).__name__ \
+        == "MotionThreshold"  # the node's default policy
     assert str(engine.device) == "cpu"
 
 

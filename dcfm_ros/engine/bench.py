@@ -270,10 +270,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--intervals", default="1,2,6", help="fixed keyframe intervals K to report")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
+    p.add_argument("--latency", action="store_true",
+                   help="instead: replay a clip at a camera rate per keyframe schedule (see "
+                        "`dcfm-bench --latency --help`)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--latency" in argv:  # the replay mode: latency per keyframe schedule (engine/latency.py)
+        from dcfm_ros.engine.latency import main as latency_main
+
+        return latency_main([a for a in argv if a != "--latency"])
     args = build_parser().parse_args(argv)
     if args.frames < 1 or args.warmup < 0 or args.num_classes < 1:
         raise SystemExit("dcfm-bench: --frames and --num-classes must be >= 1, --warmup >= 0")

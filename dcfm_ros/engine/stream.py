@@ -13,6 +13,11 @@ model.ffm(F_co, F_in) up to float rounding.
 future frame is looked at (the authors' loop computes the next keyframe first even in P mode; a
 live node must not). Keyframes are forced on the first frame, after `reset()` and when the image
 resolution changes (a different camera or mode: the cached common part describes another scene).
+
+Keyframe schedules (`schedule=`, dcfm_ros.engine.schedules) move a keyframe's deep pass off the
+keyframe itself: `spread` runs it in pieces at the start of the following frames, `background`
+concurrently; the frames in between keep using the old cache, and `FrameResult.common_age` says how
+old the cache a frame used is. Forced keyframes always run synchronously.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from dcfm_ros.engine.confidence import Confidence, frame_confidence
 from dcfm_ros.engine.device import StageTimer
 from dcfm_ros.engine.keyframe import KeyframePolicy, check_policy
 from dcfm_ros.engine.preprocess import FramePreprocessor, validate_image, validate_size
+from dcfm_ros.engine.schedules import CommonCache, KeyframeSchedule, make_schedule
 
 if TYPE_CHECKING:
     from dcfm_ros.model import DCFM
@@ -42,17 +48,24 @@ class FrameResult:
     """One frame's output. `labels` is at the input image's resolution."""
 
     labels: np.ndarray  # (H, W) uint8 (uint16 if > 255 classes)
+    # this frame is a keyframe: its F_in starts a deep pass (with schedule sync, or when forced, this
+    # frame also uses the result; with spread/background later frames do, see common_age)
     is_keyframe: bool
     frames_since_key: int  # 0 on a keyframe
-    # mean |x - x_key| on the downsampled 0..1 input; 0.0 when it was not computed (forced
-    # keyframes, and policies with needs_motion False).
+    # the regional motion score against the last keyframe (see MotionThreshold); 0.0 when it was not
+    # computed (forced keyframes, and policies with needs_motion False).
     motion_score: float
-    # ms per stage: preprocess (incl. motion score), enc_lo, enc_hi (0 on non-key), ffm (on a
-    # keyframe incl. computing the cached common part; on a non-key frame only the F_in half), head,
+    # ms per stage: preprocess (incl. motion score), enc_lo, enc_hi (deep-pass work run on this
+    # frame's thread: the whole pass on a sync keyframe, one piece with spread, 0 otherwise), ffm (on
+    # a sync keyframe incl. computing the cached common part; otherwise only the F_in half), head,
     # postprocess (upsample + argmax + copy to host), total (wall time of process()).
     timings_ms: dict[str, float] = field(default_factory=dict)
     # mean top softmax probability and its small per-pixel map (see engine.confidence)
     confidence: Confidence | None = None
+    # frames between this frame and the keyframe whose common feature it used (0: its own F_co)
+    common_age: int = 0
+    # a deep pass was started and its cache is not swapped in yet (after this frame)
+    deep_pass_in_flight: bool = False
 
 
 class StreamEngine:
@@ -61,16 +74,22 @@ class StreamEngine:
     backend: a name from `dcfm_ros.engine.backends.BACKENDS` (built here for `device` and
     `precision`) or a ready InferenceBackend (whose device and precision then apply). The torch
     backend moves `model` to the device and puts it in eval mode.
+    schedule: when keyframes' deep passes run (see dcfm_ros.engine.schedules): "sync" (default, the
+    paper's P mode), "spread" (in `spread` pieces over the following frames), "background" (worker
+    with `background_threads` torch threads), "lag:L" (offline evaluation), or a KeyframeSchedule.
+    Call close() when done with a background schedule (it stops the worker).
     """
 
     def __init__(self, model: DCFM, policy: KeyframePolicy, device: str | torch.device = "auto",
                  precision: str = "fp32", input_size: tuple[int, int] | None = None,
-                 backend: str | InferenceBackend = "torch") -> None:
+                 backend: str | InferenceBackend = "torch", schedule: str | KeyframeSchedule = "sync",
+                 spread: int = 3, background_threads: int | None = 1) -> None:
         self.backend = backend if isinstance(backend, InferenceBackend) else make_backend(
             backend, model, device, precision)
         self.device = self.backend.device
         self.precision = self.backend.precision
         self.policy = policy  # validated by the setter
+        self._schedule = make_schedule(schedule, spread, background_threads)
         config = model.config
         self.model = model
         self.num_classes: int = config.num_classes
@@ -91,16 +110,40 @@ class StreamEngine:
         # common part and the keyframe's small copy stay valid, so no keyframe is forced.
         self._policy = check_policy(policy)
 
+    @property
+    def schedule(self) -> KeyframeSchedule:
+        return self._schedule
+
+    @schedule.setter
+    def schedule(self, schedule: str | KeyframeSchedule) -> None:
+        # Replaceable at run time between frames. The cache stays; a pass in flight is dropped (after
+        # it stopped running, so two never overlap) and its keyframe request carries over to the new
+        # schedule's next frame.
+        new = make_schedule(schedule)
+        old = self._schedule
+        if new is old:
+            return
+        self._pending = self._pending or old.in_flight
+        old.close()
+        self._schedule = new
+
+    def close(self) -> None:
+        """Stop the schedule's worker (background); the engine is not used afterwards."""
+        self._schedule.close()
+
     def reset(self) -> None:
         """Forget the cached keyframe: the next frame is a keyframe."""
-        self._common: Tensor | None = None  # ffm.common_part of the last keyframe's F_co
+        self._schedule.cancel()
+        self._cache: CommonCache | None = None  # ffm.common_part of a keyframe's F_co, and its frame
         self._key_small: Tensor | None = None
         self._since = 0
+        self._frame = -1  # index of the last frame since reset()
+        self._pending = False  # a keyframe was asked for while a deep pass was in flight
         self._image_shape: tuple[int, int] | None = None
 
     @property
     def has_keyframe(self) -> bool:
-        return self._common is not None
+        return self._cache is not None
 
     @property
     def preprocessor(self) -> FramePreprocessor:
@@ -114,34 +157,51 @@ class StreamEngine:
         t_start = time.perf_counter()
         shape = (int(image_rgb.shape[0]), int(image_rgb.shape[1]))
         timer = StageTimer(self.device)
-        net = self.backend
-        with torch.inference_mode():
+        net, sched = self.backend, self._schedule
+        frame = self._frame + 1
+        with torch.inference_mode(), sched.frame_stream(self.device):
             timer.start()
+            forced = self._cache is None or shape != self._image_shape
+            arrived: CommonCache | None = None
+            working = sched.in_flight
+            if forced:
+                sched.cancel()  # its cache belongs to another size, or to before reset()
+            else:
+                arrived = sched.advance(net)  # this frame's piece, or a pass finished before it
+            if working and sched.on_frames:
+                timer.mark("enc_hi")
             x01 = self._pre.upload(image_rgb)
             x = self._pre.normalize(x01)
             small: Tensor | None = None
             score = 0.0
-            if self._common is None or shape != self._image_shape:
-                is_key, since = True, 0
-            else:
+            wants = forced
+            since = 0
+            if not forced:
                 since = self._since + 1
                 if self._policy.needs_motion:
                     small = self._pre.motion_copy(x01)
                     score = self._pre.motion_score(small, self._key_small)  # type: ignore[arg-type]
-                    is_key = bool(self._policy.decide(since, score))
+                    wants = bool(self._policy.decide(since, score))
                 else:
-                    is_key = bool(self._policy.decide(since, None))
+                    wants = bool(self._policy.decide(since, None))
+                wants = wants or self._pending
+            # One deep pass at a time: a request while one runs waits (coalesced) for its end.
+            is_key = forced or (wants and not sched.in_flight)
             timer.mark("preprocess")
             f_in = net.enc_lo(x)
             timer.mark("enc_lo")
-            if is_key:
-                f_co = net.enc_hi(f_in)
+            f_co: Tensor | None = None
+            if forced:
+                f_co = sched.forced_pass(net, f_in)
+            elif is_key:
+                f_co = sched.start(net, f_in, frame)
+            if f_co is not None:
                 timer.mark("enc_hi")
                 # Once per keyframe (counted in "ffm"): the F_co half of the FFM conv.
-                common = net.common_part(f_co)
+                cache = CommonCache(net.common_part(f_co), frame)
             else:
-                common = self._common
-            f = net.fuse(common, f_in)  # type: ignore[arg-type]
+                cache = arrived if arrived is not None else self._cache  # type: ignore[assignment]
+            f = net.fuse(cache.common, f_in)
             timer.mark("ffm")
             logits = net.head(f)
             timer.mark("head")
@@ -156,11 +216,15 @@ class StreamEngine:
         timings.update(timer.read())
         timings["total"] = (time.perf_counter() - t_start) * 1000.0
         # Commit the new state only once the frame went through.
+        self._cache = cache
         if is_key:
-            self._common, self._key_small, self._since = common, key_small, 0
+            self._key_small, self._since = key_small, 0
             since = 0
         else:
             self._since = since
+        self._pending = wants and not is_key
+        self._frame = frame
         self._image_shape = shape
         return FrameResult(labels=labels, is_keyframe=is_key, frames_since_key=since,
-                           motion_score=score, timings_ms=timings, confidence=confidence)
+                           motion_score=score, timings_ms=timings, confidence=confidence,
+                           common_age=frame - cache.frame, deep_pass_in_flight=sched.in_flight)

@@ -79,6 +79,24 @@ def parse_policy(text: str) -> PolicySpec:
     raise ValueError(f"bad policy {text!r}; expected fixed:K or motion:THR[:MIN[:MAX]]")
 
 
+def parse_schedules(text: str) -> list[str]:
+    """"sync,spread:3,lag:2" -> the names; `background` is refused (its timing-dependent result is
+    what lag:L prices exactly)."""
+    from dcfm_ros.engine.schedules import make_schedule
+
+    out = []
+    for item in (t.strip().lower() for t in text.split(",") if t.strip()):
+        if item.startswith("background"):
+            raise ValueError("--schedule background depends on timing; use lag:L for a cache L frames late")
+        if item == "spread":
+            raise ValueError("--schedule spread needs N: spread:N")
+        make_schedule(item)  # validates
+        out.append(item)
+    if not out:
+        raise ValueError("--schedule must name at least one schedule")
+    return out
+
+
 def parse_size(text: str | None) -> tuple[int, int] | None:
     if text is None:
         return None
@@ -105,10 +123,12 @@ class _Accumulator:
         self.dense_videos: list[tuple[list[np.ndarray], list[np.ndarray]]] = []
 
     def add_video(self, labels: Sequence[np.ndarray | None], preds: Sequence[np.ndarray],
-                  is_key: Sequence[bool], dense: bool) -> None:
+                  is_key: Sequence[bool], dense: bool, fresh: Sequence[bool] | None = None) -> None:
+        """`fresh`: frames that used their own F_co (the key side of the key/non-key split; with
+        schedule sync these are the keyframes, with spread/lag only forced ones)."""
         self.frames += len(preds)
         self.keyframes += sum(bool(k) for k in is_key)
-        for gt, pred, k in zip(labels, preds, is_key, strict=True):
+        for gt, pred, k in zip(labels, preds, is_key if fresh is None else fresh, strict=True):
             if gt is None:
                 continue
             self.labeled += 1
@@ -117,8 +137,9 @@ class _Accumulator:
         if dense:
             self.dense_videos.append(([g for g in labels if g is not None], list(preds)))
 
-    def row(self, mode: str, policy: str, class_names: Sequence[str], ignore_index: int) -> dict[str, Any]:
-        out: dict[str, Any] = {"mode": mode, "policy": policy}
+    def row(self, mode: str, policy: str, class_names: Sequence[str], ignore_index: int,
+            schedule: str = "sync") -> dict[str, Any]:
+        out: dict[str, Any] = {"mode": mode, "policy": policy, "schedule": schedule}
         out.update(self.all.summary(class_names))
         out["mIoU_key"] = _finite(self.key.miou()) if self.key.matrix.sum() else None
         out["mIoU_nonkey"] = _finite(self.nonkey.miou()) if self.nonkey.matrix.sum() else None
@@ -141,8 +162,10 @@ def evaluate(model: Any, videos: dict[str, list[FrameSample]], lut: np.ndarray, 
              modes: Sequence[str], policies: Sequence[PolicySpec], *,
              input_size: tuple[int, int] | None = None,
              device: str = "auto", precision: str = "fp32", ignore_index: int = 255,
-             progress: bool = True) -> dict[str, Any]:
-    """Run every (mode, policy) over every video; returns the JSON-ready report (without file info)."""
+             progress: bool = True, schedules: Sequence[str] = ("sync",)) -> dict[str, Any]:
+    """Run every (mode, policy) over every video, P mode once per keyframe schedule (sync, spread:N,
+    lag:L; B mode is offline and runs with sync only); returns the JSON-ready report (without file
+    info)."""
     from dcfm_ros.engine import StreamEngine, resolve_device, run_bmode, select_keyframes
 
     bad = [m for m in modes if m not in MODES]
@@ -151,43 +174,50 @@ def evaluate(model: Any, videos: dict[str, list[FrameSample]], lut: np.ndarray, 
     cfg = model.config
     size = tuple(input_size) if input_size is not None else tuple(cfg.input_size)
     per_frame = [p.kind == "fixed" and p.interval == 1 for p in policies]
-    jobs = [(m, p) for p, pf in zip(policies, per_frame, strict=True) for m in modes if not (m == "b" and pf)]
-    acc = {(m, p.text): _Accumulator(cfg.num_classes, ignore_index) for m, p in jobs}
+    jobs = [(m, p, sc) for p, pf in zip(policies, per_frame, strict=True) for m in modes
+            for sc in (schedules if m == "p" else ("sync",)) if not (m == "b" and pf)]
+    acc = {(m, p.text, sc): _Accumulator(cfg.num_classes, ignore_index) for m, p, sc in jobs}
     dense_names = [v for v, frames in videos.items() if is_dense(dataset, frames)]
-    engines = {p.text: StreamEngine(model, p.build(), device=device, precision=precision,
-                                    input_size=size) for m, p in jobs if m == "p"}
+    engines = {(p.text, sc): StreamEngine(model, p.build(), device=device, precision=precision,
+                                          input_size=size, schedule=sc) for m, p, sc in jobs if m == "p"}
     total_frames = sum(len(f) for f in videos.values())
     done = 0
     for vi, (name, frames) in enumerate(videos.items()):
         images = [read_rgb(f.image) for f in frames]
         labels = [read_label(f.label, lut) if f.label is not None else None for f in frames]
         dense = name in dense_names
-        for mode, pol in jobs:
+        for mode, pol, sched in jobs:
             t0 = time.perf_counter()
+            fresh = None
             if mode == "p":
-                eng = engines[pol.text]
+                eng = engines[(pol.text, sched)]
                 eng.reset()
                 results = [eng.process(img) for img in images]
                 preds = [r.labels for r in results]
                 keys = [r.is_keyframe for r in results]
+                fresh = [r.common_age == 0 for r in results]
             else:
                 key_idx = select_keyframes(images, pol.build(), size, device=device)
                 preds = run_bmode(model, images, key_idx, device=device, precision=precision, input_size=size)
                 key_set = set(key_idx)
                 keys = [i in key_set for i in range(len(images))]
-            a = acc[(mode, pol.text)]
+            a = acc[(mode, pol.text, sched)]
             a.seconds += time.perf_counter() - t0
-            a.add_video(labels, preds, keys, dense)
+            a.add_video(labels, preds, keys, dense, fresh)
         done += len(frames)
         if progress:
             print(f"[{vi + 1}/{len(videos)}] {name}: {len(frames)} frames "
                   f"({done}/{total_frames}){' dense' if dense else ''}", file=sys.stderr, flush=True)
-    rows = [acc[(m, p.text)].row(m, p.text, cfg.class_names, ignore_index) for m, p in jobs]
+    rows = [acc[(m, p.text, sc)].row(m, p.text, cfg.class_names, ignore_index, sc) for m, p, sc in jobs]
     notes = []
     if not dense_names:
         notes.append("no densely labeled video in this split: mVC is not meaningful and is reported as null")
     notes.append("B mode with fixed:1 equals P mode (every frame is a keyframe) and is not repeated")
     notes.append("mIoU excludes classes absent from both ground truth and prediction")
+    if any(sc != "sync" for sc in schedules):
+        notes.append("with spread:N / lag:L the key/non-key split is by the common feature used: 'key' = "
+                     "frames that used their own F_co (forced ones), 'nonkey' = frames that reused an older "
+                     "one; kf% counts keyframes (deep passes started)")
     baseline = next((r for r in rows if r["policy"] == "fixed:1"), None)
     return {
         "dataset": dataset,
@@ -211,12 +241,13 @@ def _pct(x: float | None) -> str:
 
 
 def format_table(report: dict[str, Any]) -> str:
-    head = (f"{'mode':4} {'policy':18} {'mIoU':>6} {'wIoU':>6} {'key':>6} {'nonkey':>6} {'kf%':>6} "
-            f"{'mVC8':>6} {'mVC16':>6} {'s/frame':>8}")
+    head = (f"{'mode':4} {'policy':18} {'schedule':10} {'mIoU':>6} {'wIoU':>6} {'key':>6} {'nonkey':>6} "
+            f"{'kf%':>6} {'mVC8':>6} {'mVC16':>6} {'s/frame':>8}")
     lines = [head, "-" * len(head)]
     for r in report["results"]:
         spf = "-" if r["seconds_per_frame"] is None else f"{r['seconds_per_frame']:.3f}"
-        lines.append(f"{r['mode'].upper():4} {r['policy']:18} {_pct(r['mIoU'])} {_pct(r['wIoU'])} "
+        lines.append(f"{r['mode'].upper():4} {r['policy']:18} {r.get('schedule', 'sync'):10} "
+                     f"{_pct(r['mIoU'])} {_pct(r['wIoU'])} "
                      f"{_pct(r['mIoU_key'])} {_pct(r['mIoU_nonkey'])} {_pct(r['keyframe_ratio'])} "
                      f"{_pct(r['mVC_8'])} {_pct(r['mVC_16'])} {spf:>8}")
     return "\n".join(lines)
@@ -233,6 +264,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--modes", default="p,b", help="comma list of p (causal) and b (bidirectional)")
     p.add_argument("--policies", default="fixed:1,fixed:2,fixed:5",
                    help="comma list of fixed:K and motion:THR[:MIN[:MAX]]")
+    p.add_argument("--schedule", default="sync",
+                   help="comma list of keyframe schedules for P mode: sync, spread:N (deep pass in N "
+                        "pieces over the following frames), lag:L (cache used L frames late: what "
+                        "background amounts to); all exact and deterministic")
     p.add_argument("--size", help="network input HxW (default: the checkpoint's input_size)")
     p.add_argument("--device", default="auto", help="cpu | cuda | auto")
     p.add_argument("--precision", default="fp32", help="fp32 | fp16 | bf16 (engine precisions)")
@@ -254,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         if not modes or not policies:
             raise ValueError("--modes and --policies must name at least one entry each")
         size = parse_size(args.size)
+        schedules = parse_schedules(args.schedule)
         if args.threads is not None:
             import torch
 
@@ -275,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError("--max-frames must be >= 1")
             videos = {k: v[: args.max_frames] for k, v in videos.items()}
         report = evaluate(model, videos, spec.lut, args.dataset, modes, policies, input_size=size,
-                          device=args.device, precision=args.precision, progress=not args.quiet)
+                          device=args.device, precision=args.precision, progress=not args.quiet,
+                          schedules=schedules)
     except (ValueError, FileNotFoundError) as exc:  # CheckpointError is a ValueError
         print(f"dcfm-evaluate: error: {exc}", file=sys.stderr)
         return 2

@@ -56,6 +56,7 @@ import math
 import os
 import platform
 import sys
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from importlib import metadata as importlib_metadata
@@ -97,6 +98,8 @@ class FrameRecord:
     ffm_ms: float | None = None
     head_ms: float | None = None
     has_gt: bool = False
+    common_age: int | None = None  # frames since the keyframe whose common feature this frame used
+    deep_pass_in_flight: bool | None = None  # a keyframe's deep pass was running after this frame
 
 
 @contextlib.contextmanager
@@ -221,6 +224,9 @@ def summarize(records: Sequence[FrameRecord], *, skipped: Sequence[dict[str, Any
                      "ffm": mean("ffm_ms"), "head": mean("head_ms")},
         "keyframe_ratio": (sum(1 for r in with_info if r.is_keyframe) / len(with_info)) if with_info
         else None,
+        # keyframe schedules: how old the common feature was, {age in frames: frames}
+        "common_age": {str(a): n for a, n in sorted(Counter(
+            r.common_age for r in with_info if r.common_age is not None).items())},
         "node_counters": node_counters,
     }
 
@@ -252,6 +258,11 @@ def plot_latency(records: Sequence[FrameRecord], path: Path) -> None:
         key = np.array([r.is_keyframe is True for r in ok])
         if key.any():
             ax.scatter(idx[key], e2e[key], marker="o", s=18, color="tab:red", zorder=3, label="keyframe")
+        # spread/background schedules: the frames during which a keyframe's deep pass ran
+        deep = np.array([r.deep_pass_in_flight is True for r in ok])
+        if deep.any():
+            ax.scatter(idx[deep], np.zeros(int(deep.sum())), marker="|", s=60, color="tab:orange", zorder=3,
+                       label="deep pass in flight")
     drops = [r.index for r in records if r.status != "ok"]
     if drops:
         ax.scatter(drops, np.zeros(len(drops)), marker="x", color="black", zorder=3,
@@ -358,6 +369,9 @@ def render_markdown(report: dict[str, Any]) -> str:
               f"| {report['frames_in']} | {report['frames_out']} | {report['frames_dropped']} | "
               f"{report['frames_skipped']} | {report.get('gt_skipped', 0)} | "
               f"{_fmt(report['throughput_fps'], 2)} | {_fmt(report['keyframe_ratio'], 3)} |", ""]
+    if report.get("common_age"):
+        lines += ["common feature age [frames: count]: " + ", ".join(
+            f"{a}: {n}" for a, n in report["common_age"].items()), ""]
     lines += ["## Latency [ms]", "", "| | frames | p50 | p95 | p99 | mean |", "|---|---|---|---|---|---|"]
     for title, key in (("end-to-end", "latency_ms"), ("engine", "engine_latency_ms")):
         for part in ("all", "key", "nonkey"):

@@ -234,4 +234,6 @@ def info_msg(header: Header, result: FrameResult, end_to_end_ms: float, received
         bad_inputs=bad_inputs,
         confidence=float(confidence),
         engine_errors=engine_errors,
+        common_age=int(result.common_age),
+        deep_pass_in_flight=bool(result.deep_pass_in_flight),
     )

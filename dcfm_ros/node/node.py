@@ -43,6 +43,7 @@ from dcfm_ros.node.params import (
 
 if TYPE_CHECKING:
     from dcfm_ros.engine import KeyframePolicy, StreamEngine
+    from dcfm_ros.engine.schedules import KeyframeSchedule
 
 NODE_NAME = "dcfm_node"
 DIAGNOSTICS_PERIOD_S = 1.0
@@ -84,6 +85,7 @@ class DCFMNode(Node):
         self.stats = NodeStats()
         self._policy_lock = threading.Lock()
         self._pending_policy: KeyframePolicy | None = None
+        self._pending_schedule: KeyframeSchedule | None = None
         self._last_shape: tuple[int, int] | None = None
         self._stopping = threading.Event()
         self._throttle = ReasonThrottle(LOG_THROTTLE_S)
@@ -140,7 +142,8 @@ class DCFMNode(Node):
         self.get_logger().info(
             f"model {s.model_path} ({engine.num_classes} classes, input {engine.input_size[0]}x"
             f"{engine.input_size[1]}) on {engine.device} {engine.precision}; keyframe policy "
-            f"{engine.policy!r}; subscribed to {self._sub.topic_name} ({s.image_transport}, "
+            f"{engine.policy!r}, schedule {engine.schedule!r}; subscribed to {self._sub.topic_name} "
+            f"({s.image_transport}, "
             f"{self._qos_text()}, depth {s.qos_depth}); drop_policy {s.drop_policy}")
 
     # -- input subscription ------------------------------------------------------------------------
@@ -194,6 +197,7 @@ class DCFMNode(Node):
             if self._worker.is_alive():
                 self.get_logger().warning(f"inference thread still in a frame after {timeout} s: abandoned")
                 return False
+        self.engine.close()  # a background schedule's worker
         return True
 
     # -- executor thread ---------------------------------------------------------------------------
@@ -211,11 +215,17 @@ class DCFMNode(Node):
 
     def _on_parameters_set(self, params: list[Parameter]) -> None:
         new = apply_changes(self._settings, params)  # validated a moment ago by _on_set_parameters
-        if new.keyframe != self._settings.keyframe:
+        if new.keyframe.policy_fields() != self._settings.keyframe.policy_fields():
             policy = new.keyframe.make_policy()
             with self._policy_lock:
                 self._pending_policy = policy  # the worker swaps it in before its next frame
             self.get_logger().info(f"keyframe policy is now {policy!r}")
+        if (new.keyframe.schedule, new.keyframe.spread) != (self._settings.keyframe.schedule,
+                                                            self._settings.keyframe.spread):
+            schedule = new.keyframe.make_schedule()
+            with self._policy_lock:
+                self._pending_schedule = schedule
+            self.get_logger().info(f"keyframe schedule is now {schedule!r}")
         self._settings = new
 
     def _publish_diagnostics(self) -> None:
@@ -225,6 +235,7 @@ class DCFMNode(Node):
             "device": str(self.engine.device),
             "precision": self.engine.precision,
             "keyframe_policy": repr(self.engine.policy),
+            "keyframe_schedule": repr(self.engine.schedule),
             "drop_policy": s.drop_policy,
             "image_transport": s.image_transport,
             "input_qos": self._qos_text(),
@@ -270,8 +281,11 @@ class DCFMNode(Node):
             return
         with self._policy_lock:
             policy, self._pending_policy = self._pending_policy, None
+            schedule, self._pending_schedule = self._pending_schedule, None
         if policy is not None:
             self.engine.policy = policy
+        if schedule is not None:
+            self.engine.schedule = schedule
         shape = (int(rgb.shape[0]), int(rgb.shape[1]))
         if self._last_shape is not None and shape != self._last_shape:
             self.stats.resolution_change()

@@ -29,11 +29,13 @@ if TYPE_CHECKING:
     from rclpy.node import Node
 
     from dcfm_ros.engine import KeyframePolicy, StreamEngine
+    from dcfm_ros.engine.schedules import KeyframeSchedule
 
 DEFAULT_MODEL_FILE = "camvid_efficientnet_lite0.safetensors"
 DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 PRECISIONS = ("fp32", "fp16", "bf16")
 KEYFRAME_POLICIES = ("fixed", "motion")
+KEYFRAME_SCHEDULES = ("sync", "spread", "background")
 TRANSPORTS = ("raw", "compressed")
 RELIABILITIES = ("auto", "best_effort", "reliable")
 DROP_POLICIES = ("latest", "none")
@@ -83,7 +85,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               constraints="auto, cpu, cuda or cuda:N"),
     ParamSpec("precision", T.STRING, "fp32", "Inference precision; fp16/bf16 need a CUDA device.",
               constraints="one of " + ", ".join(PRECISIONS)),
-    ParamSpec("keyframe.policy", T.STRING, "fixed",
+    ParamSpec("keyframe.policy", T.STRING, "motion",
               "fixed: a keyframe every keyframe.interval frames. motion: a keyframe when the mean "
               "absolute difference to the last keyframe exceeds keyframe.threshold (after "
               "keyframe.min_interval frames), at the latest every keyframe.max_interval frames.",
@@ -99,6 +101,15 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("keyframe.max_interval", T.INTEGER, 30, "motion policy: a keyframe at the latest this many "
               "frames after the last one.", read_only=False, constraints=">= keyframe.min_interval",
               int_range=(1, _INT_MAX)),
+    ParamSpec("keyframe.schedule", T.STRING, "sync",
+              "When a keyframe's deep pass runs. sync: inside the keyframe (its latency spikes). spread: "
+              "in keyframe.spread pieces over the following frames, which use the old common feature "
+              "until it is done. background: concurrently on a worker (CPU thread / low-priority CUDA "
+              "stream), swapped in at the first frame after it finished.", read_only=False,
+              constraints="one of " + ", ".join(KEYFRAME_SCHEDULES)),
+    ParamSpec("keyframe.spread", T.INTEGER, 3, "spread schedule: frames a keyframe's deep pass is spread "
+              "over (the new common feature is used from that many frames after the keyframe).",
+              read_only=False, int_range=(1, 64)),
     ParamSpec("input_size", T.INTEGER_ARRAY, None, "[H, W] the network runs at (images are resized to it, "
               "outputs come back at camera resolution). Unset or []: the model's own input size.",
               constraints="[H, W], positive ints"),
@@ -139,6 +150,16 @@ class KeyframeSettings:
     threshold: float
     min_interval: int
     max_interval: int
+    schedule: str = "sync"
+    spread: int = 3
+
+    def policy_fields(self) -> tuple:
+        return (self.policy, self.interval, self.threshold, self.min_interval, self.max_interval)
+
+    def make_schedule(self) -> KeyframeSchedule:
+        from dcfm_ros.engine.schedules import make_schedule
+
+        return make_schedule(self.schedule, spread=self.spread)
 
     def make_policy(self) -> KeyframePolicy:
         """The engine policy; every keyframe value is checked, also those the active policy ignores
@@ -227,6 +248,8 @@ def settings_from_values(values: Mapping[str, Any]) -> NodeSettings:
         threshold=_in_range(values, "keyframe.threshold", 0.0, 1.0),
         min_interval=_int(values, "keyframe.min_interval", 1, _INT_MAX),
         max_interval=_int(values, "keyframe.max_interval", 1, _INT_MAX),
+        schedule=_choice(values, "keyframe.schedule", KEYFRAME_SCHEDULES),
+        spread=_int(values, "keyframe.spread", 1, 64),
     )
 
     size = values["input_size"]
@@ -351,7 +374,8 @@ def build_engine(settings: NodeSettings) -> StreamEngine:
                            f"topic names {suffixes}")
     try:
         return StreamEngine(model, settings.keyframe.make_policy(), device=settings.device,
-                            precision=settings.precision, input_size=settings.input_size)
+                            precision=settings.precision, input_size=settings.input_size,
+                            schedule=settings.keyframe.make_schedule())
     except (RuntimeError, ValueError) as exc:
         raise StartupError(f"cannot run the model with device={settings.device!r}, precision="
                            f"{settings.precision!r}, input_size={settings.input_size}: {exc}") from exc

@@ -95,6 +95,7 @@ def _fill_info(rec: FrameRecord, data: bytes) -> dict[str, int]:
     rec.engine_ms = float(msg.engine_latency_ms)
     rec.enc_lo_ms, rec.enc_hi_ms = float(msg.enc_lo_ms), float(msg.enc_hi_ms)
     rec.ffm_ms, rec.head_ms = float(msg.ffm_ms), float(msg.head_ms)
+    rec.common_age, rec.deep_pass_in_flight = int(msg.common_age), bool(msg.deep_pass_in_flight)
     return {"frames_received": int(msg.frames_received), "frames_processed": int(msg.frames_processed),
             "frames_dropped": int(msg.frames_dropped), "bad_inputs": int(msg.bad_inputs)}
 
