@@ -219,9 +219,10 @@ def play(bag: BagReader, image_topic: str, msgtype: str, node: NodeProcess, writ
         slice_start = bag.start_ns + round(frames.start_s * 1e9)
         if progress:
             print("dcfm-bag-eval: the node is ready; playing", file=sys.stderr, flush=True)
+        cut = False
         for raw in bag.raw([image_topic], start_ns=slice_start):
             if should_stop():
-                out.stopped = f"after {len(out.records)} frames sent"
+                cut = True
                 break
             if frames.max_frames is not None and len(out.records) >= frames.max_frames:
                 break
@@ -242,6 +243,9 @@ def play(bag: BagReader, image_topic: str, msgtype: str, node: NodeProcess, writ
                     node.check("playing the bag")
                     executor.spin_once(timeout_sec=min(0.005, target - now))
                 drain()
+                if should_stop():
+                    cut = True
+                    break
             r = FrameRecord(index=len(out.records), stamp_ns=item.stamp_ns, log_ns=raw.log_ns)
             out.records.append(r)
             by_stamp[r.stamp_ns] = r
@@ -264,10 +268,11 @@ def play(bag: BagReader, image_topic: str, msgtype: str, node: NodeProcess, writ
                 done = sum(1 for x in out.records if x.stamp_ns in rec.labels_at)
                 print(f"dcfm-bag-eval: {len(out.records)}/{total or '?'} frames sent, {done} back",
                       file=sys.stderr)
-        if out.stopped is None and should_stop():  # the signal came while the last frame was out
-            out.stopped = f"after {len(out.records)} frames sent"
+        if cut:  # a signal after the last frame was sent cuts nothing: the grace below covers it
+            of = f" (of {total})" if total is not None else ""
+            out.stopped = f"after {len(out.records)} frames sent{of}"
 
-        if not max_mode or out.stopped:  # the node may still be working through its queue
+        if not max_mode or should_stop():  # the node may still be working through its queue
             def all_back() -> bool:
                 return all(r.stamp_ns in rec.labels_at and r.stamp_ns in rec.info_at for r in out.records)
 
@@ -284,7 +289,7 @@ def play(bag: BagReader, image_topic: str, msgtype: str, node: NodeProcess, writ
                            if s in by_stamp), default=1.0)
             quiet = min(frame_timeout, max(3.0, 3 * slowest))
             # After a stop request the grace is bounded: the user asked to stop.
-            grace_end = time.perf_counter() + (quiet if out.stopped else math.inf)
+            grace_end = time.perf_counter() + (quiet if should_stop() else math.inf)
             while (not all_back() and not node_idle() and time.perf_counter() - rec.last_output < quiet
                    and time.perf_counter() < grace_end):
                 spin_until(all_back, 0.1, "finishing the queue", stoppable=False)
