@@ -54,7 +54,10 @@ def test_cmake_install_gives_messages_python_package_and_executable(tmp_path: Pa
         log = f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
         assert proc.returncode == 0, f"{' '.join(cmd[:2])} failed:\n{log}"
 
-    assert os.access(prefix / "lib" / "dcfm_ros" / "dcfm_node", os.X_OK)
+    exe = prefix / "lib" / "dcfm_ros" / "dcfm_node"
+    assert os.access(exe, os.X_OK)
+    # The Python the build was configured with, not `env python3` (whatever is first on PATH).
+    assert exe.read_text().splitlines()[0] == f"#!{sys.executable}"
     for rel in ("launch/dcfm.launch.py", "config/dcfm.yaml", "config/dcfm.rviz", "msg/SegmentationInfo.msg"):
         assert (prefix / "share" / "dcfm_ros" / rel).is_file(), rel
     pyver = f"python{sys.version_info.major}.{sys.version_info.minor}"
@@ -77,3 +80,15 @@ def test_cmake_install_gives_messages_python_package_and_executable(tmp_path: Pa
     assert init_file.startswith(str(site)) and node_file.startswith(str(site))
     assert msg_file.startswith(str(site))
     assert dropped == "0"
+
+    # The installed executable runs as it is (its shebang), with the venv's bin off PATH: a bad
+    # parameter is refused by the node's own code, so rclpy and dcfm_ros were found by that Python.
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep)
+                           if Path(p).resolve() != Path(sys.executable).parent.resolve())
+    proc = subprocess.run([str(exe), "--ros-args", "-p", "drop_policy:=sometimes"],
+                          env={**run_env, "PATH": path, "ROS_DOMAIN_ID": "0",
+                               "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"},
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert "cannot start" in out and "drop_policy" in out, out

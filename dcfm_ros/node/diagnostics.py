@@ -177,17 +177,19 @@ def diagnostics_msg(stamp: Time, name: str, hardware_id: str, totals: Totals, wi
     values.update(static)
     values.update({f"published_{k}": str(v) for k, v in sorted(totals.published.items())})
 
+    # Every warning that applies, so that one (say failed frames long ago) does not hide another.
+    warnings = []
     if window.bad_inputs:
-        level = DiagnosticStatus.WARN
-        message = f"{window.bad_inputs} bad input image(s) in the last {secs:.1f} s"
-    elif totals.errors or totals.engine_errors:
-        level = DiagnosticStatus.WARN
-        message = f"{totals.engine_errors + totals.errors} frame(s) failed since start"
-    elif (totals.confidence_frames >= confidence_window and math.isfinite(totals.confidence_mean)
-          and totals.confidence_mean < confidence_warn_below):
-        level = DiagnosticStatus.WARN
-        message = (f"low confidence {totals.confidence_mean:.2f} over the last {totals.confidence_frames} "
-                   f"frames (below {confidence_warn_below:g}): the scene may be out of the model's domain")
+        warnings.append(f"{window.bad_inputs} bad input image(s) in the last {secs:.1f} s")
+    if totals.errors or totals.engine_errors:
+        warnings.append(f"{totals.engine_errors + totals.errors} frame(s) failed since start")
+    if (totals.confidence_frames >= confidence_window and math.isfinite(totals.confidence_mean)
+            and totals.confidence_mean < confidence_warn_below):
+        warnings.append(f"low confidence {totals.confidence_mean:.2f} over the last "
+                        f"{totals.confidence_frames} frames (below {confidence_warn_below:g}): the scene "
+                        f"may be out of the model's domain")
+    if warnings:
+        level, message = DiagnosticStatus.WARN, "; ".join(warnings)
     elif window.processed == 0:
         level, message = DiagnosticStatus.OK, "waiting for images"
     else:

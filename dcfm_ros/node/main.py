@@ -41,6 +41,10 @@ class StopRequest:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._handle)
 
+    def ignore_from_now(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
         self.signals += 1
         if self.signals == 2:  # logging from a signal handler is safe in Python (main thread)
@@ -81,6 +85,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+        # Interpreter shutdown (torch, DDS threads) takes a while and puts Python-level signal
+        # handlers back to the default, which a late SIGINT would die of (exit -2); ignored signals
+        # stay ignored through it.
+        stop.ignore_from_now()
     if abandoned:
         # The inference thread is still inside the engine: leave without waiting for it (an
         # interpreter shutdown under a running torch kernel is not safe).

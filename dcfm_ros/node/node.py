@@ -266,7 +266,11 @@ class DCFMNode(Node):
             return
         if held:
             text += f" [{held} more of these in the last {LOG_THROTTLE_S:g} s not logged]"
-        getattr(self.get_logger(), level)(text)
+        # rclpy fixes a severity per call site, so each level gets its own line.
+        if level == "error":
+            self.get_logger().error(text)
+        else:
+            self.get_logger().warning(text)
 
     def _handle(self, msg: Image | CompressedImage, t_received: float) -> None:
         try:

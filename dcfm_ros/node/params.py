@@ -121,7 +121,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("image_transport", T.STRING, "raw", "raw: subscribe to image (sensor_msgs/Image). "
               "compressed: subscribe to image/compressed (sensor_msgs/CompressedImage, jpeg/png).",
               constraints="one of " + ", ".join(TRANSPORTS)),
-    ParamSpec("qos.depth", T.INTEGER, 5, "History depth of the image subscription.", int_range=(1, 1000)),
+    ParamSpec("qos.depth", T.INTEGER, 20, "History depth of the image subscription: frames DDS holds "
+              "for the node while its executor is busy (reliable: more than this unread are lost).",
+              int_range=(1, 1000)),
     ParamSpec("qos.reliability", T.STRING, "auto", "Reliability of the image subscription. auto: "
               "like rosbag2, reliable when every publisher on the topic offers reliable, best effort "
               "otherwise, re-checked as publishers come and go (reliable while there is none). "
@@ -132,7 +134,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("drop_policy", T.STRING, "latest", "latest: live camera, process the newest frame and count "
               "the skipped ones as dropped. none: queue every frame (evaluation, bag playback).",
               constraints="one of " + ", ".join(DROP_POLICIES)),
-    ParamSpec("confidence.warn_below", T.DOUBLE, 0.5, "Diagnostics warn (scene may be out of the "
+    ParamSpec("confidence.warn_below", T.DOUBLE, 0.75, "Diagnostics warn (scene may be out of the "
               "model's domain) while the mean per-frame confidence (top softmax probability) of the "
               "last confidence.window frames is below this. 0 turns the warning off.", read_only=False,
               float_range=(0.0, 1.0)),
@@ -191,7 +193,7 @@ class NodeSettings:
     qos_depth: int
     qos_reliability: str
     drop_policy: str
-    confidence_warn_below: float = 0.5
+    confidence_warn_below: float = 0.75
     confidence_window: int = 30
     values: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 

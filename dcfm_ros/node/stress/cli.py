@@ -244,7 +244,7 @@ def faults(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         s.answered(during)
         model.write_bytes(whole)
         result.update({
-            "running_node_served_during_rewrite": True,
+            "running_node_served_during_rewrite": during in s.labels and during in s.infos,
             "start_on_half_written_model_exit": starter.returncode,
             "start_on_half_written_model_says": next((ln for ln in starter.stdout.splitlines()
                                                       if "cannot start" in ln), starter.stdout[-300:]),
