@@ -11,8 +11,9 @@ YAML layout (every key optional unless marked; see config/train/*.yaml):
       input_size: [360, 480] # REQUIRED (H, W) the network runs at in evaluation / deployment
       head: conv             # conv | linear
       dropout: 0.1
-      init_from: null        # fine-tuning: a dcfm_ros .safetensors; weights whose name and shape match
-                             # are loaded, the rest keep their fresh initialisation (listed at start)
+      init_from: null        # fine-tuning: a dcfm_ros .safetensors, or `shipped` (the package's model);
+                             # weights whose name and shape match are loaded, the rest keep their fresh
+                             # initialisation (listed at start-up)
       sync_bn: false         # SyncBatchNorm under torchrun with N > 1 GPUs; one device: plain BN
       freeze_bn: false       # BatchNorm layers use their running statistics (eval mode) while training
     dataset:
