@@ -328,7 +328,7 @@ def test_max_loses_no_frame_and_metrics_equal_offline(tmp_path: Path, camvid_roo
     out = tmp_path / "eval"
     rc = main([str(bag), "--image-topic", "/camera/image", "--gt-topic", "/camera/labels", "--max",
                "--model", str(camvid_checkpoint), "--param", f"keyframe.interval={INTERVAL}",
-               "--out", str(out), "-q"])
+               "--param", "keyframe.policy=fixed", "--out", str(out), "-q"])
     assert rc == 0, (out / "node.log").read_text() if (out / "node.log").exists() else ""
     report = json.loads((out / "report.json").read_text())
     assert (report["frames_in"], report["frames_out"], report["frames_dropped"]) == (N, N, 0)
@@ -352,6 +352,7 @@ def test_max_loses_no_frame_and_metrics_equal_offline(tmp_path: Path, camvid_roo
         np.testing.assert_array_equal(got.image, want.labels)
     keys = [r_.is_keyframe for r_ in read_frames_csv(out / "frames.csv")]
     assert keys == [r.is_keyframe for r in ref] == [i % INTERVAL == 0 for i in range(N)]
+    assert [r_.common_age for r_ in read_frames_csv(out / "frames.csv")] == [r.common_age for r in ref]
     assert report["keyframe_ratio"] == pytest.approx(sum(keys) / N)
     cm = ConfusionMatrix(11)
     for r_, g in zip(ref, gts, strict=True):

@@ -142,3 +142,24 @@ def test_engine_policy_swap_at_run_time(model: torch.nn.Module) -> None:
         engine.policy = "fixed"  # type: ignore[assignment]
     with pytest.raises(ValueError, match="policy"):
         StreamEngine(model, object(), device="cpu")  # type: ignore[arg-type]
+
+
+def test_motion_score_is_regional() -> None:
+    """A small object moving over a static scene moves one cell's mean, not the whole image's; a change
+    over the whole image scores the same either way."""
+    from dcfm_ros.engine.preprocess import MOTION_GRID, FramePreprocessor
+
+    size = (96, 128)
+    pre = FramePreprocessor(size, (0.0,) * 3, (1.0,) * 3, torch.device("cpu"), 1, motion_downsample=2)
+    scene = np.full((*size, 3), 100, np.uint8)
+    walker = scene.copy()
+    walker[30:50, 60:70] = 250  # 200 of 12288 pixels: a pedestrian far away
+    key, now = (pre.motion_copy(pre.upload(x)) for x in (scene, walker))
+    regional = pre.motion_score(now, key)
+    whole = pre.motion_score(now, key, grid=(1, 1))
+    assert whole < 0.01 < 0.1 < regional  # the whole-image mean hides it, its cell does not
+    cells = MOTION_GRID[0] * MOTION_GRID[1]
+    assert regional <= whole * cells + 1e-6  # a cell's mean is at most all the change in one cell
+    brighter = pre.motion_copy(pre.upload(np.full((*size, 3), 130, np.uint8)))
+    assert pre.motion_score(brighter, key) == pytest.approx(pre.motion_score(brighter, key, grid=(1, 1)))
+    assert pre.motion_score(key, key) == 0.0

@@ -416,7 +416,7 @@ def test_rejected_parameters_keep_the_old_value(node_a: NodeUnderTest) -> None:
         assert not result.successful, values
         assert word in result.reason, (values, result.reason)
     assert _get(node_a, "keyframe.interval", "keyframe.min_interval", "keyframe.policy", "keyframe.threshold",
-                "overlay_alpha", "device", "keyframe.max_interval") == [A_INTERVAL, 1, "fixed", 0.05, A_ALPHA,
+                "overlay_alpha", "device", "keyframe.max_interval") == [A_INTERVAL, 1, "fixed", 0.1, A_ALPHA,
                                                                         "cpu", 30]
 
 

@@ -54,8 +54,10 @@ class MotionThreshold:
     """Adaptive keyframes (the paper's AKS, made causal).
 
     Keyframe when `(score > threshold and frames_since_key >= min_interval)` or
-    `frames_since_key >= max_interval`. The score is mean |x - x_key| on a downsampled 0..1 copy
-    of the network input, so `threshold` is in 0..1 intensity units (e.g. 0.05 = 5 % grey levels).
+    `frames_since_key >= max_interval`. The score is regional: the largest mean |x - x_key| over a
+    grid of cells (preprocess.MOTION_GRID, 6x8) of a downsampled 0..1 copy of the network input, so
+    `threshold` is in 0..1 intensity units (e.g. 0.1 = one cell changed by 10 % grey levels on
+    average) and a person crossing a static camera's view counts, not only a pan or a cut.
     """
 
     needs_motion = True

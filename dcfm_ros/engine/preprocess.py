@@ -18,6 +18,11 @@ from torch import Tensor
 # 480x853 -> 60x106. Enough pixels to see a scene cut or a pan, few enough that the difference and
 # its mean cost microseconds, and the area average suppresses sensor noise.
 MOTION_DOWNSAMPLE = 8
+# The score is regional: the largest mean |x - x_key| over a grid of cells (rows, columns) of the
+# small copy. A whole-image mean cannot see a pedestrian crossing a static camera's view (a few % of
+# the pixels change); one cell of a 6x8 grid is 1/48 of the image, so a person walking through it
+# moves that cell's mean as much as a pan moves the whole image's.
+MOTION_GRID = (6, 8)
 
 
 def validate_image(image: object, what: str = "image_rgb") -> np.ndarray:
@@ -83,9 +88,12 @@ class FramePreprocessor:
         return F.adaptive_avg_pool2d(x01, self.motion_size)
 
     @staticmethod
-    def motion_score(small: Tensor, key_small: Tensor) -> float:
-        """mean |x - x_key| on the small copies; the `.item()` is the only host sync it costs."""
-        return float((small - key_small).abs().mean().item())
+    def motion_score(small: Tensor, key_small: Tensor, grid: tuple[int, int] = MOTION_GRID) -> float:
+        """Largest per-cell mean |x - x_key| over a `grid` of the small copies (0..1); (1, 1) is the
+        whole-image mean. Computed on the device; the `.item()` is the only host sync it costs."""
+        diff = (small - key_small).abs().mean(dim=1, keepdim=True)
+        rows, cols = min(grid[0], diff.shape[-2]), min(grid[1], diff.shape[-1])
+        return float(F.adaptive_avg_pool2d(diff, (rows, cols)).amax().item())
 
     def labels(self, logits: Tensor, out_size: tuple[int, int]) -> np.ndarray:
         """Logits (1, C, h, w) -> (H, W) label map on the host at `out_size` (exact argmax)."""

@@ -86,14 +86,15 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("precision", T.STRING, "fp32", "Inference precision; fp16/bf16 need a CUDA device.",
               constraints="one of " + ", ".join(PRECISIONS)),
     ParamSpec("keyframe.policy", T.STRING, "motion",
-              "fixed: a keyframe every keyframe.interval frames. motion: a keyframe when the mean "
+              "fixed: a keyframe every keyframe.interval frames. motion: a keyframe when the regional "
               "absolute difference to the last keyframe exceeds keyframe.threshold (after "
               "keyframe.min_interval frames), at the latest every keyframe.max_interval frames.",
               read_only=False, constraints="one of " + ", ".join(KEYFRAME_POLICIES)),
     ParamSpec("keyframe.interval", T.INTEGER, 2, "fixed policy: frames from one keyframe to the next (1 = "
               "every frame is a keyframe).", read_only=False, int_range=(1, _INT_MAX)),
-    ParamSpec("keyframe.threshold", T.DOUBLE, 0.05, "motion policy: mean |frame - keyframe| on 0..1 "
-              "intensities above which a new keyframe is taken.", read_only=False,
+    ParamSpec("keyframe.threshold", T.DOUBLE, 0.1, "motion policy: regional score (the largest mean "
+              "|frame - keyframe| on 0..1 intensities over a 6x8 grid of cells) above which a new keyframe "
+              "is taken.", read_only=False,
               constraints="0 <= threshold < 1", float_range=(0.0, 1.0)),
     ParamSpec("keyframe.min_interval", T.INTEGER, 1, "motion policy: no keyframe sooner than this many "
               "frames after the last one.", read_only=False, constraints="<= keyframe.max_interval",
