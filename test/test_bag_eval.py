@@ -4,6 +4,7 @@ run of the same model on the same frames, and bad input gives a clear error or a
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -518,8 +519,10 @@ class _Proc:
     def __init__(self, args: list[str]) -> None:
         from conftest import NODE_ENV, ros_env
 
+        # its own process group, so a test can signal the group as a terminal's Ctrl-C does
         self.proc = subprocess.Popen([str(BAG_EVAL_EXE), *args], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, env=ros_env(NODE_ENV))
+                                     stderr=subprocess.PIPE, text=True, env=ros_env(NODE_ENV),
+                                     start_new_session=True)
         self.err: list[str] = []
         self._reader = threading.Thread(target=lambda: self.err.extend(iter(self.proc.stderr.readline, "")),
                                         daemon=True)
@@ -560,8 +563,9 @@ def _processes_mentioning(text: str) -> list[int]:
 @pytest.mark.ros
 def test_signals_during_playback_stop_cleanly_with_an_incomplete_report(tmp_path: Path, camvid_root: Path,
                                                                       camvid_checkpoint: Path) -> None:
-    """SIGINT, SIGINT again, then SIGTERM while frames are playing: exit 130 without a traceback, no node
-    left, and a report of the frames played, marked incomplete, with its output bag whole."""
+    """SIGINT to the process group (a terminal's Ctrl-C), SIGINT again, then SIGTERM while frames are
+    playing: exit 130 without a traceback, no node left, and a report of the frames played, marked
+    incomplete, with its output bag whole."""
     bag = _bag_from_camvid(camvid_root, tmp_path / "bag")
     out = tmp_path / "eval"
     # 15 Hz recorded, played at 0.1x: 10 frames take about 6 s, so the signals land mid-playback
@@ -571,7 +575,7 @@ def test_signals_during_playback_stop_cleanly_with_an_incomplete_report(tmp_path
     node_pids = _processes_mentioning(str(out / "node_params.yaml"))
     assert len(node_pids) == 1
     time.sleep(1.5)
-    run.proc.send_signal(signal.SIGINT)
+    os.killpg(run.proc.pid, signal.SIGINT)  # Ctrl-C: the whole foreground group (the node has its own)
     time.sleep(0.05)
     run.proc.send_signal(signal.SIGINT)
     time.sleep(0.2)
