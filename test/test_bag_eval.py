@@ -615,3 +615,21 @@ def test_sigterm_during_node_start_up(tmp_path: Path, camvid_root: Path, camvid_
     assert report["complete"] is False and report["frames_in"] == 0
     assert report["incomplete_reason"] == ("playback stopped by SIGTERM during the node's start-up, before "
                                            "any frame was sent")
+
+
+@pytest.mark.ros
+def test_no_node_outlives_a_killed_bag_eval(tmp_path: Path, camvid_root: Path,
+                                            camvid_checkpoint: Path) -> None:
+    """SIGKILL leaves dcfm-bag-eval no chance to stop the node: the kernel's parent-death signal does."""
+    bag = _bag_from_camvid(camvid_root, tmp_path / "bag")
+    out = tmp_path / "eval"
+    run = _Proc([str(bag), "--rate", "0.1", "--model", str(camvid_checkpoint), "--out", str(out)])
+    run.wait_for("the node is ready; playing", timeout=120)
+    assert len(_processes_mentioning(str(out / "node_params.yaml"))) == 1
+    run.proc.kill()
+    run.finish()
+    deadline = time.monotonic() + 60  # the node's own shutdown on SIGTERM, on a busy machine
+    while _processes_mentioning(str(out / "node_params.yaml")):
+        assert time.monotonic() < deadline, "dcfm_node outlived dcfm-bag-eval"
+        time.sleep(0.2)
+    assert not (out / "report.json").exists()  # no report passes for one that was never written
