@@ -4,6 +4,7 @@ run of the same model on the same frames, and bad input gives a clear error or a
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -519,8 +520,10 @@ class _Proc:
     def __init__(self, args: list[str]) -> None:
         from conftest import NODE_ENV, ros_env
 
+        # its own process group, so a test can signal the group as a terminal's Ctrl-C does
         self.proc = subprocess.Popen([str(BAG_EVAL_EXE), *args], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, env=ros_env(NODE_ENV))
+                                     stderr=subprocess.PIPE, text=True, env=ros_env(NODE_ENV),
+                                     start_new_session=True)
         self.err: list[str] = []
         self._reader = threading.Thread(target=lambda: self.err.extend(iter(self.proc.stderr.readline, "")),
                                         daemon=True)
@@ -561,8 +564,9 @@ def _processes_mentioning(text: str) -> list[int]:
 @pytest.mark.ros
 def test_signals_during_playback_stop_cleanly_with_an_incomplete_report(tmp_path: Path, camvid_root: Path,
                                                                       camvid_checkpoint: Path) -> None:
-    """SIGINT, SIGINT again, then SIGTERM while frames are playing: exit 130 without a traceback, no node
-    left, and a report of the frames played, marked incomplete, with its output bag whole."""
+    """SIGINT to the process group (a terminal's Ctrl-C), SIGINT again, then SIGTERM while frames are
+    playing: exit 130 without a traceback, no node left, and a report of the frames played, marked
+    incomplete, with its output bag whole."""
     bag = _bag_from_camvid(camvid_root, tmp_path / "bag")
     out = tmp_path / "eval"
     # 15 Hz recorded, played at 0.1x: 10 frames take about 6 s, so the signals land mid-playback
@@ -572,7 +576,7 @@ def test_signals_during_playback_stop_cleanly_with_an_incomplete_report(tmp_path
     node_pids = _processes_mentioning(str(out / "node_params.yaml"))
     assert len(node_pids) == 1
     time.sleep(1.5)
-    run.proc.send_signal(signal.SIGINT)
+    os.killpg(run.proc.pid, signal.SIGINT)  # Ctrl-C: the whole foreground group (the node has its own)
     time.sleep(0.05)
     run.proc.send_signal(signal.SIGINT)
     time.sleep(0.2)
@@ -612,3 +616,21 @@ def test_sigterm_during_node_start_up(tmp_path: Path, camvid_root: Path, camvid_
     assert report["complete"] is False and report["frames_in"] == 0
     assert report["incomplete_reason"] == ("playback stopped by SIGTERM during the node's start-up, before "
                                            "any frame was sent")
+
+
+@pytest.mark.ros
+def test_no_node_outlives_a_killed_bag_eval(tmp_path: Path, camvid_root: Path,
+                                            camvid_checkpoint: Path) -> None:
+    """SIGKILL leaves dcfm-bag-eval no chance to stop the node: the kernel's parent-death signal does."""
+    bag = _bag_from_camvid(camvid_root, tmp_path / "bag")
+    out = tmp_path / "eval"
+    run = _Proc([str(bag), "--rate", "0.1", "--model", str(camvid_checkpoint), "--out", str(out)])
+    run.wait_for("the node is ready; playing", timeout=120)
+    assert len(_processes_mentioning(str(out / "node_params.yaml"))) == 1
+    run.proc.kill()
+    run.finish()
+    deadline = time.monotonic() + 60  # the node's own shutdown on SIGTERM, on a busy machine
+    while _processes_mentioning(str(out / "node_params.yaml")):
+        assert time.monotonic() < deadline, "dcfm_node outlived dcfm-bag-eval"
+        time.sleep(0.2)
+    assert not (out / "report.json").exists()  # no report passes for one that was never written
