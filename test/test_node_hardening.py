@@ -130,7 +130,7 @@ def node_f(ros_context: Any, tiny_checkpoint: Path, tmp_path_factory: pytest.Tem
 
     env = {"DCFM_NODE_FAULTS": ",".join(f"{kind}@{n}" for n, kind in FAULTS.items())}
     proc = NodeProcess({"model": str(tiny_checkpoint), "drop_policy": "none", "qos.depth": 100,
-                        "keyframe.interval": F_INTERVAL, "device": "cpu"},
+                        "keyframe.policy": "fixed", "keyframe.interval": F_INTERVAL, "device": "cpu"},
                        tmp_path_factory.mktemp("node_f"), "f", env=env, ros_args=("-r", "__ns:=/f"))
     c = Client(ros_context, proc, "/f", {"segmentation/confidence": Image})
     c.wait_reliable_reader()
