@@ -3,6 +3,7 @@
     dcfm-stress soak   [--frames 10000] [--size 360x480] [--input-size 180x240] [--model FILE]
     dcfm-stress fuzz   [--raw 1000] [--compressed 300] [--seed 0]
     dcfm-stress faults [--frames 30]
+    dcfm-stress confidence
 
 Each prints its figures (and --json one JSON object). The node runs with OMP_NUM_THREADS=--threads
 (default 1: stable figures on a shared machine). Frames: the demo drive's 101 CamVid frames, cycled.
@@ -273,6 +274,48 @@ def print_faults(r: dict[str, Any]) -> None:
     print(f"  alive {r['alive']}, exit code {r['exit_code']}, tracebacks {r['tracebacks']}")
 
 
+# -- confidence --------------------------------------------------------------------------------------
+
+
+def confidence(args: argparse.Namespace) -> dict[str, float]:
+    """Mean info.confidence (engine, in process) on the demo drive and on scenes unlike it."""
+    import torch
+
+    from dcfm_ros.engine import FixedInterval, StreamEngine
+    from dcfm_ros.model import load_checkpoint
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    model, _ = load_checkpoint(_model(args))
+    engine = StreamEngine(model, FixedInterval(1), args.device)
+    demo = demo_frames()[:40:4]
+    h, w = demo[0].shape[:2]
+    rng = np.random.default_rng(0)
+
+    def drawing() -> np.ndarray:  # flat colours, hard edges: cartoon-like
+        img = np.full((h, w, 3), rng.integers(0, 256, 3), np.uint8)
+        for _ in range(12):
+            colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+            centre = (int(rng.integers(0, w)), int(rng.integers(0, h)))
+            cv2.circle(img, centre, int(rng.integers(20, 150)), colour, -1)
+        return img
+
+    sets = {
+        "demo drive (in domain)": demo,
+        "inverted colours": [255 - f for f in demo],
+        "upside down": [np.ascontiguousarray(f[::-1]) for f in demo],
+        "pixel noise": [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(5)],
+        "flat-colour drawings": [drawing() for _ in range(5)],
+        "smooth random colour fields": [cv2.resize(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8), (w, h),
+                                                   interpolation=cv2.INTER_CUBIC) for _ in range(5)],
+    }
+    out = {}
+    for name, frames in sets.items():
+        engine.reset()
+        out[name] = float(np.mean([engine.process(f).confidence.mean for f in frames]))
+    return out
+
+
 # -- main --------------------------------------------------------------------------------------------
 
 
@@ -302,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     pe = sub.add_parser("faults", help="injected engine faults; a model file rewritten in place")
     pe.add_argument("--frames", type=int, default=30)
     pe.add_argument("--size", type=parse_size, default=(360, 480))
+    sub.add_parser("confidence", help="mean confidence on the demo drive and on out-of-domain scenes")
     args = p.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix=f"dcfm-stress-{args.what}-"))
     if args.what == "soak":
@@ -311,6 +355,10 @@ def main(argv: list[str] | None = None) -> int:
         runs = ((False, args.raw), (True, args.compressed))
         rs = [fuzz_one(c, n, args.seed, args, tmp) for c, n in runs if n]
         print(json.dumps(rs, indent=2)) if args.json else print_fuzz(rs)
+    elif args.what == "confidence":
+        rc = confidence(args)
+        print(json.dumps(rc, indent=2)) if args.json else print(
+            "mean confidence: " + "; ".join(f"{k} {v:.3f}" for k, v in rc.items()))
     else:
         r = faults(args, tmp)
         print(json.dumps(r, indent=2)) if args.json else print_faults(r)
