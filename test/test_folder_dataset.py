@@ -204,3 +204,13 @@ def test_every_layout_scans_clean_fixtures_and_names_bad_values(tmp_path: Path):
     write_grey(mask, lab)
     with pytest.raises(LabelError, match=r"00000002\.png: values \[125\]"):
         _check("vspw", vspw, split="val")
+
+
+def test_the_example_fine_tuning_config_loads():
+    from dcfm_ros.training.config import load_config
+
+    repo = Path(__file__).resolve().parents[1]
+    cfg = load_config(repo / "config" / "train" / "folder_efficientnet_lite0.yaml", ["dataset.root=/data/x"])
+    assert cfg.dataset.type == "folder" and cfg.dataset.neighbour_offsets == [-2, -1, 1, 2]
+    assert cfg.model.init_from == "shipped" and cfg.train.batch_scope == "global"
+    assert (cfg.loss.lambda_b, cfg.loss.lambda_c) == (0.4, 10.0)

@@ -466,6 +466,8 @@ def _main(argv: list[str] | None = None) -> int:
         trainer = Trainer(cfg, args.out, args.resume, progress=not args.no_progress)
         final = trainer.run()
     except (ConfigError, FileNotFoundError, ValueError) as exc:  # DistributedError, LabelError: ValueErrors
+        if torch.distributed.is_initialized():  # a start-up error after joining the process group
+            torch.distributed.destroy_process_group()
         rank = os.environ.get("RANK")
         print(f"dcfm-train: {f'rank {rank}: ' if rank is not None else ''}error: {exc}", file=sys.stderr)
         return 2
