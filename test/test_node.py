@@ -132,8 +132,9 @@ class NodeUnderTest:
                                     CompressedImage if compressed else Image)
         self.h.wait_discovery((self.pub,))
         model, _ = load_checkpoint(checkpoint)
+        # The node's backend (default `auto`) in this process too, so labels can be compared exactly.
         self.ref = StreamEngine(model, FixedInterval(params.get("keyframe.interval", 2)), "cpu",
-                                input_size=input_size)
+                                input_size=input_size, backend=params.get("backend", "auto"))
         self.history: list[tuple[str, Any, Any]] = []  # ("frame", key, rgb) / ("policy", None, policy)
         self.replayed = 0
         self.ref_results: dict[tuple[int, int], Any] = {}

@@ -120,7 +120,7 @@ class DCFMNode(Node):
         self._worker = threading.Thread(target=self._run, name="dcfm-inference", daemon=True)
         self.get_logger().info(
             f"model {s.model_path} ({engine.num_classes} classes, input {engine.input_size[0]}x"
-            f"{engine.input_size[1]}) on {engine.device} {engine.precision}; keyframe policy "
+            f"{engine.input_size[1]}) on {engine.backend.describe()}; keyframe policy "
             f"{engine.policy!r}; subscribed to {self._sub.topic_name} ({s.image_transport}, "
             f"{s.qos_reliability}, depth {s.qos_depth}); drop_policy {s.drop_policy}")
 
@@ -166,6 +166,7 @@ class DCFMNode(Node):
         static = {
             "device": str(self.engine.device),
             "precision": self.engine.precision,
+            "backend": self.engine.backend.name,
             "keyframe_policy": repr(self.engine.policy),
             "drop_policy": s.drop_policy,
             "image_transport": s.image_transport,
