@@ -10,9 +10,11 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -37,6 +39,12 @@ ROS_ENV = {
 NODE_ENV = {"OMP_NUM_THREADS": "1"}
 # The node subprocess loads torch (several seconds on a busy 2-core machine).
 START_TIMEOUT_S = 90.0
+
+# The graph backends (onnxruntime, tensorrt; the node's default `auto` is one of them) export models
+# into a cache folder: the tests, node subprocesses included, use a fresh one, never ~/.cache.
+_BACKEND_CACHE = tempfile.mkdtemp(prefix="dcfm-test-cache-")
+os.environ["XDG_CACHE_HOME"] = _BACKEND_CACHE
+atexit.register(shutil.rmtree, _BACKEND_CACHE, ignore_errors=True)
 
 TINY_CLASSES = ("Road", "Car", "Sky", "traffic light", "Person")
 TINY_PALETTE = ((128, 64, 128), (64, 0, 128), (128, 128, 128), (250, 170, 30), (220, 20, 60))

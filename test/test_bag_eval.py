@@ -106,7 +106,7 @@ def _offline(ckpt: Path, images: list[np.ndarray], interval: int) -> list:
     from dcfm_ros.model import load_checkpoint
 
     model, _ = load_checkpoint(ckpt)
-    engine = StreamEngine(model, FixedInterval(interval), device="cpu")
+    engine = StreamEngine(model, FixedInterval(interval), device="cpu", backend="auto")  # the node's default
     return [engine.process(img) for img in images]
 
 

@@ -136,7 +136,7 @@ class NodeUnderTest:
         # The reference uses the keyframe settings the node starts with (its defaults + params).
         keyframe = settings_from_values({**{p.name: p.default for p in PARAMETERS}, **params}).keyframe
         self.ref = StreamEngine(model, keyframe.make_policy(), "cpu", input_size=input_size,
-                                schedule=keyframe.make_schedule())
+                                schedule=keyframe.make_schedule(), backend=params.get("backend", "auto"))
         # ("frame", key, rgb) / ("policy", None, policy) / ("schedule", None, name)
         self.history: list[tuple[str, Any, Any]] = []
         self.replayed = 0

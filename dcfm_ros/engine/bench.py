@@ -132,44 +132,17 @@ def _baseline_frame(engine: StreamEngine, image: np.ndarray) -> tuple[float, flo
         return timer.read()["network"], e2e
 
 
-def measure(engine: StreamEngine, frames: list[np.ndarray], warmup: int, count: int, threshold: float,
-            min_interval: int, max_interval: int, motion_frames: list[np.ndarray],
-            intervals: Sequence[int]) -> list[dict]:
-    """Run all measurements; returns one record per fixed K and one for the motion policy."""
-    device = engine.device
-    # Two engines on the same model: one where every frame is a keyframe, one where (after its
-    # first frame) no frame is. The three measurements are interleaved frame by frame, so a shared,
-    # busy machine slows them alike and their ratios stay meaningful.
-    key_engine = engine
-    key_engine.policy = FixedInterval(1)
-    key_engine.reset()
-    nonkey_engine = StreamEngine(engine.model, FixedInterval(2**31 - 1), input_size=engine.input_size,
-                                 backend=engine.backend)
-    nonkey_engine.process(frames[0])
-    key, nonkey, baseline_net, baseline_e2e = [], [], [], []
-    for i, f in enumerate(frames[: warmup + count]):
-        _sync(device)
-        rk = key_engine.process(f)
-        _sync(device)
-        rn = nonkey_engine.process(f)
-        if rn.is_keyframe or not rk.is_keyframe:  # cannot happen; guards the numbers' meaning
-            raise RuntimeError("dcfm-bench: unexpected keyframe decision in the fixed measurements")
-        _sync(device)
-        net, e2e = _baseline_frame(engine, f)
-        if i >= warmup:
-            key.append(rk.timings_ms)
-            nonkey.append(rn.timings_ms)
-            baseline_net.append(net)
-            baseline_e2e.append(e2e)
-
+def _summary(key: list[dict], nonkey: list[dict], baseline_net: list[float],
+             baseline_e2e: list[float]) -> dict:
+    """The keys every record shares: medians, minima and ratios of the fixed measurements."""
     key_ms = _median([_network_ms(t) for t in key])
     nonkey_ms = _median([_network_ms(t) for t in nonkey])
-    key_e2e = _median([t["total"] for t in key])
-    nonkey_e2e = _median([t["total"] for t in nonkey])
-    base_ms, base_e2e = _median(baseline_net), _median(baseline_e2e)
-    common = {
+    base_ms = _median(baseline_net)
+    return {
         "key_ms": key_ms, "nonkey_ms": nonkey_ms, "baseline_ms": base_ms,
-        "key_e2e_ms": key_e2e, "nonkey_e2e_ms": nonkey_e2e, "baseline_e2e_ms": base_e2e,
+        "key_e2e_ms": _median([t["total"] for t in key]),
+        "nonkey_e2e_ms": _median([t["total"] for t in nonkey]),
+        "baseline_e2e_ms": _median(baseline_e2e),
         "ratio_nonkey_key": nonkey_ms / key_ms, "ratio_key_baseline": key_ms / base_ms,
         # Best of N: on a shared machine other jobs only ever add time, so the minimum is the closest
         # to the uncontended cost; ratios from it are the ones to trust when the load was high.
@@ -183,6 +156,60 @@ def measure(engine: StreamEngine, frames: list[np.ndarray], warmup: int, count: 
         "nonkey_stages_ms": {k: _median([t[k] for t in nonkey]) for k in (*NETWORK_STAGES, "preprocess",
                                                                             "postprocess")},
     }
+
+
+def measure_many(engines: dict[str, StreamEngine], frames: list[np.ndarray], warmup: int, count: int,
+                 threshold: float, min_interval: int, max_interval: int, motion_frames: list[np.ndarray],
+                 intervals: Sequence[int]) -> dict[str, list[dict]]:
+    """`measure` for several engines (one per backend) at once: every frame goes through every
+    backend's three measurements before the next frame, so a shared, busy machine slows them alike
+    and the ratios between backends stay meaningful. Returns {name: records}."""
+    runs = {}
+    for name, engine in engines.items():
+        # Two engines on the same backend: one where every frame is a keyframe, one where (after its
+        # first frame) no frame is.
+        engine.policy = FixedInterval(1)
+        engine.reset()
+        nonkey_engine = StreamEngine(engine.model, FixedInterval(2**31 - 1), input_size=engine.input_size,
+                                     backend=engine.backend)
+        nonkey_engine.process(frames[0])
+        runs[name] = (engine, nonkey_engine, ([], [], [], []))
+    for i, f in enumerate(frames[: warmup + count]):
+        for key_engine, nonkey_engine, (key, nonkey, baseline_net, baseline_e2e) in runs.values():
+            device = key_engine.device
+            _sync(device)
+            rk = key_engine.process(f)
+            _sync(device)
+            rn = nonkey_engine.process(f)
+            if rn.is_keyframe or not rk.is_keyframe:  # cannot happen; guards the numbers' meaning
+                raise RuntimeError("dcfm-bench: unexpected keyframe decision in the fixed measurements")
+            _sync(device)
+            net, e2e = _baseline_frame(key_engine, f)
+            if i >= warmup:
+                key.append(rk.timings_ms)
+                nonkey.append(rn.timings_ms)
+                baseline_net.append(net)
+                baseline_e2e.append(e2e)
+    out = {}
+    for name, (engine, _, lists) in runs.items():
+        common = _summary(*lists)
+        out[name] = _records(engine, common, threshold, min_interval, max_interval, motion_frames, intervals)
+    return out
+
+
+def measure(engine: StreamEngine, frames: list[np.ndarray], warmup: int, count: int, threshold: float,
+            min_interval: int, max_interval: int, motion_frames: list[np.ndarray],
+            intervals: Sequence[int]) -> list[dict]:
+    """Run all measurements; returns one record per fixed K and one for the motion policy."""
+    return measure_many({"engine": engine}, frames, warmup, count, threshold, min_interval, max_interval,
+                        motion_frames, intervals)["engine"]
+
+
+def _records(engine: StreamEngine, common: dict, threshold: float, min_interval: int, max_interval: int,
+             motion_frames: list[np.ndarray], intervals: Sequence[int]) -> list[dict]:
+    key_ms, nonkey_ms, base_ms = common["key_ms"], common["nonkey_ms"], common["baseline_ms"]
+    key_e2e, nonkey_e2e, base_e2e = common["key_e2e_ms"], common["nonkey_e2e_ms"], common["baseline_e2e_ms"]
+    device = engine.device
     records = []
     for k in intervals:
         stream = (key_ms + (k - 1) * nonkey_ms) / k
@@ -269,6 +296,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="frames of the clip for the motion-policy run (default: the whole clip; 0: skip)")
     p.add_argument("--intervals", default="1,2,6", help="fixed keyframe intervals K to report")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--model", type=Path, default=None,
+                   help="time this checkpoint (its backbone, classes and weights; --size still applies) "
+                        "instead of a random-init --backbone")
+    p.add_argument("--backends", default="torch",
+                   help="comma list of inference backends measured side by side in this run: torch, "
+                        "torch-nchw (torch without channels_last), onnxruntime, tensorrt, auto")
+    p.add_argument("--backend-cache-dir", default=None,
+                   help="exported graphs / engines (default: $XDG_CACHE_HOME/dcfm_ros or ~/.cache/dcfm_ros)")
     p.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
     p.add_argument("--latency", action="store_true",
                    help="instead: replay a clip at a camera rate per keyframe schedule (see "
@@ -305,7 +340,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         palette=tuple(tuple(int(v) for v in rng.integers(0, 256, 3)) for _ in range(args.num_classes)),
         input_size=args.size)
     model = build_model(config)  # random init: timing only
-    engine = StreamEngine(model, FixedInterval(1), device=args.device, precision=args.precision)
+    weights = "random init (timing only)"
+    if args.model is not None:
+        from dcfm_ros.model import load_checkpoint
+
+        model, _ = load_checkpoint(args.model)
+        config = model.config
+        weights = str(args.model)
+    from dcfm_ros.engine.backends import BACKEND_CHOICES, make_backend, resolve_backend
+
+    names = [b.strip() for b in args.backends.split(",") if b.strip()]
+    unknown = [b for b in names if b not in (*BACKEND_CHOICES, "torch-nchw")]
+    if not names or unknown:
+        raise SystemExit(f"dcfm-bench: --backends: unknown {unknown}; expected a comma list of "
+                         f"{', '.join((*BACKEND_CHOICES, 'torch-nchw'))}")
+    engines: dict[str, StreamEngine] = {}
+    for name in names:
+        # Each backend its own copy of the weights: the torch backend changes the model's memory
+        # format, and the graph backends move it to the CPU for export.
+        copy_ = build_model(config)
+        copy_.load_state_dict(model.state_dict())
+        copy_.eval()
+        if name == "torch-nchw":
+            net = make_backend("torch", copy_, args.device, args.precision, channels_last=False)
+        else:
+            net = make_backend(resolve_backend(name, args.device, args.precision), copy_, args.device,
+                               args.precision, input_size=args.size, cache_dir=args.backend_cache_dir)
+        engines[name] = StreamEngine(copy_, FixedInterval(1), input_size=args.size, backend=net)
+    engine = next(iter(engines.values()))
 
     clip = args.clip if args.clip is not None else default_clip()
     clip_len = len(clip_paths(clip)) if clip is not None else 100
@@ -313,25 +375,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     frames, clip_name = load_clip(clip, max(args.warmup + args.frames, n_motion))
 
     load_before = os.getloadavg()[0]  # the machine may be shared: record how busy it was
-    records = measure(engine, frames, args.warmup, args.frames, args.threshold, args.min_interval,
-                      args.max_interval, frames[:n_motion], intervals)
+    by_backend = measure_many(engines, frames, args.warmup, args.frames, args.threshold, args.min_interval,
+                              args.max_interval, frames[:n_motion], intervals)
     device = engine.device
     info = {
-        "backbone": args.backbone, "size": list(args.size), "device": str(device),
+        "backbone": config.backbone, "size": list(args.size), "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "cpu": cpu_name(), "precision": args.precision, "torch": torch.__version__,
-        "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "num_classes": args.num_classes,
+        "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "num_classes": config.num_classes,
         "loadavg_1min_before_after": [load_before, os.getloadavg()[0]],
         "frames": args.frames, "warmup": args.warmup, "clip": clip_name,
         "image_size": list(frames[0].shape[:2]),
-        "weights": "random init (timing only)",
+        "weights": weights,
         "timing": "medians; network = enc_lo+enc_hi+ffm+head, e2e = StreamEngine.process wall time",
     }
-    if args.json:
-        for r in records:
-            print(json.dumps({**info, **r}, sort_keys=False))
-    else:
-        _print_table(records, info)
+    first = by_backend[names[0]][0]
+    for name, records in by_backend.items():
+        backend = engines[name].backend
+        extra = {"backend": name, "backend_impl": backend.describe(),
+                 # side by side in this run: this backend's time over the first one's
+                 "speedup_key_vs_first": first["key_ms"] / records[0]["key_ms"],
+                 "speedup_nonkey_vs_first": first["nonkey_ms"] / records[0]["nonkey_ms"]}
+        if args.json:
+            for r in records:
+                print(json.dumps({**info, **extra, **r}, sort_keys=False))
+        else:
+            print(f"== backend {name}: {extra['backend_impl']}")
+            _print_table(records, info)
+            if name != names[0]:
+                print(f"vs {names[0]}: key {extra['speedup_key_vs_first']:.2f}x, non-key "
+                      f"{extra['speedup_nonkey_vs_first']:.2f}x faster (same run, interleaved)")
     sys.stdout.flush()
     return 0
 

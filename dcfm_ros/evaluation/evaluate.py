@@ -162,11 +162,12 @@ def evaluate(model: Any, videos: dict[str, list[FrameSample]], lut: np.ndarray, 
              modes: Sequence[str], policies: Sequence[PolicySpec], *,
              input_size: tuple[int, int] | None = None,
              device: str = "auto", precision: str = "fp32", ignore_index: int = 255,
-             progress: bool = True, schedules: Sequence[str] = ("sync",)) -> dict[str, Any]:
+             progress: bool = True, schedules: Sequence[str] = ("sync",), backend: str = "auto",
+             backend_cache_dir: str | None = None) -> dict[str, Any]:
     """Run every (mode, policy) over every video, P mode once per keyframe schedule (sync, spread:N,
     lag:L; B mode is offline and runs with sync only); returns the JSON-ready report (without file
     info)."""
-    from dcfm_ros.engine import StreamEngine, resolve_device, run_bmode, select_keyframes
+    from dcfm_ros.engine import StreamEngine, make_backend, resolve_device, run_bmode, select_keyframes
 
     bad = [m for m in modes if m not in MODES]
     if bad:
@@ -178,8 +179,10 @@ def evaluate(model: Any, videos: dict[str, list[FrameSample]], lut: np.ndarray, 
             for sc in (schedules if m == "p" else ("sync",)) if not (m == "b" and pf)]
     acc = {(m, p.text, sc): _Accumulator(cfg.num_classes, ignore_index) for m, p, sc in jobs}
     dense_names = [v for v, frames in videos.items() if is_dense(dataset, frames)]
-    engines = {(p.text, sc): StreamEngine(model, p.build(), device=device, precision=precision,
-                                          input_size=size, schedule=sc) for m, p, sc in jobs if m == "p"}
+    # One backend for every engine and B mode: the same weights, graphs and sessions throughout.
+    net = make_backend(backend, model, device, precision, input_size=size, cache_dir=backend_cache_dir)
+    engines = {(p.text, sc): StreamEngine(model, p.build(), input_size=size, backend=net, schedule=sc)
+               for m, p, sc in jobs if m == "p"}
     total_frames = sum(len(f) for f in videos.values())
     done = 0
     for vi, (name, frames) in enumerate(videos.items()):
@@ -198,7 +201,7 @@ def evaluate(model: Any, videos: dict[str, list[FrameSample]], lut: np.ndarray, 
                 fresh = [r.common_age == 0 for r in results]
             else:
                 key_idx = select_keyframes(images, pol.build(), size, device=device)
-                preds = run_bmode(model, images, key_idx, device=device, precision=precision, input_size=size)
+                preds = run_bmode(model, images, key_idx, input_size=size, backend=net)
                 key_set = set(key_idx)
                 keys = [i in key_set for i in range(len(images))]
             a = acc[(mode, pol.text, sched)]
@@ -224,6 +227,7 @@ def evaluate(model: Any, videos: dict[str, list[FrameSample]], lut: np.ndarray, 
         "input_size": list(size),
         "device": str(resolve_device(device)),
         "precision": precision,
+        "backend": net.describe(),
         "num_videos": len(videos),
         "num_frames": total_frames,
         "num_labeled_frames": sum(f.label is not None for v in videos.values() for f in v),
@@ -271,6 +275,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--size", help="network input HxW (default: the checkpoint's input_size)")
     p.add_argument("--device", default="auto", help="cpu | cuda | auto")
     p.add_argument("--precision", default="fp32", help="fp32 | fp16 | bf16 (engine precisions)")
+    p.add_argument("--backend", default="auto",
+                   help="auto | torch | onnxruntime | tensorrt (inference backend)")
+    p.add_argument("--backend-cache-dir", default=None,
+                   help="exported graphs / engines (default: $XDG_CACHE_HOME/dcfm_ros or ~/.cache/dcfm_ros)")
     p.add_argument("--videos", help="comma list of video names to restrict to (default: all)")
     p.add_argument("--max-frames", type=int, help="use at most the first N frames of each video")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (CPU)")
@@ -312,8 +320,9 @@ def main(argv: list[str] | None = None) -> int:
             videos = {k: v[: args.max_frames] for k, v in videos.items()}
         report = evaluate(model, videos, spec.lut, args.dataset, modes, policies, input_size=size,
                           device=args.device, precision=args.precision, progress=not args.quiet,
-                          schedules=schedules)
-    except (ValueError, FileNotFoundError) as exc:  # CheckpointError is a ValueError
+                          schedules=schedules, backend=args.backend,
+                          backend_cache_dir=args.backend_cache_dir)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:  # CheckpointError is a ValueError
         print(f"dcfm-evaluate: error: {exc}", file=sys.stderr)
         return 2
     report = {"checkpoint": str(args.model), "split": args.split,

@@ -104,6 +104,37 @@ def _make_layer(block: type[BasicBlock] | type[Bottleneck], inplanes: int, plane
     return nn.Sequential(*layers)
 
 
+def _pool_matrix(n_in: int, n_out: int, like: Tensor) -> Tensor:
+    """(n_out, n_in) averaging weights of adaptive average pooling along one axis (its bin edges:
+    floor(i * n_in / n_out) .. ceil((i + 1) * n_in / n_out))."""
+    m = torch.zeros(n_out, n_in, dtype=like.dtype, device=like.device)
+    for i in range(n_out):
+        start, end = (i * n_in) // n_out, -(-((i + 1) * n_in) // n_out)
+        m[i, start:end] = 1.0 / (end - start)
+    return m
+
+
+class AdaptiveAvgPool(nn.Module):
+    """nn.AdaptiveAvgPool2d that also exports to ONNX when the bins do not divide the map.
+
+    ONNX has no adaptive pooling; the exporter handles only sizes that divide evenly, and a PPM's
+    3x3 and 6x6 bins rarely do. While exporting (fixed shapes), the same average is written as two
+    matrix products with the bin weights; otherwise the torch kernel runs. No parameters, so state
+    dicts are those of nn.AdaptiveAvgPool2d.
+    """
+
+    def __init__(self, output_size: int) -> None:
+        super().__init__()
+        self.output_size = output_size
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not torch.onnx.is_in_onnx_export():
+            return F.adaptive_avg_pool2d(x, self.output_size)
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        rows, cols = _pool_matrix(h, self.output_size, x), _pool_matrix(w, self.output_size, x)
+        return rows @ x @ cols.t()  # (b, H) @ (B, C, H, W) @ (W, b) -> (B, C, b, b)
+
+
 class PPM(nn.Module):
     """Pyramid pooling (PSPNet): input concatenated with 4 pooled, projected, upsampled branches."""
 
@@ -112,7 +143,7 @@ class PPM(nn.Module):
         reduced = in_channels // len(bins)
         self.stages = nn.ModuleList(
             nn.Sequential(
-                nn.AdaptiveAvgPool2d(b),
+                AdaptiveAvgPool(b),
                 nn.Conv2d(in_channels, reduced, 1, bias=False),
                 nn.BatchNorm2d(reduced),
                 nn.ReLU(inplace=True),

@@ -141,7 +141,7 @@ class DCFMNode(Node):
         self._worker = threading.Thread(target=self._run, name="dcfm-inference", daemon=True)
         self.get_logger().info(
             f"model {s.model_path} ({engine.num_classes} classes, input {engine.input_size[0]}x"
-            f"{engine.input_size[1]}) on {engine.device} {engine.precision}; keyframe policy "
+            f"{engine.input_size[1]}) on {engine.backend.describe()}; keyframe policy "
             f"{engine.policy!r}, schedule {engine.schedule!r}; subscribed to {self._sub.topic_name} "
             f"({s.image_transport}, "
             f"{self._qos_text()}, depth {s.qos_depth}); drop_policy {s.drop_policy}")
@@ -234,6 +234,7 @@ class DCFMNode(Node):
         static = {
             "device": str(self.engine.device),
             "precision": self.engine.precision,
+            "backend": self.engine.backend.name,
             "keyframe_policy": repr(self.engine.policy),
             "keyframe_schedule": repr(self.engine.schedule),
             "drop_policy": s.drop_policy,

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 DEFAULT_MODEL_FILE = "camvid_efficientnet_lite0.safetensors"
 DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 PRECISIONS = ("fp32", "fp16", "bf16")
+BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")  # = dcfm_ros.engine.backends.BACKEND_CHOICES
 KEYFRAME_POLICIES = ("fixed", "motion")
 KEYFRAME_SCHEDULES = ("sync", "spread", "background")
 TRANSPORTS = ("raw", "compressed")
@@ -85,6 +86,14 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               constraints="auto, cpu, cuda or cuda:N"),
     ParamSpec("precision", T.STRING, "fp32", "Inference precision; fp16/bf16 need a CUDA device.",
               constraints="one of " + ", ".join(PRECISIONS)),
+    ParamSpec("backend", T.STRING, "auto", "Inference backend. auto: the fastest available for the device "
+              "(CPU: onnxruntime, else torch; CUDA: tensorrt, else onnxruntime's GPU provider, else torch). "
+              "onnxruntime and tensorrt export the model to ONNX (and build TensorRT engines) into "
+              "backend_cache_dir at start-up, once per model, input size (and GPU).",
+              constraints="one of " + ", ".join(BACKENDS)),
+    ParamSpec("backend_cache_dir", T.STRING, "", "Folder for exported ONNX graphs and TensorRT engines. "
+              "Empty: $XDG_CACHE_HOME/dcfm_ros, else ~/.cache/dcfm_ros.",
+              constraints="a writable folder path, or empty"),
     ParamSpec("keyframe.policy", T.STRING, "motion",
               "fixed: a keyframe every keyframe.interval frames. motion: a keyframe when the regional "
               "absolute difference to the last keyframe exceeds keyframe.threshold (after "
@@ -197,6 +206,8 @@ class NodeSettings:
     confidence_warn_below: float = 0.75
     confidence_window: int = 30
     values: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    backend: str = "auto"
+    backend_cache_dir: str = ""
 
     @property
     def model_path(self) -> Path:
@@ -229,6 +240,13 @@ def _int(values: Mapping[str, Any], name: str, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         raise ParameterError(f"parameter '{name}' must be an integer in [{lo}, {hi}]; got {value!r}")
     return value
+
+
+def _path_or_empty(values: Mapping[str, Any], name: str) -> str:
+    value = values[name]
+    if not isinstance(value, str):
+        raise ParameterError(f"parameter '{name}' must be a string (a folder path or empty); got {value!r}")
+    return value.strip()
 
 
 def settings_from_values(values: Mapping[str, Any]) -> NodeSettings:
@@ -288,6 +306,8 @@ def settings_from_values(values: Mapping[str, Any]) -> NodeSettings:
         confidence_warn_below=_in_range(values, "confidence.warn_below", 0.0, 1.0),
         confidence_window=_int(values, "confidence.window", 1, 10_000),
         values=dict(values),
+        backend=_choice(values, "backend", BACKENDS),
+        backend_cache_dir=_path_or_empty(values, "backend_cache_dir"),
     )
     # Last: the cross-field keyframe rules (threshold < 1, min <= max) come from the engine, whose
     # import loads torch; every other mistake is reported before that.
@@ -354,7 +374,7 @@ def mask_topic_suffix(class_name: str) -> str:
 
 def build_engine(settings: NodeSettings) -> StreamEngine:
     """Load the checkpoint and build the StreamEngine; StartupError with a clear reason otherwise."""
-    from dcfm_ros.engine import StreamEngine
+    from dcfm_ros.engine import StreamEngine, make_backend
     from dcfm_ros.model import CheckpointError, load_checkpoint
 
     path = settings.model_path
@@ -376,9 +396,13 @@ def build_engine(settings: NodeSettings) -> StreamEngine:
         raise StartupError(f"parameter 'mask_classes': classes {list(settings.mask_classes)} give clashing "
                            f"topic names {suffixes}")
     try:
-        return StreamEngine(model, settings.keyframe.make_policy(), device=settings.device,
-                            precision=settings.precision, input_size=settings.input_size,
-                            schedule=settings.keyframe.make_schedule())
+        # Built here (graph export / engine build at start-up, never on a frame).
+        net = make_backend(settings.backend, model, settings.device, settings.precision,
+                           input_size=settings.input_size or tuple(model.config.input_size),
+                           cache_dir=settings.backend_cache_dir or None)
+        return StreamEngine(model, settings.keyframe.make_policy(), input_size=settings.input_size,
+                            backend=net, schedule=settings.keyframe.make_schedule())
     except (RuntimeError, ValueError) as exc:
-        raise StartupError(f"cannot run the model with device={settings.device!r}, precision="
-                           f"{settings.precision!r}, input_size={settings.input_size}: {exc}") from exc
+        raise StartupError(f"cannot run the model with backend={settings.backend!r}, device="
+                           f"{settings.device!r}, precision={settings.precision!r}, input_size="
+                           f"{settings.input_size}: {exc}") from exc

@@ -1,32 +1,76 @@
 """Inference backends behind one interface (`InferenceBackend`), chosen by name.
 
-`torch` (eager PyTorch) is always there; others register in BACKENDS as they are added.
+`torch` (eager PyTorch) is always there; `onnxruntime` needs the onnxruntime package, `tensorrt` the
+tensorrt package and a CUDA GPU. `auto` picks the fastest one available for the device (measured,
+see README "Engine and benchmarks"): CPU -> onnxruntime if importable, else torch; CUDA -> tensorrt,
+else onnxruntime with a GPU provider (fp32 only), else torch.
+
+Options every factory takes (and may ignore): input_size (H, W) the engine runs at (graph-based
+backends prepare it at construction), cache_dir (where exported graphs and engines are kept).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from importlib.util import find_spec
+from typing import Any
 
 import torch
 
 from dcfm_ros.engine.backends.base import InferenceBackend
 from dcfm_ros.engine.backends.torch_backend import TorchBackend
+from dcfm_ros.engine.device import resolve_device
 from dcfm_ros.model import DCFM
 
-# name -> factory(model, device, precision)
-BACKENDS: dict[str, Callable[[DCFM, str | torch.device, str], InferenceBackend]] = {
+
+def _onnxruntime(model: DCFM, device: str | torch.device, precision: str, **options: Any) -> InferenceBackend:
+    from dcfm_ros.engine.backends.ort_backend import OnnxRuntimeBackend
+
+    return OnnxRuntimeBackend(model, device, precision, **options)
+
+
+def _tensorrt(model: DCFM, device: str | torch.device, precision: str, **options: Any) -> InferenceBackend:
+    from dcfm_ros.engine.backends.trt_backend import TensorRTBackend
+
+    return TensorRTBackend(model, device, precision, **options)
+
+
+# name -> factory(model, device, precision, **options)
+BACKENDS: dict[str, Callable[..., InferenceBackend]] = {
     "torch": TorchBackend,
+    "onnxruntime": _onnxruntime,
+    "tensorrt": _tensorrt,
 }
+BACKEND_CHOICES = ("auto", *BACKENDS)
+
+
+def resolve_backend(name: str, device: str | torch.device = "auto", precision: str = "fp32") -> str:
+    """The backend `name` stands for on `device` ("auto" -> a concrete name); others pass through."""
+    if name != "auto":
+        return name
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        if find_spec("tensorrt") is not None and precision in ("fp32", "fp16"):
+            return "tensorrt"
+        from dcfm_ros.engine.backends.ort_backend import ort_cuda_providers
+
+        if precision == "fp32" and ort_cuda_providers():
+            return "onnxruntime"
+        return "torch"
+    return "onnxruntime" if find_spec("onnxruntime") is not None and precision == "fp32" else "torch"
 
 
 def make_backend(name: str, model: DCFM, device: str | torch.device = "auto",
-                 precision: str = "fp32") -> InferenceBackend:
-    """Build backend `name` for `model`; an unknown name is a ValueError that lists the known ones."""
+                 precision: str = "fp32", **options: Any) -> InferenceBackend:
+    """Build backend `name` (or "auto") for `model`; an unknown name is a ValueError that lists the known
+    ones. options: input_size, cache_dir (see the module doc)."""
+    resolved = resolve_backend(name, device, precision) if name == "auto" else name
     try:
-        factory = BACKENDS[name]
+        factory = BACKENDS[resolved]
     except KeyError:
-        raise ValueError(f"unknown backend {name!r}; expected one of: {', '.join(BACKENDS)}") from None
-    return factory(model, device, precision)
+        raise ValueError(f"unknown backend {name!r}; expected one of: {', '.join(BACKEND_CHOICES)}") from None
+    return factory(model, device, precision, **options)
 
 
-__all__ = ["BACKENDS", "InferenceBackend", "TorchBackend", "make_backend"]
+__all__ = ["BACKENDS", "BACKEND_CHOICES", "InferenceBackend", "TorchBackend", "make_backend",
+           "resolve_backend"]

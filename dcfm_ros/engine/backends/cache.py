@@ -1,0 +1,102 @@
+"""The on-disk cache of exported ONNX folders (and the TensorRT engines built from them).
+
+The shipped model lives inside the installed package, which may be read-only, so nothing is written
+next to it: exports go to `cache_dir` (parameter `backend_cache_dir`; default
+$XDG_CACHE_HOME/dcfm_ros, else ~/.cache/dcfm_ros), one folder per model hash + input size + export
+version. A folder is used only if its manifest and every graph's metadata name that model, size and
+version; anything else (stale, foreign, unfinished) is reported and rebuilt. A folder appears under
+its final name only when complete (built under a temporary name, then renamed).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from dcfm_ros.engine.backends.onnx_export import (
+    Manifest,
+    StaleExportError,
+    check_metadata,
+    export_key,
+    export_onnx,
+    graph_metadata,
+)
+from dcfm_ros.model import DCFM
+
+log = logging.getLogger("dcfm_ros.engine.backends")
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "dcfm_ros"
+
+
+def resolve_cache_dir(cache_dir: str | Path | None) -> Path:
+    return Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+
+
+def stderr_progress(line: str) -> None:
+    print(f"dcfm_ros: {line}", file=sys.stderr, flush=True)
+
+
+def expected_metadata(model: DCFM, size: tuple[int, int], model_hash: str,
+                      dtype: str = "fp32") -> dict[str, str]:
+    return graph_metadata(model, size, model_hash, dtype=dtype)
+
+
+def _valid(folder: Path, expected: dict[str, str]) -> Manifest:
+    manifest = Manifest.read(folder)
+    check_metadata(manifest.metadata, expected, f"export folder {folder}")
+    missing = [g.file for g in manifest.graphs.values() if not (folder / g.file).is_file()]
+    if missing:
+        raise StaleExportError(f"export folder {folder} lacks {', '.join(missing)}")
+    return manifest
+
+
+def ensure_export(model: DCFM, size: tuple[int, int], model_hash: str, cache_dir: str | Path | None,
+                  progress: Callable[[str], None] | None = stderr_progress,
+                  rebuild: bool = False, dtype: str = "fp32") -> tuple[Path, Manifest]:
+    """The cache folder with `model`'s graphs at `size`, exported now if missing, stale or `rebuild`."""
+    root = resolve_cache_dir(cache_dir) / "onnx"
+    folder = root / export_key(model_hash, size, dtype)
+    expected = expected_metadata(model, size, model_hash, dtype)
+    if not rebuild:
+        try:
+            return folder, _valid(folder, expected)
+        except StaleExportError as exc:
+            if folder.exists():
+                log.warning("%s; rebuilding it", exc)
+                if progress is not None:
+                    progress(f"{exc}; rebuilding it")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RuntimeError(f"cannot create the backend cache folder {root} ({exc}); set "
+                           f"backend_cache_dir to a writable folder") from exc
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=root))
+    try:
+        if progress is not None:
+            progress(f"exporting {model.config.backbone} at {size[0]}x{size[1]} to ONNX (once per model "
+                     f"and size) into {folder}")
+        export_onnx(model, tmp, size, progress=progress, dtype=dtype, model_hash=model_hash)
+        if folder.exists():
+            try:  # another process may have finished the same export meanwhile
+                if not rebuild:
+                    return folder, _valid(folder, expected)
+            except StaleExportError:
+                pass
+            shutil.rmtree(folder, ignore_errors=True)
+        try:
+            os.replace(tmp, folder)
+        except OSError:
+            if not folder.is_dir():  # not a lost race with another process: a real failure
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder, _valid(folder, expected)

@@ -1,0 +1,242 @@
+"""The ONNX Runtime backend: the exported stage graphs, one InferenceSession each.
+
+CPU: the CPU execution provider, torch's thread count (so `--threads`, OMP_NUM_THREADS and
+torch.set_num_threads govern both), tensors handed over as zero-copy numpy views. CUDA: the TensorRT
+or CUDA execution provider of onnxruntime-gpu, tensors bound in place on the GPU (io binding).
+Graphs come from the export cache (see cache.py); each session checks its graph's metadata against
+the model, size and version it is meant for and refuses anything else. Shapes are fixed, so another
+input size means another export: the size asked for at construction is prepared then, any other one
+the first time a frame of that size arrives.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dcfm_ros.engine.backends.base import InferenceBackend
+from dcfm_ros.engine.backends.cache import ensure_export, expected_metadata, stderr_progress
+from dcfm_ros.engine.backends.onnx_export import (
+    GraphSpec,
+    Manifest,
+    StaleExportError,
+    check_metadata,
+    model_sha256,
+)
+from dcfm_ros.engine.device import resolve_device
+from dcfm_ros.model import DCFM
+from dcfm_ros.model.layers import DeepState
+
+log = logging.getLogger("dcfm_ros.engine.backends")
+STAGE_GRAPHS = ("enc_lo", "enc_hi", "common", "fuse", "head")
+
+
+def ort_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def ort_cuda_providers() -> list[str]:
+    """GPU execution providers this onnxruntime build has (best first); [] for a CPU-only build."""
+    if not ort_available():
+        return []
+    import onnxruntime as ort
+
+    have = ort.get_available_providers()
+    return [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in have]
+
+
+class _GraphSet:
+    """The sessions of one export folder (one input size)."""
+
+    def __init__(self, folder: Path, manifest: Manifest,
+                 open_session: Callable[[Path, GraphSpec], Any]) -> None:
+        self.folder = folder
+        self.manifest = manifest
+        self._open = open_session
+        self.sessions: dict[str, Any] = {}
+        for name in STAGE_GRAPHS:
+            self.session(name)
+
+    def session(self, name: str) -> Any:
+        # Deep-unit sessions open on first use: only the `spread` schedule needs them, and they
+        # would double the weights held in memory for every other use.
+        if name not in self.sessions:
+            self.sessions[name] = self._open(self.folder / self.manifest.graphs[name].file,
+                                             self.manifest.graphs[name])
+        return self.sessions[name]
+
+    def accepts(self, name: str, inputs: Sequence[Tensor]) -> bool:
+        spec = self.manifest.graphs[name]
+        return len(inputs) == len(spec.inputs) and all(
+            tuple(t.shape) == s for t, s in zip(inputs, spec.input_shapes, strict=True))
+
+
+class OnnxRuntimeBackend(InferenceBackend):
+    """Runs `model`'s exported graphs with ONNX Runtime (fp32)."""
+
+    name = "onnxruntime"
+
+    def __init__(self, model: DCFM, device: str | torch.device = "auto", precision: str = "fp32", *,
+                 input_size: tuple[int, int] | None = None, cache_dir: str | Path | None = None,
+                 progress: Callable[[str], None] | None = stderr_progress, **_: Any) -> None:
+        if not ort_available():
+            raise RuntimeError("backend 'onnxruntime' needs the onnxruntime package (pip install "
+                               "onnxruntime, or onnxruntime-gpu on a CUDA machine)")
+        import onnxruntime as ort
+
+        self._ort = ort
+        self.device = resolve_device(device)
+        if precision != "fp32":
+            raise ValueError(f"backend 'onnxruntime' runs the fp32 graphs; precision {precision!r} needs "
+                             f"backend 'tensorrt' or 'torch'")
+        self.precision = precision
+        if self.device.type == "cuda":
+            gpu = ort_cuda_providers()
+            if not gpu:
+                raise RuntimeError(f"backend 'onnxruntime' on {self.device}: this onnxruntime has only "
+                                   f"{ort.get_available_providers()}; install onnxruntime-gpu or use "
+                                   f"device 'cpu'")
+            self._providers = [self._gpu_provider(p) for p in gpu]
+        else:
+            self._providers = ["CPUExecutionProvider"]
+        self.model = model.to("cpu").float().eval()
+        self.cache_dir = cache_dir
+        self.progress = progress
+        self.model_hash = model_sha256(self.model)
+        self._sets: list[_GraphSet] = []
+        self._prepare(tuple(input_size or self.model.config.input_size))  # type: ignore[arg-type]
+
+    # -- set-up ----------------------------------------------------------------------------------
+
+    def _gpu_provider(self, name: str) -> tuple[str, dict[str, Any]]:
+        opts: dict[str, Any] = {"device_id": self.device.index or 0}
+        if name == "TensorrtExecutionProvider":
+            from dcfm_ros.engine.backends.cache import resolve_cache_dir
+
+            opts.update(trt_engine_cache_enable=True,
+                        trt_engine_cache_path=str(resolve_cache_dir(self.cache_dir) / "ort_trt"))
+        return name, opts
+
+    def _open_session(self, path: Path, spec: GraphSpec, expected: dict[str, str]) -> Any:
+        ort = self._ort
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if self.device.type == "cpu":
+            opts.intra_op_num_threads = torch.get_num_threads()
+            opts.inter_op_num_threads = 1
+        session = ort.InferenceSession(str(path), sess_options=opts, providers=self._providers)
+        check_metadata(session.get_modelmeta().custom_metadata_map, expected, f"ONNX file {path}")
+        names = tuple(i.name for i in session.get_inputs())
+        if names != spec.inputs:
+            raise StaleExportError(f"ONNX file {path} has inputs {names}, its manifest says {spec.inputs}")
+        return session
+
+    def _prepare(self, size: tuple[int, int]) -> _GraphSet:
+        expected = expected_metadata(self.model, size, self.model_hash)
+        for attempt in (0, 1):
+            folder, manifest = ensure_export(self.model, size, self.model_hash, self.cache_dir,
+                                             self.progress, rebuild=attempt == 1)
+            try:
+                graphs = _GraphSet(folder, manifest, lambda p, s: self._open_session(p, s, expected))
+                break
+            except StaleExportError as exc:
+                # A graph file replaced behind the manifest's back: refuse it, export afresh once.
+                log.warning("%s; rebuilding %s", exc, folder)
+                if self.progress is not None:
+                    self.progress(f"{exc}; rebuilding {folder}")
+                if attempt == 1:
+                    raise
+        self._sets.append(graphs)
+        self._warm_up(graphs)
+        return graphs
+
+    def _warm_up(self, graphs: _GraphSet) -> None:
+        # First runs allocate and (TensorRT EP) build engines: do it now, not on the first frame.
+        for name in STAGE_GRAPHS:
+            spec = graphs.manifest.graphs[name]
+            self._run(graphs, name, [torch.zeros(s, device=self.device) for s in spec.input_shapes])
+
+    def _graphs_for(self, name: str, inputs: Sequence[Tensor]) -> _GraphSet:
+        for graphs in self._sets:
+            if graphs.accepts(name, inputs):
+                return graphs
+        if name == "enc_lo" and inputs[0].dim() == 4:
+            log.info("onnxruntime: new input size %s, exporting it", tuple(inputs[0].shape[-2:]))
+            return self._prepare((int(inputs[0].shape[-2]), int(inputs[0].shape[-1])))
+        raise ValueError(f"onnxruntime backend: no graph {name!r} takes inputs of shapes "
+                         f"{[tuple(t.shape) for t in inputs]} (prepared sizes: "
+                         f"{[g.manifest.input_size for g in self._sets]})")
+
+    # -- running ---------------------------------------------------------------------------------
+
+    def _run(self, graphs: _GraphSet, name: str, inputs: Sequence[Tensor]) -> tuple[Tensor, ...]:
+        spec = graphs.manifest.graphs[name]
+        session = graphs.session(name)
+        if self.device.type == "cpu":
+            feeds = {n: t.detach().to(torch.float32).contiguous().numpy() for n, t in zip(spec.inputs, inputs,
+                                                                                           strict=True)}
+            return tuple(torch.from_numpy(o) for o in session.run(list(spec.outputs), feeds))
+        # GPU: bind the torch tensors where they are; outputs are allocated by torch.
+        index = self.device.index or 0
+        binding = session.io_binding()
+        keep = [t.detach().to(torch.float32).contiguous() for t in inputs]
+        for n, t in zip(spec.inputs, keep, strict=True):
+            binding.bind_input(n, "cuda", index, np.float32, tuple(t.shape), t.data_ptr())
+        outs = [torch.empty(s, dtype=torch.float32, device=self.device) for s in spec.output_shapes]
+        for n, t in zip(spec.outputs, outs, strict=True):
+            binding.bind_output(n, "cuda", index, np.float32, tuple(t.shape), t.data_ptr())
+        # ORT runs on its own stream: the inputs torch queued must be finished first.
+        torch.cuda.current_stream(self.device).synchronize()
+        session.run_with_iobinding(binding)
+        return tuple(outs)
+
+    def _stage(self, name: str, *inputs: Tensor) -> tuple[Tensor, ...]:
+        return self._run(self._graphs_for(name, inputs), name, inputs)
+
+    def enc_lo(self, x: Tensor) -> Tensor:
+        return self._stage("enc_lo", x)[0]
+
+    def enc_hi(self, f_in: Tensor) -> Tensor:
+        return self._stage("enc_hi", f_in)[0]
+
+    @property
+    def num_deep_units(self) -> int:
+        return self._sets[0].manifest.num_deep_units
+
+    def deep_unit_costs(self) -> list[float]:
+        return list(self._sets[0].manifest.deep_unit_costs)
+
+    def run_deep_units(self, start: int, stop: int, state: DeepState) -> DeepState:
+        n = self.num_deep_units
+        if not 0 <= start <= stop <= n:
+            raise ValueError(f"deep units {start}..{stop} outside 0..{n}")
+        if start == stop:
+            return state
+        graphs = self._graphs_for(f"unit_{start:02d}", state)
+        for i in range(start, stop):
+            state = self._run(graphs, f"unit_{i:02d}", state)
+        return state
+
+    def common_part(self, f_co: Tensor) -> Tensor:
+        return self._stage("common", f_co)[0]
+
+    def fuse(self, common: Tensor, f_in: Tensor) -> Tensor:
+        return self._stage("fuse", common, f_in)[0]
+
+    def head(self, f: Tensor) -> Tensor:
+        return self._stage("head", f)[0]
+
+    def describe(self) -> str:
+        providers = [p if isinstance(p, str) else p[0] for p in self._providers]
+        return (f"{self.name} {self._ort.__version__} ({', '.join(providers)}) on {self.device} "
+                f"({self.precision})")
