@@ -219,3 +219,24 @@ def test_batch_split_and_sync_bn_rules():
     synced = apply_sync_bn(model, True, DistContext(0, 2, 0, "nccl"), torch.device("cuda", 0))
     assert sum(isinstance(m, torch.nn.SyncBatchNorm) for m in synced.modules()) == bn > 0
     assert list(synced.state_dict()) == keys  # so its checkpoint loads into the node's plain-BN model
+
+
+def test_a_bad_label_stops_every_rank_at_start_up_with_the_file_named(fixture):
+    import cv2
+
+    tmp = fixture["tmp"]
+    root = tmp / "bad_data"
+    shutil.copytree(fixture["root"], root)
+    label = root / "train" / "labels" / "run2" / "0002.png"
+    lab = cv2.imread(str(label), cv2.IMREAD_UNCHANGED)
+    lab[0, 0] = 7
+    assert cv2.imwrite(str(label), lab)
+    log = tmp / "bad.log"
+    proc = torchrun(2, ["--config", str(_config(tmp, root, "bad.yaml")), "--out", str(tmp / "bad_run")], log)
+    assert proc.wait(TORCHRUN_TIMEOUT_S) != 0
+    text = log.read_text()
+    for rank in (0, 1):  # rank 0 scanned; rank 1 got its verdict and stops with the same message
+        want = f"dcfm-train: rank {rank}: error: folder split 'train': 1 of 4 label files"
+        assert want in text, text[-3000:]
+    assert f"{label}: values [7]" in text
+    assert not (tmp / "bad_run").exists()  # stopped before any step or file
