@@ -305,3 +305,21 @@ def test_tensorrt_fp16_labels_match_torch_fp16(tmp_path: Path, frames) -> None:
     again = make_backend("tensorrt", model, "cuda", "fp16", input_size=SMALL, cache_dir=tmp_path)
     assert json.loads(record.read_text())["tensorrt"] != "0.0"
     assert agreement(got, run_stream(model, again, frames)) >= 0.999
+
+
+def test_bag_eval_passes_the_backend_to_the_node(tmp_path: Path) -> None:
+    import yaml
+
+    from dcfm_ros.evaluation.bag_eval import effective_params, parse_param, write_params_file
+    from dcfm_ros.node.params import ParameterError, settings_from_values
+
+    values = effective_params(None, [parse_param("backend=torch"), parse_param("backend_cache_dir=/tmp/c")],
+                              max_mode=True, transport="raw")
+    write_params_file(values, tmp_path / "p.yaml")
+    written = yaml.safe_load((tmp_path / "p.yaml").read_text())["/**"]["ros__parameters"]
+    assert (written["backend"], written["backend_cache_dir"]) == ("torch", "/tmp/c")
+    assert effective_params(None, [], max_mode=True, transport="raw")["backend"] == "auto"
+    settings = settings_from_values({k: v for k, v in values.items() if k != "use_sim_time"})
+    assert (settings.backend, settings.backend_cache_dir) == ("torch", "/tmp/c")
+    with pytest.raises(ParameterError, match="'backend' must be one of auto, torch, onnxruntime, openvino"):
+        settings_from_values({**{k: v for k, v in values.items() if k != "use_sim_time"}, "backend": "tvm"})
