@@ -20,6 +20,7 @@ setup(
         "console_scripts": [
             "dcfm_node = dcfm_ros.node.main:main",
             "dcfm-bench = dcfm_ros.engine.bench:main",
+            "dcfm-export = dcfm_ros.engine.backends.onnx_export:main",
             "dcfm-bench-node = dcfm_ros.node.bench:main",
             "dcfm-stress = dcfm_ros.node.stress.cli:main",
             "dcfm-train = dcfm_ros.training.train:main",

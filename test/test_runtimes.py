@@ -172,20 +172,22 @@ def test_bad_checkpoint_is_a_clear_cli_error(tmp_path: Path, capsys) -> None:
 
 
 @pytest.mark.parametrize("backbone", ["mit-b0", "resnet18", "efficientnet-lite0"])
-def test_onnxruntime_labels_match_torch_on_camvid_frames(backbone: str, frames: list[np.ndarray]) -> None:
+def test_graph_backends_labels_match_torch_on_camvid_frames(backbone: str, frames: list[np.ndarray]) -> None:
     model = small_model(backbone)
     ref = run_stream(model, make_backend("torch", model, "cpu"), frames)
-    got = run_stream(model, make_backend("onnxruntime", model, "cpu", input_size=SMALL), frames)
-    assert agreement(ref, got) >= 0.999
+    for name in ("onnxruntime", "openvino"):  # one export (cached), two runtimes
+        got = run_stream(model, make_backend(name, model, "cpu", input_size=SMALL), frames)
+        assert agreement(ref, got) >= 0.999, name
 
 
-def test_shipped_model_onnxruntime_matches_torch_on_the_demo_frames() -> None:
+def test_shipped_model_graph_backends_match_torch_on_the_demo_frames() -> None:
     model, _ = load_checkpoint(SHIPPED)
     frames = demo_frames(4, step=25)
     ref = run_stream(model, make_backend("torch", model, "cpu"), frames)
-    got = run_stream(model, make_backend("onnxruntime", model, "cpu"), frames)
-    assert agreement(ref, got) >= 0.999
     assert len(np.unique(ref[0])) >= 5  # a real scene: road, sky, buildings, ... (not a flat map)
+    for name in ("onnxruntime", "openvino"):
+        got = run_stream(model, make_backend(name, model, "cpu"), frames)
+        assert agreement(ref, got) >= 0.999, name
 
 
 def _ort_run(path: Path, feeds: dict[str, torch.Tensor]) -> list[np.ndarray]:
@@ -274,9 +276,9 @@ def test_unfinished_export_folder_is_not_used(tmp_path: Path) -> None:
 
 
 def test_auto_picks_onnxruntime_on_cpu_and_unknown_names_are_refused(lite0) -> None:
-    assert resolve_backend("auto", "cpu") == "onnxruntime"
+    assert resolve_backend("auto", "cpu") == "openvino"  # installed by requirements/runtime.txt
     assert resolve_backend("torch", "cpu") == "torch"
-    with pytest.raises(ValueError, match=r"unknown backend 'fast'.*auto, torch, onnxruntime, tensorrt"):
+    with pytest.raises(ValueError, match=r"backend 'fast'.*auto, torch, onnxruntime, openvino, tensorrt"):
         make_backend("fast", lite0, "cpu")
     with pytest.raises(ValueError, match="fp32 graphs"):
         OnnxRuntimeBackend(lite0, "cpu", precision="fp16")
@@ -303,3 +305,21 @@ def test_tensorrt_fp16_labels_match_torch_fp16(tmp_path: Path, frames) -> None:
     again = make_backend("tensorrt", model, "cuda", "fp16", input_size=SMALL, cache_dir=tmp_path)
     assert json.loads(record.read_text())["tensorrt"] != "0.0"
     assert agreement(got, run_stream(model, again, frames)) >= 0.999
+
+
+def test_bag_eval_passes_the_backend_to_the_node(tmp_path: Path) -> None:
+    import yaml
+
+    from dcfm_ros.evaluation.bag_eval import effective_params, parse_param, write_params_file
+    from dcfm_ros.node.params import ParameterError, settings_from_values
+
+    values = effective_params(None, [parse_param("backend=torch"), parse_param("backend_cache_dir=/tmp/c")],
+                              max_mode=True, transport="raw")
+    write_params_file(values, tmp_path / "p.yaml")
+    written = yaml.safe_load((tmp_path / "p.yaml").read_text())["/**"]["ros__parameters"]
+    assert (written["backend"], written["backend_cache_dir"]) == ("torch", "/tmp/c")
+    assert effective_params(None, [], max_mode=True, transport="raw")["backend"] == "auto"
+    settings = settings_from_values({k: v for k, v in values.items() if k != "use_sim_time"})
+    assert (settings.backend, settings.backend_cache_dir) == ("torch", "/tmp/c")
+    with pytest.raises(ParameterError, match="'backend' must be one of auto, torch, onnxruntime, openvino"):
+        settings_from_values({**{k: v for k, v in values.items() if k != "use_sim_time"}, "backend": "tvm"})

@@ -276,7 +276,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="cpu | cuda | auto")
     p.add_argument("--precision", default="fp32", help="fp32 | fp16 | bf16 (engine precisions)")
     p.add_argument("--backend", default="auto",
-                   help="auto | torch | onnxruntime | tensorrt (inference backend)")
+                   help="auto | torch | onnxruntime | openvino | tensorrt (inference backend)")
     p.add_argument("--backend-cache-dir", default=None,
                    help="exported graphs / engines (default: $XDG_CACHE_HOME/dcfm_ros or ~/.cache/dcfm_ros)")
     p.add_argument("--videos", help="comma list of video names to restrict to (default: all)")

@@ -34,7 +34,8 @@ if TYPE_CHECKING:
 DEFAULT_MODEL_FILE = "camvid_efficientnet_lite0.safetensors"
 DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 PRECISIONS = ("fp32", "fp16", "bf16")
-BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")  # = dcfm_ros.engine.backends.BACKEND_CHOICES
+# = dcfm_ros.engine.backends.BACKEND_CHOICES (not imported: that loads torch)
+BACKENDS = ("auto", "torch", "onnxruntime", "openvino", "tensorrt")
 KEYFRAME_POLICIES = ("fixed", "motion")
 KEYFRAME_SCHEDULES = ("sync", "spread", "background")
 TRANSPORTS = ("raw", "compressed")
@@ -87,9 +88,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("precision", T.STRING, "fp32", "Inference precision; fp16/bf16 need a CUDA device.",
               constraints="one of " + ", ".join(PRECISIONS)),
     ParamSpec("backend", T.STRING, "auto", "Inference backend. auto: the fastest available for the device "
-              "(CPU: onnxruntime, else torch; CUDA: tensorrt, else onnxruntime's GPU provider, else torch). "
-              "onnxruntime and tensorrt export the model to ONNX (and build TensorRT engines) into "
-              "backend_cache_dir at start-up, once per model, input size (and GPU).",
+              "(CPU: openvino, else onnxruntime, else torch; CUDA: tensorrt, else onnxruntime's GPU "
+              "provider, else torch). onnxruntime, openvino and tensorrt export the model to ONNX (and "
+              "build TensorRT engines) into backend_cache_dir at start-up, once per model, input size "
+              "(and GPU).",
               constraints="one of " + ", ".join(BACKENDS)),
     ParamSpec("backend_cache_dir", T.STRING, "", "Folder for exported ONNX graphs and TensorRT engines. "
               "Empty: $XDG_CACHE_HOME/dcfm_ros, else ~/.cache/dcfm_ros.",

@@ -1,9 +1,9 @@
 """Inference backends behind one interface (`InferenceBackend`), chosen by name.
 
-`torch` (eager PyTorch) is always there; `onnxruntime` needs the onnxruntime package, `tensorrt` the
-tensorrt package and a CUDA GPU. `auto` picks the fastest one available for the device (measured,
-see README "Engine and benchmarks"): CPU -> onnxruntime if importable, else torch; CUDA -> tensorrt,
-else onnxruntime with a GPU provider (fp32 only), else torch.
+`torch` (eager PyTorch) is always there; `onnxruntime` and `openvino` need their packages,
+`tensorrt` the tensorrt package and a CUDA GPU. `auto` picks the fastest one available for the device
+(measured, see README "Engine and benchmarks"): CPU -> openvino, else onnxruntime, else torch; CUDA ->
+tensorrt, else onnxruntime with a GPU provider (fp32 only), else torch.
 
 Options every factory takes (and may ignore): input_size (H, W) the engine runs at (graph-based
 backends prepare it at construction), cache_dir (where exported graphs and engines are kept).
@@ -29,6 +29,12 @@ def _onnxruntime(model: DCFM, device: str | torch.device, precision: str, **opti
     return OnnxRuntimeBackend(model, device, precision, **options)
 
 
+def _openvino(model: DCFM, device: str | torch.device, precision: str, **options: Any) -> InferenceBackend:
+    from dcfm_ros.engine.backends.openvino_backend import OpenVINOBackend
+
+    return OpenVINOBackend(model, device, precision, **options)
+
+
 def _tensorrt(model: DCFM, device: str | torch.device, precision: str, **options: Any) -> InferenceBackend:
     from dcfm_ros.engine.backends.trt_backend import TensorRTBackend
 
@@ -39,6 +45,7 @@ def _tensorrt(model: DCFM, device: str | torch.device, precision: str, **options
 BACKENDS: dict[str, Callable[..., InferenceBackend]] = {
     "torch": TorchBackend,
     "onnxruntime": _onnxruntime,
+    "openvino": _openvino,
     "tensorrt": _tensorrt,
 }
 BACKEND_CHOICES = ("auto", *BACKENDS)
@@ -57,7 +64,12 @@ def resolve_backend(name: str, device: str | torch.device = "auto", precision: s
         if precision == "fp32" and ort_cuda_providers():
             return "onnxruntime"
         return "torch"
-    return "onnxruntime" if find_spec("onnxruntime") is not None and precision == "fp32" else "torch"
+    if precision != "fp32":
+        return "torch"
+    for name in ("openvino", "onnxruntime"):
+        if find_spec(name) is not None:
+            return name
+    return "torch"
 
 
 def make_backend(name: str, model: DCFM, device: str | torch.device = "auto",

@@ -89,13 +89,24 @@ class OnnxRuntimeBackend(InferenceBackend):
     def __init__(self, model: DCFM, device: str | torch.device = "auto", precision: str = "fp32", *,
                  input_size: tuple[int, int] | None = None, cache_dir: str | Path | None = None,
                  progress: Callable[[str], None] | None = stderr_progress, **_: Any) -> None:
+        self.device = resolve_device(device)
+        self.cache_dir = cache_dir
+        self._init_runtime(precision)
+        self.model = model.to("cpu").float().eval()
+        self.progress = progress
+        self.model_hash = model_sha256(self.model)
+        self._sets: list[_GraphSet] = []
+        self._prepare(tuple(input_size or self.model.config.input_size))  # type: ignore[arg-type]
+
+    # -- set-up ----------------------------------------------------------------------------------
+
+    def _init_runtime(self, precision: str) -> None:
         if not ort_available():
             raise RuntimeError("backend 'onnxruntime' needs the onnxruntime package (pip install "
                                "onnxruntime, or onnxruntime-gpu on a CUDA machine)")
         import onnxruntime as ort
 
         self._ort = ort
-        self.device = resolve_device(device)
         if precision != "fp32":
             raise ValueError(f"backend 'onnxruntime' runs the fp32 graphs; precision {precision!r} needs "
                              f"backend 'tensorrt' or 'torch'")
@@ -109,14 +120,6 @@ class OnnxRuntimeBackend(InferenceBackend):
             self._providers = [self._gpu_provider(p) for p in gpu]
         else:
             self._providers = ["CPUExecutionProvider"]
-        self.model = model.to("cpu").float().eval()
-        self.cache_dir = cache_dir
-        self.progress = progress
-        self.model_hash = model_sha256(self.model)
-        self._sets: list[_GraphSet] = []
-        self._prepare(tuple(input_size or self.model.config.input_size))  # type: ignore[arg-type]
-
-    # -- set-up ----------------------------------------------------------------------------------
 
     def _gpu_provider(self, name: str) -> tuple[str, dict[str, Any]]:
         opts: dict[str, Any] = {"device_id": self.device.index or 0}

@@ -1,0 +1,70 @@
+"""The OpenVINO backend (CPU): the same exported stage graphs as onnxruntime, compiled by OpenVINO.
+
+Kept because it beat ONNX Runtime on this project's CPU (see README "Engine and benchmarks"). The
+graphs, the cache and the stale/foreign checks are the onnxruntime backend's; only opening a graph
+(compile_model, fp32 inference precision, torch's thread count) and running it differ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from dcfm_ros.engine.backends.onnx_export import (
+    GraphSpec,
+    StaleExportError,
+    check_metadata,
+    read_graph_metadata,
+)
+from dcfm_ros.engine.backends.ort_backend import OnnxRuntimeBackend, _GraphSet
+
+
+def openvino_available() -> bool:
+    return find_spec("openvino") is not None
+
+
+class OpenVINOBackend(OnnxRuntimeBackend):
+    """Runs `model`'s exported graphs with OpenVINO on the CPU (fp32)."""
+
+    name = "openvino"
+
+    def _init_runtime(self, precision: str) -> None:
+        if not openvino_available():
+            raise RuntimeError("backend 'openvino' needs the openvino package (pip install openvino)")
+        import openvino as ov
+
+        self._ov = ov
+        if self.device.type != "cpu":
+            raise RuntimeError(f"backend 'openvino' runs on the CPU here, got device {self.device}")
+        if precision != "fp32":
+            raise ValueError(f"backend 'openvino' runs the fp32 graphs, got precision {precision!r}")
+        self.precision = precision
+        self._core = ov.Core()
+        # fp32 throughout (no bf16 on AMX CPUs), so the labels are those of the torch model.
+        self._config = {"INFERENCE_NUM_THREADS": torch.get_num_threads(), "PERFORMANCE_HINT": "LATENCY",
+                        "INFERENCE_PRECISION_HINT": "f32"}
+
+    def _open_session(self, path: Path, spec: GraphSpec, expected: dict[str, str]) -> Any:
+        check_metadata(read_graph_metadata(path), expected, f"ONNX file {path}")
+        compiled = self._core.compile_model(str(path), "CPU", self._config)
+        names = tuple(p.get_any_name() for p in compiled.inputs)
+        if names != spec.inputs:
+            raise StaleExportError(f"ONNX file {path} has inputs {names}, its manifest says {spec.inputs}")
+        return compiled.create_infer_request()
+
+    def _run(self, graphs: _GraphSet, name: str, inputs: Sequence[Tensor]) -> tuple[Tensor, ...]:
+        spec = graphs.manifest.graphs[name]
+        request = graphs.session(name)
+        feeds = {n: t.detach().to(torch.float32).contiguous().numpy()
+                 for n, t in zip(spec.inputs, inputs, strict=True)}
+        request.infer(feeds)
+        # Copies: the request's output buffers are reused by its next inference.
+        return tuple(torch.from_numpy(request.get_tensor(n).data.copy()) for n in spec.outputs)
+
+    def describe(self) -> str:
+        return f"{self.name} {self._ov.__version__.split('-')[0]} on {self.device} ({self.precision})"
