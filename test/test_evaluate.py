@@ -92,3 +92,21 @@ def test_bad_arguments_are_reported(setup, capsys):
     assert parse_policy("motion:0.1:2:8").max_interval == 8
     with pytest.raises(ValueError):
         parse_size("360")
+
+
+def test_evaluate_schedules_side_by_side(setup):
+    root, ckpt, tmp = setup
+    out = tmp / "sched.json"
+    assert main(["--model", str(ckpt), "--dataset", "camvid", "--root", str(root), "--split", "val",
+                 "--modes", "p,b", "--policies", "fixed:3", "--schedule", "sync,spread:2,lag:2", "--device",
+                 "cpu", "--json", str(out), "--quiet"]) == 0
+    rows = {(r["mode"], r["schedule"]): r for r in json.loads(out.read_text())["results"]}
+    assert set(rows) == {("p", "sync"), ("p", "spread:2"), ("p", "lag:2"), ("b", "sync")}  # B: sync only
+    # spread:N and lag:N give the same labels; both start the same keyframes as sync
+    for k in ("mIoU", "mIoU_nonkey", "mVC_8", "keyframes"):
+        assert rows[("p", "spread:2")][k] == rows[("p", "lag:2")][k], k
+    assert rows[("p", "spread:2")]["keyframes"] == rows[("p", "sync")]["keyframes"] == 6
+    # the key side of the split is the frames with their own F_co: only the first one when delayed
+    assert rows[("p", "spread:2")]["mIoU_key"] is not None and rows[("p", "sync")]["mIoU_key"] is not None
+    assert main(["--model", str(ckpt), "--dataset", "camvid", "--root", str(root), "--schedule",
+                 "background"]) == 2

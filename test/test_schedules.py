@@ -272,3 +272,31 @@ def test_background_on_cuda_matches_lag_when_handed_over_each_frame(model: torch
     for a, b in zip(*runs, strict=True):
         np.testing.assert_array_equal(a.labels, b.labels)
         assert a.common_age == b.common_age
+
+
+def test_latency_bench_replays_every_schedule(model: torch.nn.Module, tmp_path, capsys) -> None:
+    import json
+
+    import cv2
+
+    from dcfm_ros.engine.bench import main as bench_main
+    from dcfm_ros.model import save_checkpoint
+
+    ckpt = tmp_path / "tiny.safetensors"
+    save_checkpoint(ckpt, model)
+    frames = tmp_path / "clip"
+    frames.mkdir()
+    for i, f in enumerate(clip(8)):
+        cv2.imwrite(str(frames / f"{i:03d}.png"), f[..., ::-1])
+    assert bench_main(["--latency", "--model", str(ckpt), "--clip", str(frames), "--rate", "200",
+                       "--schedules", "sync,spread:2,background", "--policy", "fixed:2", "--threads", "1",
+                       "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["schedule"] for r in rows] == ["sync", "spread:2", "background"]
+    for r in rows:
+        assert r["processed"] + r["dropped"] == 8 and r["processed"] >= 1  # the newest frame always runs
+        assert sum(r["common_age"].values()) == r["processed"]
+        assert r["latency_p50_ms"] <= r["latency_p99_ms"] <= r["latency_max_ms"]
+    assert max(int(a) for a in rows[0]["common_age"]) <= 1  # sync, K=2: its own F_co or the previous frame's
+    with pytest.raises(SystemExit, match="schedule"):
+        bench_main(["--latency", "--model", str(ckpt), "--clip", str(frames), "--schedules", "later"])
