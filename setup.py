@@ -23,6 +23,7 @@ setup(
             "dcfm-bench-node = dcfm_ros.node.bench:main",
             "dcfm-train = dcfm_ros.training.train:main",
             "dcfm-evaluate = dcfm_ros.evaluation.evaluate:main",
+            "dcfm-compare = dcfm_ros.evaluation.compare:main",
             "dcfm-bag-eval = dcfm_ros.evaluation.bag_eval:main",
             "dcfm-make-bag = dcfm_ros.evaluation.make_bag:main",
         ]

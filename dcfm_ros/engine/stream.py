@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from dcfm_ros.engine.backends import InferenceBackend, make_backend
+from dcfm_ros.engine.blend import KeyReference, NonkeyBlend, low_similarity_share, parse_blend
 from dcfm_ros.engine.device import StageTimer
 from dcfm_ros.engine.keyframe import KeyframePolicy, check_policy
 from dcfm_ros.engine.preprocess import FramePreprocessor, validate_image, validate_size
@@ -50,6 +51,9 @@ class FrameResult:
     # keyframe incl. computing the cached common part; on a non-key frame only the F_in half), head,
     # postprocess (upsample + argmax + copy to host), total (wall time of process()).
     timings_ms: dict[str, float] = field(default_factory=dict)
+    # share of pixels with shallow-feature similarity < 0.8 to the keyframe (engine/blend.py); computed
+    # on non-key frames when nonkey_blend or the feature policy needs the map, else 0.0.
+    low_similarity: float = 0.0
 
 
 class StreamEngine:
@@ -62,7 +66,7 @@ class StreamEngine:
 
     def __init__(self, model: DCFM, policy: KeyframePolicy, device: str | torch.device = "auto",
                  precision: str = "fp32", input_size: tuple[int, int] | None = None,
-                 backend: str | InferenceBackend = "torch") -> None:
+                 backend: str | InferenceBackend = "torch", nonkey_blend: str | None = "auto") -> None:
         self.backend = backend if isinstance(backend, InferenceBackend) else make_backend(
             backend, model, device, precision)
         self.device = self.backend.device
@@ -70,6 +74,8 @@ class StreamEngine:
         self.policy = policy  # validated by the setter
         config = model.config
         self.model = model
+        # nonkey_blend (engine/blend.py): "auto" = the model's own (DCFM none, TFC cosine).
+        self.blend = NonkeyBlend(parse_blend(nonkey_blend, model), model)
         self.num_classes: int = config.num_classes
         self.class_names: tuple[str, ...] = tuple(config.class_names)
         self.palette: tuple[tuple[int, int, int], ...] = tuple(tuple(c) for c in config.palette)
@@ -92,6 +98,7 @@ class StreamEngine:
         """Forget the cached keyframe: the next frame is a keyframe."""
         self._common: Tensor | None = None  # ffm.common_part of the last keyframe's F_co
         self._key_small: Tensor | None = None
+        self._key_ref: KeyReference | None = None  # the keyframe's share of the blend (engine/blend.py)
         self._since = 0
         self._image_shape: tuple[int, int] | None = None
 
@@ -122,7 +129,9 @@ class StreamEngine:
                 is_key, since = True, 0
             else:
                 since = self._since + 1
-                if self._policy.needs_motion:
+                if getattr(self._policy, "needs_similarity", False):
+                    is_key = False  # the feature policy decides after enc_lo (blend hook below)
+                elif self._policy.needs_motion:
                     small = self._pre.motion_copy(x01)
                     score = self._pre.motion_score(small, self._key_small)  # type: ignore[arg-type]
                     is_key = bool(self._policy.decide(since, score))
@@ -131,6 +140,15 @@ class StreamEngine:
             timer.mark("preprocess")
             f_in = net.enc_lo(x)
             timer.mark("enc_lo")
+            # --- nonkey_blend / feature-policy hook (engine/blend.py, engine/feature_policy.py) ---
+            sim, low = None, 0.0
+            if not is_key and self._key_ref is not None and (
+                    self.blend.spec.enabled or getattr(self._policy, "needs_similarity", False)):
+                sim = self.blend.similarity(self._key_ref, f_in)
+                low = low_similarity_share(sim)
+                if getattr(self._policy, "needs_similarity", False):
+                    is_key = bool(self._policy.decide(since, low))
+            # --- end of hook ---
             if is_key:
                 f_co = net.enc_hi(f_in)
                 timer.mark("enc_hi")
@@ -139,9 +157,14 @@ class StreamEngine:
             else:
                 common = self._common
             f = net.fuse(common, f_in)  # type: ignore[arg-type]
+            f = self.blend.on_feature(None if is_key else sim, self._key_ref, f)  # blend hook
             timer.mark("ffm")
             logits = net.head(f)
+            blended = self.blend.on_logits(None if is_key else sim, self._key_ref, logits)  # blend hook
             timer.mark("head")
+            if is_key:
+                key_ref = self.blend.keyframe(f_in, f, logits)  # blend hook: cached with the common part
+            logits = blended
             labels = self._pre.labels(logits, shape)
             timer.mark("postprocess")
             if is_key:
@@ -154,9 +177,10 @@ class StreamEngine:
         # Commit the new state only once the frame went through.
         if is_key:
             self._common, self._key_small, self._since = common, key_small, 0
+            self._key_ref = key_ref  # blend hook
             since = 0
         else:
             self._since = since
         self._image_shape = shape
         return FrameResult(labels=labels, is_keyframe=is_key, frames_since_key=since,
-                           motion_score=score, timings_ms=timings)
+                           motion_score=score, timings_ms=timings, low_similarity=low)

@@ -8,7 +8,9 @@ Every video of the split is run in frame order through the engine, once per (mod
 - B mode: `run_bmode` (previous and next keyframe averaged; offline), with the keyframes the same
   policy picks (`select_keyframes`, identical to P mode's choice).
 `fixed:1` (every frame a keyframe) is the per-frame baseline; B mode equals P mode there and is not
-run twice. `motion:THR[:MIN[:MAX]]` is the causal adaptive policy (MotionThreshold).
+run twice. `motion:THR[:MIN[:MAX]]` is the causal adaptive policy (MotionThreshold),
+`feature:THR[:MIN[:MAX]]` the feature-similarity policy (engine/feature_policy.py, P mode only).
+`--blend none|cosine|cosine:feature|cosine:logits|auto` sets P mode's nonkey_blend (engine/blend.py).
 
 Reported per row: mIoU, wIoU, pixel accuracy, per-class IoU (all over labeled frames), mIoU over
 labeled keyframes and over labeled non-key frames, the keyframe ratio (over all frames run), and
@@ -55,12 +57,23 @@ class PolicySpec:
     def build(self) -> Any:
         from dcfm_ros.engine import make_policy
 
+        if self.kind == "feature":
+            from dcfm_ros.engine.feature_policy import FeatureSimilarity
+
+            return FeatureSimilarity(self.threshold, self.min_interval, self.max_interval)
+
         return make_policy(self.kind, interval=self.interval, threshold=self.threshold,
                            min_interval=self.min_interval, max_interval=self.max_interval)
 
 
 def parse_policy(text: str) -> PolicySpec:
     parts = text.strip().lower().split(":")
+    if parts[0] == "feature":
+        from dcfm_ros.engine.feature_policy import parse_feature_policy
+
+        p = parse_feature_policy(text)
+        return PolicySpec(text.strip().lower(), "feature", threshold=p.threshold,
+                          min_interval=p.min_interval, max_interval=p.max_interval)
     try:
         if parts[0] == "fixed" and len(parts) == 2:
             k = int(parts[1])
@@ -141,11 +154,13 @@ def evaluate(model: Any, videos: dict[str, list[FrameSample]], lut: np.ndarray, 
              modes: Sequence[str], policies: Sequence[PolicySpec], *,
              input_size: tuple[int, int] | None = None,
              device: str = "auto", precision: str = "fp32", ignore_index: int = 255,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, nonkey_blend: str = "auto") -> dict[str, Any]:
     """Run every (mode, policy) over every video; returns the JSON-ready report (without file info)."""
     from dcfm_ros.engine import StreamEngine, resolve_device, run_bmode, select_keyframes
 
     bad = [m for m in modes if m not in MODES]
+    if "b" in modes and any(p.kind == "feature" for p in policies):
+        raise ValueError("the feature policy needs the engine's similarity map: P mode only (--modes p)")
     if bad:
         raise ValueError(f"unknown mode(s) {bad}; expected a subset of {MODES}")
     cfg = model.config
@@ -155,7 +170,7 @@ def evaluate(model: Any, videos: dict[str, list[FrameSample]], lut: np.ndarray, 
     acc = {(m, p.text): _Accumulator(cfg.num_classes, ignore_index) for m, p in jobs}
     dense_names = [v for v, frames in videos.items() if is_dense(dataset, frames)]
     engines = {p.text: StreamEngine(model, p.build(), device=device, precision=precision,
-                                    input_size=size) for m, p in jobs if m == "p"}
+                                    input_size=size, nonkey_blend=nonkey_blend) for m, p in jobs if m == "p"}
     total_frames = sum(len(f) for f in videos.values())
     done = 0
     for vi, (name, frames) in enumerate(videos.items()):
@@ -194,6 +209,7 @@ def evaluate(model: Any, videos: dict[str, list[FrameSample]], lut: np.ndarray, 
         "input_size": list(size),
         "device": str(resolve_device(device)),
         "precision": precision,
+        "nonkey_blend": nonkey_blend,
         "num_videos": len(videos),
         "num_frames": total_frames,
         "num_labeled_frames": sum(f.label is not None for v in videos.values() for f in v),
@@ -231,7 +247,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--split", default="val", help="split name (val, test, ...)")
     p.add_argument("--modes", default="p,b", help="comma list of p (causal) and b (bidirectional)")
     p.add_argument("--policies", default="fixed:1,fixed:2,fixed:5",
-                   help="comma list of fixed:K and motion:THR[:MIN[:MAX]]")
+                   help="comma list of fixed:K, motion:THR[:MIN[:MAX]] and feature:THR[:MIN[:MAX]]")
+    p.add_argument("--blend", default="auto",
+                   help="P mode's non-key blend: none | cosine | cosine:feature | cosine:logits | auto "
+                        "(the model's own: none for DCFM, cosine for TFC)")
     p.add_argument("--size", help="network input HxW (default: the checkpoint's input_size)")
     p.add_argument("--device", default="auto", help="cpu | cuda | auto")
     p.add_argument("--precision", default="fp32", help="fp32 | fp16 | bf16 (engine precisions)")
@@ -274,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError("--max-frames must be >= 1")
             videos = {k: v[: args.max_frames] for k, v in videos.items()}
         report = evaluate(model, videos, spec.lut, args.dataset, modes, policies, input_size=size,
-                          device=args.device, precision=args.precision, progress=not args.quiet)
+                          device=args.device, precision=args.precision, progress=not args.quiet,
+                          nonkey_blend=args.blend)
     except (ValueError, FileNotFoundError) as exc:  # CheckpointError is a ValueError
         print(f"dcfm-evaluate: error: {exc}", file=sys.stderr)
         return 2

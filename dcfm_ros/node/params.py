@@ -37,6 +37,7 @@ KEYFRAME_POLICIES = ("fixed", "motion")
 TRANSPORTS = ("raw", "compressed")
 RELIABILITIES = ("best_effort", "reliable")
 DROP_POLICIES = ("latest", "none")
+NONKEY_BLENDS = ("auto", "none", "cosine", "cosine:feature", "cosine:logits")  # engine/blend.py
 _INT_MAX = 100_000
 
 
@@ -118,6 +119,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("drop_policy", T.STRING, "latest", "latest: live camera, process the newest frame and count "
               "the skipped ones as dropped. none: queue every frame (evaluation, bag playback).",
               constraints="one of " + ", ".join(DROP_POLICIES)),
+    ParamSpec("nonkey_blend", T.STRING, "auto", "Non-key frames: blend with the keyframe's prediction by "
+              "the shallow-feature cosine similarity (TFC, engine/blend.py). auto: the model's own (none "
+              "for DCFM, cosine for TFC); none; cosine; cosine:feature; cosine:logits.",
+              constraints="auto, none, cosine, cosine:feature, cosine:logits"),
 )
 PARAMETER_NAMES: tuple[str, ...] = tuple(p.name for p in PARAMETERS)
 RUNTIME_PARAMETERS: frozenset[str] = frozenset(p.name for p in PARAMETERS if not p.read_only)
@@ -161,6 +166,7 @@ class NodeSettings:
     qos_depth: int
     qos_reliability: str
     drop_policy: str
+    nonkey_blend: str = "auto"
     values: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -248,6 +254,7 @@ def settings_from_values(values: Mapping[str, Any]) -> NodeSettings:
         qos_depth=_int(values, "qos.depth", 1, 1000),
         qos_reliability=_choice(values, "qos.reliability", RELIABILITIES),
         drop_policy=_choice(values, "drop_policy", DROP_POLICIES),
+        nonkey_blend=_choice(values, "nonkey_blend", NONKEY_BLENDS),
         values=dict(values),
     )
     # Last: the cross-field keyframe rules (threshold < 1, min <= max) come from the engine, whose
@@ -338,7 +345,8 @@ def build_engine(settings: NodeSettings) -> StreamEngine:
                            f"topic names {suffixes}")
     try:
         return StreamEngine(model, settings.keyframe.make_policy(), device=settings.device,
-                            precision=settings.precision, input_size=settings.input_size)
+                            precision=settings.precision, input_size=settings.input_size,
+                            nonkey_blend=settings.nonkey_blend)
     except (RuntimeError, ValueError) as exc:
         raise StartupError(f"cannot run the model with device={settings.device!r}, precision="
                            f"{settings.precision!r}, input_size={settings.input_size}: {exc}") from exc

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from dcfm_ros.evaluation.metrics import ConfusionMatrix
-from dcfm_ros.model import DCFM, DCFMConfig, build_model, load_checkpoint, save_checkpoint, upsample_logits
+from dcfm_ros.model import DCFM, DCFMConfig, load_checkpoint, save_checkpoint, upsample_logits
 from dcfm_ros.training.class_weights import class_pixel_counts, median_frequency_weights
 from dcfm_ros.training.config import ConfigError, TrainConfig, load_config
 from dcfm_ros.training.datasets import (
@@ -46,11 +46,12 @@ from dcfm_ros.training.datasets import (
     pair_samples,
     video_frames,
 )
-from dcfm_ros.training.losses import dcfm_losses
+from dcfm_ros.training.datasets.labeled_pairs import LabeledPairDataset
+from dcfm_ros.training.methods import build_training_model, needs_neighbour_labels, training_losses
 from dcfm_ros.training.optim import DECODER_KEYS, PolyWarmup, build_optimizer
 from dcfm_ros.training.transforms import ColorJitter, PairAugment
 
-LOG_FIELDS = ("iter", "lr", "loss", "L_I", "L_B", "L_C", "mask_ratio", "time")
+LOG_FIELDS = ("iter", "lr", "loss", "L_I", "L_B", "L_C", "mask_ratio", "time", "L_sim")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -122,7 +123,7 @@ class Trainer:
             torch.manual_seed(cfg.seed)
         self.device = resolve_device(cfg.device)
         self.mcfg = model_config(cfg)
-        self.model = build_model(self.mcfg, cfg.model.pretrained)
+        self.model = build_training_model(cfg, self.mcfg)  # DCFM, or TFC (model.method)
         self.start_iter = 0
         self.best_miou = -1.0
         resume_state = None
@@ -155,7 +156,8 @@ class Trainer:
         spec = dataset_spec(cfg.dataset.type, cfg.dataset.root)
         self.lut = spec.lut
         d = cfg.dataset
-        self.train_set = PairDataset(pair_samples(d.type, d.root, d.train_split), self.lut,
+        pairs = LabeledPairDataset if needs_neighbour_labels(cfg) else PairDataset  # L_sim, TFC
+        self.train_set = pairs(pair_samples(d.type, d.root, d.train_split), self.lut,
                                      build_augment(cfg, self.mcfg.mean))
         if len(self.train_set) < cfg.train.batch_size:
             raise ConfigError(f"train.batch_size {cfg.train.batch_size} > {len(self.train_set)} "
@@ -248,7 +250,6 @@ class Trainer:
         if new_log:
             log.writerow(LOG_FIELDS)
         eval_path = self.out / "eval.csv"
-        lb, lc = float(cfg.loss.lambda_b), float(cfg.loss.lambda_c)  # type: ignore[arg-type]
         clip = cfg.optim.grad_clip
         val: dict | None = None
         bar = tqdm(range(self.start_iter, t.iterations), initial=self.start_iter, total=t.iterations,
@@ -262,9 +263,9 @@ class Trainer:
                 x_u = self.model.normalize_input(batch["neighbour"].to(self.device, non_blocking=True))
                 x_l, x_u = x_l.contiguous(memory_format=mf), x_u.contiguous(memory_format=mf)
                 y_l = batch["label"].to(self.device, non_blocking=True)
+                y_u = batch["neighbour_label"].to(self.device) if "neighbour_label" in batch else None
                 with self._autocast():
-                    terms = dcfm_losses(self.model, x_l, y_l, x_u, lb, lc, cfg.dataset.ignore_index,
-                                        self.class_weight)
+                    terms = training_losses(self.model, cfg, x_l, y_l, x_u, y_u, self.class_weight)
                 if not torch.isfinite(terms.total):
                     raise FloatingPointError(f"loss is {float(terms.total)} at iteration {it + 1} "
                                              f"({terms.as_floats()}); lower the learning rate?")
@@ -280,7 +281,7 @@ class Trainer:
                 dt = time.perf_counter() - t0
                 f = terms.as_floats()
                 log.writerow([it + 1, f"{lr:.6g}", f"{f['loss']:.5f}", f"{f['L_I']:.5f}", f"{f['L_B']:.5f}",
-                              f"{f['L_C']:.6f}", f"{f['mask_ratio']:.3f}", f"{dt:.3f}"])
+                              f"{f['L_C']:.6f}", f"{f['mask_ratio']:.3f}", f"{dt:.3f}", f"{f['L_sim']:.5f}"])
                 log_f.flush()
                 bar.set_postfix(loss=f"{f['loss']:.3f}", L_I=f"{f['L_I']:.3f}", L_B=f"{f['L_B']:.3f}",
                                 L_C=f"{f['L_C']:.4f}", s_it=f"{dt:.2f}")
