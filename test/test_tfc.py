@@ -381,3 +381,15 @@ def test_dcfm_train_builds_and_trains_tfc_and_dcfm_with_lambda_sim(tmp_path: Pat
                  "--set", "loss.lambda_sim=0.5", "--set", "loss.class_weights=null", *common]) == 0
     assert float((out2 / "log.csv").read_text().splitlines()[1].split(",")[-1]) > 0
     assert type(load_checkpoint(out2 / "model.safetensors")[0]).__name__ == "DCFM"
+
+
+def test_node_parameter_nonkey_blend_is_validated():
+    from test_params import DEFAULTS
+
+    from dcfm_ros.node.params import ParameterError, settings_from_values
+
+    assert settings_from_values(dict(DEFAULTS)).nonkey_blend == "auto"
+    chosen = settings_from_values({**DEFAULTS, "nonkey_blend": " Cosine:Logits "})
+    assert chosen.nonkey_blend == "cosine:logits"
+    with pytest.raises(ParameterError, match="nonkey_blend"):
+        settings_from_values({**DEFAULTS, "nonkey_blend": "tfc"})
