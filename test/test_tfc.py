@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -69,19 +70,30 @@ def _ref(feature: torch.Tensor, logits: torch.Tensor) -> KeyReference:
 def test_blend_w1_gives_the_keyframes_w0_the_current_and_negative_is_clamped():
     key = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
     cur = torch.tensor([[[[10.0, 20.0], [30.0, 40.0]]]])
-    blend = NonkeyBlend(parse_blend("cosine:feature"), torch.nn.Identity())
+    raw = SimpleNamespace(model_class="TFC")  # a model whose fused feature is not unit length
+    blend = NonkeyBlend(parse_blend("cosine:feature"), raw)  # type: ignore[arg-type]
     # per pixel: w = 1, 0, -0.7 (clamped to 0), 0.25
     sim = torch.tensor([[[[1.0, 0.0], [-0.7, 0.25]]]])
     out = blend.on_feature(sim, _ref(key, key), cur)
     assert torch.allclose(out, torch.tensor([[[[1.0, 20.0], [30.0, 0.25 * 4.0 + 0.75 * 40.0]]]]))
     # the feature target leaves the logits alone, and the logits target the feature
     assert torch.equal(blend.on_logits(sim, _ref(key, key), cur), cur)
-    on_logits = NonkeyBlend(parse_blend("cosine:logits"), torch.nn.Identity())
+    on_logits = NonkeyBlend(parse_blend("cosine:logits"), raw)  # type: ignore[arg-type]
     assert torch.equal(on_logits.on_feature(sim, _ref(key, key), cur), cur)
     assert torch.allclose(on_logits.on_logits(sim, _ref(key, key), cur), out)
     # "none" changes nothing
-    off = NonkeyBlend(parse_blend("none"), torch.nn.Identity())
+    off = NonkeyBlend(parse_blend("none"), raw)  # type: ignore[arg-type]
     assert torch.equal(off.on_feature(sim, _ref(key, key), cur), cur)
+
+
+def test_blend_of_dcfm_unit_features_is_normalised_again():
+    """DCFM's F is L2-normalised per pixel; the blend of two unit vectors is renormalised."""
+    key = torch.tensor([1.0, 0.0]).view(1, 2, 1, 1)
+    cur = torch.tensor([0.0, 1.0]).view(1, 2, 1, 1)
+    blend = NonkeyBlend(parse_blend("cosine:feature"), build_model(config("conv")))
+    out = blend.on_feature(torch.full((1, 1, 1, 1), 0.5), _ref(key, key), cur)
+    assert torch.allclose(out.flatten(), torch.tensor([0.5, 0.5]) / math.sqrt(0.5))
+    assert torch.equal(blend.on_feature(torch.ones(1, 1, 1, 1), _ref(key, key), cur), key)
 
 
 def test_cosine_map_on_hand_vectors():
@@ -109,7 +121,7 @@ def test_bad_blend_specs_are_rejected_with_the_valid_list(text: str):
 def test_auto_blend_is_the_models_own():
     assert str(parse_blend("auto", build_model(config("conv")))) == "none"
     assert str(parse_blend("auto", TFC.__new__(TFC))) == "cosine:feature"
-    assert str(parse_blend("cosine")) == "cosine:feature"
+    assert str(parse_blend("cosine")) == "cosine:logits"
 
 
 def test_engine_blend_keeps_the_keyframe_prediction_on_a_still_scene():
@@ -393,3 +405,30 @@ def test_node_parameter_nonkey_blend_is_validated():
     assert chosen.nonkey_blend == "cosine:logits"
     with pytest.raises(ParameterError, match="nonkey_blend"):
         settings_from_values({**DEFAULTS, "nonkey_blend": "tfc"})
+
+
+def test_dcfm_compare_writes_the_table_with_every_row(tmp_path: Path):
+    from dcfm_ros.evaluation.compare import main
+
+    root = make_camvid(tmp_path / "camvid")
+    torch.manual_seed(0)
+    dcfm, tfc_path = tmp_path / "dcfm.safetensors", tmp_path / "tfc.safetensors"
+    save_checkpoint(dcfm, build_model(config("conv", (32, 48))))
+    save_checkpoint(tfc_path, build_tfc(config("linear", (32, 48))))
+    out = tmp_path / "cmp"
+    assert main(["--root", str(root), "--split", "val", "--dcfm", str(dcfm), "--tfc", str(tfc_path),
+                 "--tfc-untrained", "--blend", "cosine,cosine:logits", "--policies", "fixed:2,feature:0.5",
+                 "--json", str(out / "r.json"), "--markdown", str(out / "t.md"), "--quiet"]) == 0
+    import json
+
+    rows = json.loads((out / "r.json").read_text())["results"]
+    names = [(r["method"], r["policy"]) for r in rows]
+    assert names[:2] == [("DCFM, per frame", "fixed:1"), ("TFC, per frame", "fixed:1")]
+    for pol in ("fixed:2", "feature:0.5"):
+        for m in ("DCFM", "DCFM + cosine blend", "DCFM + cosine:logits blend", "TFC"):
+            assert (m, pol) in names
+    k2 = next(r for r in rows if r["method"] == "DCFM" and r["policy"] == "fixed:2")
+    assert k2["keyframe_ratio"] == 0.5 and k2["key_ms_p50"] > 0 and k2["nonkey_ms_p50"] > 0
+    table = (out / "t.md").read_text()
+    assert "| TFC | fixed:2 | n/t | n/t | n/t | n/t |" in table
+    assert main(["--root", str(root), "--dcfm", str(dcfm), "--policies", "feature:2"]) == 2

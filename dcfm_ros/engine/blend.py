@@ -4,7 +4,9 @@ map the feature keyframe policy decides on.
 At a non-key frame t, with k the last keyframe:
     w = clamp(cos(s_k, s_t), 0, 1) per pixel, s = similarity_feature(model, F_in) (DCFM: enc_lo's F_in;
         TFC: its projected level-2 feature), the shallow feature enc_lo computes on every frame anyway;
-    target "feature": F'_t = w * F_k + (1 - w) * F_t before the head (TFC's place, on z);
+    target "feature": F'_t = w * F_k + (1 - w) * F_t before the head (TFC's place, on z); for DCFM,
+        whose F leaves the FFM L2-normalised, F'_t is normalised again (Norm), so the head sees a
+        feature of the kind it was trained on (a mix of two unit vectors is shorter than either);
     target "logits":  y'_t = w * y_k + (1 - w) * y_t after it.
 Where the shallow feature has not changed since the keyframe the keyframe's prediction is kept, so
 flicker between reuse errors and fresh detail is damped; where it has changed, the current frame
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from dcfm_ros.model.dcfm import l2_normalize
 from dcfm_ros.model.similarity import (
     blend_by_similarity,
     cosine_similarity_map,
@@ -31,7 +34,7 @@ from dcfm_ros.model.similarity import (
 
 KINDS = ("none", "cosine")
 TARGETS = ("feature", "logits")
-DEFAULT_TARGET = "feature"
+DEFAULT_TARGET = "logits"
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,8 @@ class NonkeyBlend:
     def __init__(self, spec: BlendSpec, model: nn.Module) -> None:
         self.spec = spec
         self.model = model
+        # DCFM's F is Norm(...) by construction (FFM); TFC's z is a ReLU output of any length.
+        self.unit_feature = getattr(model, "model_class", "DCFM") == "DCFM"
 
     def keyframe(self, f_in: Tensor, f: Tensor, logits: Tensor) -> KeyReference:
         return KeyReference(similarity_feature(self.model, f_in), f, logits)
@@ -89,7 +94,8 @@ class NonkeyBlend:
     def on_feature(self, sim: Tensor | None, ref: KeyReference | None, f: Tensor) -> Tensor:
         if sim is None or ref is None or not (self.spec.enabled and self.spec.target == "feature"):
             return f
-        return blend_by_similarity(sim.clamp(0.0, 1.0), ref.feature, f)
+        mixed = blend_by_similarity(sim.clamp(0.0, 1.0), ref.feature, f)
+        return l2_normalize(mixed) if self.unit_feature else mixed
 
     def on_logits(self, sim: Tensor | None, ref: KeyReference | None, logits: Tensor) -> Tensor:
         if sim is None or ref is None or not (self.spec.enabled and self.spec.target == "logits"):

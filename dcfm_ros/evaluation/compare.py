@@ -37,6 +37,7 @@ class Method:
     name: str
     checkpoint: str
     blend: str  # nonkey_blend spec
+    trained: bool = True  # False: only its times mean something (accuracy columns print "n/t")
 
 
 def run_method(model: Any, blend: str, policy: PolicySpec, videos: dict[str, list[np.ndarray]],
@@ -104,9 +105,10 @@ def compare(methods: Sequence[Method], policies: Sequence[PolicySpec], root: str
         if model.config.num_classes != len(spec.class_names):
             raise ValueError(f"{m.checkpoint} predicts {model.config.num_classes} classes, {dataset} has "
                              f"{len(spec.class_names)}")
+        metrics = run_method(model, m.blend, p, videos, labels, dense, model.config.num_classes, ignore,
+                             device)
         row = {"method": label, "checkpoint": m.checkpoint, "blend": m.blend, "policy": p.text,
-               **run_method(model, m.blend, p, videos, labels, dense, model.config.num_classes,
-                            ignore, device)}
+               "trained": m.trained, **metrics}
         rows.append(row)
         if progress:
             print(f"[{i + 1}/{len(jobs)}] {label} {p.text}: mIoU {100 * row['mIoU']:.2f}", file=sys.stderr,
@@ -127,8 +129,9 @@ def markdown_table(report: dict[str, Any]) -> str:
     lines = ["| method | keyframes | mIoU | non-key mIoU | mVC_8 | mVC_16 | keyframe ratio | key ms "
              "| non-key ms |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in report["results"]:
-        lines.append(f"| {r['method']} | {r['policy']} | {_pct(r['mIoU'])} | {_pct(r['mIoU_nonkey'])} | "
-                     f"{_pct(r['mVC_8'])} | {_pct(r['mVC_16'])} | {r['keyframe_ratio']:.2f} | "
+        acc = [_pct(r[k]) if r.get("trained", True) else "n/t"
+               for k in ("mIoU", "mIoU_nonkey", "mVC_8", "mVC_16")]
+        lines.append(f"| {r['method']} | {r['policy']} | {' | '.join(acc)} | {r['keyframe_ratio']:.2f} | "
                      f"{_ms(r['key_ms_p50'])} | {_ms(r['nonkey_ms_p50'])} |")
     return "\n".join(lines)
 
@@ -150,7 +153,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dcfm", required=True, help="DCFM checkpoint (rows DCFM and DCFM + cosine blend)")
     p.add_argument("--tfc", help="TFC checkpoint (row TFC)")
     p.add_argument("--reuse", help="DCFM trained without L_B (row feature reuse)")
-    p.add_argument("--blend", default="cosine", help="the DCFM + blend row's nonkey_blend (default cosine)")
+    p.add_argument("--blend", default="cosine",
+                   help="nonkey_blend of the DCFM + blend rows; a comma list gives one row each")
+    p.add_argument("--tfc-untrained", action="store_true",
+                   help="the TFC checkpoint is not trained: report only its times (accuracy n/t)")
     p.add_argument("--policies", default="fixed:2,fixed:5,motion:0.05",
                    help="comma list: fixed:K, motion:THR[:MIN[:MAX]], feature:THR[:MIN[:MAX]]")
     p.add_argument("--device", default="cpu")
@@ -173,9 +179,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.reuse:
             methods.append(Method("feature reuse (DCFM without L_B)", args.reuse, "none"))
         methods.append(Method("DCFM", args.dcfm, "none"))
-        methods.append(Method(f"DCFM + {args.blend} blend", args.dcfm, args.blend))
+        for blend in (b.strip() for b in args.blend.split(",") if b.strip()):
+            methods.append(Method(f"DCFM + {blend} blend", args.dcfm, blend))
         if args.tfc:
-            methods.append(Method("TFC", args.tfc, "auto"))
+            methods.append(Method("TFC", args.tfc, "auto", trained=not args.tfc_untrained))
         report = compare(methods, policies, args.root, args.split, device=args.device,
                          progress=not args.quiet)
     except (ValueError, FileNotFoundError) as exc:  # CheckpointError is a ValueError
