@@ -432,3 +432,10 @@ def test_dcfm_compare_writes_the_table_with_every_row(tmp_path: Path):
     table = (out / "t.md").read_text()
     assert "| TFC | fixed:2 | n/t | n/t | n/t | n/t |" in table
     assert main(["--root", str(root), "--dcfm", str(dcfm), "--policies", "feature:2"]) == 2
+    # one policy per process, then joined: the per-frame rows only once
+    assert main(["--root", str(root), "--dcfm", str(dcfm), "--policies", "fixed:3", "--no-per-frame",
+                 "--json", str(out / "more.json"), "--quiet"]) == 0
+    assert main(["--root", str(root), "--dcfm", str(dcfm), "--merge", str(out / "r.json"),
+                 str(out / "more.json"), "--markdown", str(out / "all.md")]) == 0
+    merged = (out / "all.md").read_text()
+    assert merged.count("| DCFM, per frame |") == 1 and "| DCFM | fixed:3 |" in merged

@@ -82,7 +82,8 @@ def run_method(model: Any, blend: str, policy: PolicySpec, videos: dict[str, lis
 
 
 def compare(methods: Sequence[Method], policies: Sequence[PolicySpec], root: str, split: str,
-            dataset: str = "camvid", device: str = "cpu", progress: bool = True) -> dict[str, Any]:
+            dataset: str = "camvid", device: str = "cpu", progress: bool = True,
+            per_frame_rows: bool = True) -> dict[str, Any]:
     from dcfm_ros.model import load_checkpoint
 
     spec = dataset_spec(dataset, root)
@@ -95,7 +96,7 @@ def compare(methods: Sequence[Method], policies: Sequence[PolicySpec], root: str
     ignore = 255
     per_frame = parse_policy("fixed:1")
     jobs: list[tuple[str, Method, PolicySpec]] = []
-    for m in methods:  # each model's per-frame row once (the blend never runs on keyframes)
+    for m in methods if per_frame_rows else ():  # each model's per-frame row once (no blend on keyframes)
         if m.checkpoint not in {j[1].checkpoint for j in jobs}:
             jobs.append((f"{m.name.split(' +')[0]}, per frame", m, per_frame))
     jobs += [(m.name, m, p) for p in policies for m in methods]
@@ -163,8 +164,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, help="torch.set_num_threads")
     p.add_argument("--json", help="write the report here")
     p.add_argument("--markdown", help="write the markdown table here")
+    p.add_argument("--no-per-frame", action="store_true", help="leave out the per-frame rows")
+    p.add_argument("--merge", nargs="+", metavar="JSON",
+                   help="only join the rows of earlier --json reports (one split) into one table")
     p.add_argument("--quiet", action="store_true")
     return p.parse_args(argv)
+
+
+def merge_reports(paths: Sequence[str]) -> dict[str, Any]:
+    """Rows of several reports of one split (e.g. run in parallel, one policy each), in order."""
+    reports = [json.loads(Path(p).read_text()) for p in paths]
+    splits = {r["split"] for r in reports}
+    if len(splits) != 1:
+        raise ValueError(f"--merge: reports of different splits {sorted(splits)}")
+    rows = [row for r in reports for row in r["results"]]
+    return {**reports[0], "results": rows, "merged_from": list(paths)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,8 +197,11 @@ def main(argv: list[str] | None = None) -> int:
             methods.append(Method(f"DCFM + {blend} blend", args.dcfm, blend))
         if args.tfc:
             methods.append(Method("TFC", args.tfc, "auto", trained=not args.tfc_untrained))
-        report = compare(methods, policies, args.root, args.split, device=args.device,
-                         progress=not args.quiet)
+        if args.merge:
+            report = merge_reports(args.merge)
+        else:
+            report = compare(methods, policies, args.root, args.split, device=args.device,
+                             progress=not args.quiet, per_frame_rows=not args.no_per_frame)
     except (ValueError, FileNotFoundError) as exc:  # CheckpointError is a ValueError
         print(f"dcfm-compare: error: {exc}", file=sys.stderr)
         return 2
