@@ -19,7 +19,7 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,7 +83,9 @@ def run_method(model: Any, blend: str, policy: PolicySpec, videos: dict[str, lis
 
 def compare(methods: Sequence[Method], policies: Sequence[PolicySpec], root: str, split: str,
             dataset: str = "camvid", device: str = "cpu", progress: bool = True,
-            per_frame_rows: bool = True) -> dict[str, Any]:
+            per_frame_rows: bool = True,
+            on_row: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Every (method, policy) row; `on_row(report so far)` after each (a long run keeps its rows)."""
     from dcfm_ros.model import load_checkpoint
 
     spec = dataset_spec(dataset, root)
@@ -111,11 +113,18 @@ def compare(methods: Sequence[Method], policies: Sequence[PolicySpec], root: str
         row = {"method": label, "checkpoint": m.checkpoint, "blend": m.blend, "policy": p.text,
                "trained": m.trained, **metrics}
         rows.append(row)
+        if on_row is not None:
+            on_row(_report(dataset, split, device, dense, videos, rows))
         if progress:
             print(f"[{i + 1}/{len(jobs)}] {label} {p.text}: mIoU {100 * row['mIoU']:.2f}", file=sys.stderr,
                   flush=True)
+    return _report(dataset, split, device, dense, videos, rows)
+
+
+def _report(dataset: str, split: str, device: str, dense: set[str], videos: dict[str, list[np.ndarray]],
+            rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {"dataset": dataset, "split": split, "device": device, "dense_videos": sorted(dense),
-            "num_frames": sum(len(v) for v in videos.values()), "results": rows}
+            "num_frames": sum(len(v) for v in videos.values()), "results": list(rows)}
 
 
 def _pct(x: float | None) -> str:
@@ -200,8 +209,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.merge:
             report = merge_reports(args.merge)
         else:
+            def save(partial: dict[str, Any]) -> None:
+                if args.json:
+                    _write_atomic(args.json, json.dumps(partial, indent=2))
             report = compare(methods, policies, args.root, args.split, device=args.device,
-                             progress=not args.quiet, per_frame_rows=not args.no_per_frame)
+                             progress=not args.quiet, per_frame_rows=not args.no_per_frame, on_row=save)
     except (ValueError, FileNotFoundError) as exc:  # CheckpointError is a ValueError
         print(f"dcfm-compare: error: {exc}", file=sys.stderr)
         return 2
