@@ -25,6 +25,7 @@ setup(
             "dcfm-stress = dcfm_ros.node.stress.cli:main",
             "dcfm-train = dcfm_ros.training.train:main",
             "dcfm-evaluate = dcfm_ros.evaluation.evaluate:main",
+            "dcfm-compare = dcfm_ros.evaluation.compare:main",
             "dcfm-bag-eval = dcfm_ros.evaluation.bag_eval:main",
             "dcfm-make-bag = dcfm_ros.evaluation.make_bag:main",
         ]

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from dcfm_ros.engine.backends import InferenceBackend, make_backend
+from dcfm_ros.engine.blend import KeyReference, NonkeyBlend, low_similarity_share, parse_blend
 from dcfm_ros.engine.confidence import Confidence, frame_confidence
 from dcfm_ros.engine.device import StageTimer
 from dcfm_ros.engine.keyframe import KeyframePolicy, check_policy
@@ -66,6 +67,9 @@ class FrameResult:
     common_age: int = 0
     # a deep pass was started and its cache is not swapped in yet (after this frame)
     deep_pass_in_flight: bool = False
+    # share of pixels with shallow-feature similarity < 0.8 to the keyframe (engine/blend.py); computed
+    # on non-key frames when nonkey_blend or the feature policy needs the map, else 0.0.
+    low_similarity: float = 0.0
 
 
 class StreamEngine:
@@ -83,7 +87,8 @@ class StreamEngine:
     def __init__(self, model: DCFM, policy: KeyframePolicy, device: str | torch.device = "auto",
                  precision: str = "fp32", input_size: tuple[int, int] | None = None,
                  backend: str | InferenceBackend = "torch", schedule: str | KeyframeSchedule = "sync",
-                 spread: int = 3, background_threads: int | None = 1) -> None:
+                 spread: int = 3, background_threads: int | None = 1,
+                 nonkey_blend: str | None = "auto") -> None:
         self.backend = backend if isinstance(backend, InferenceBackend) else make_backend(
             backend, model, device, precision)
         self.device = self.backend.device
@@ -92,6 +97,8 @@ class StreamEngine:
         self._schedule = make_schedule(schedule, spread, background_threads)
         config = model.config
         self.model = model
+        # nonkey_blend (engine/blend.py): "auto" = the model's own (DCFM none, TFC cosine).
+        self.blend = NonkeyBlend(parse_blend(nonkey_blend, model), model)
         self.num_classes: int = config.num_classes
         self.class_names: tuple[str, ...] = tuple(config.class_names)
         self.palette: tuple[tuple[int, int, int], ...] = tuple(tuple(c) for c in config.palette)
@@ -136,6 +143,7 @@ class StreamEngine:
         self._schedule.cancel()
         self._cache: CommonCache | None = None  # ffm.common_part of a keyframe's F_co, and its frame
         self._key_small: Tensor | None = None
+        self._key_ref: KeyReference | None = None  # the keyframe's share of the blend (engine/blend.py)
         self._since = 0
         self._frame = -1  # index of the last frame since reset()
         self._pending = False  # a keyframe was asked for while a deep pass was in flight
@@ -176,9 +184,12 @@ class StreamEngine:
             score = 0.0
             wants = forced
             since = 0
+            needs_sim = bool(getattr(self._policy, "needs_similarity", False))
             if not forced:
                 since = self._since + 1
-                if self._policy.needs_motion:
+                if needs_sim:
+                    wants = False  # the feature policy decides after enc_lo (blend hook below)
+                elif self._policy.needs_motion:
                     small = self._pre.motion_copy(x01)
                     score = self._pre.motion_score(small, self._key_small)  # type: ignore[arg-type]
                     wants = bool(self._policy.decide(since, score))
@@ -190,6 +201,17 @@ class StreamEngine:
             timer.mark("preprocess")
             f_in = net.enc_lo(x)
             timer.mark("enc_lo")
+            # --- nonkey_blend / feature-policy hook (engine/blend.py, engine/feature_policy.py) ---
+            # The reference is the first frame that used the current common feature (the keyframe
+            # with sync; with spread/background the frame its pass arrived on).
+            sim, low = None, 0.0
+            if not forced and self._key_ref is not None and (self.blend.spec.enabled or needs_sim):
+                sim = self.blend.similarity(self._key_ref, f_in)
+                low = low_similarity_share(sim)
+                if needs_sim:
+                    wants = bool(self._policy.decide(since, low)) or self._pending
+                    is_key = wants and not sched.in_flight
+            # --- end of hook ---
             f_co: Tensor | None = None
             if forced:
                 f_co = sched.forced_pass(net, f_in)
@@ -201,10 +223,16 @@ class StreamEngine:
                 cache = CommonCache(net.common_part(f_co), frame)
             else:
                 cache = arrived if arrived is not None else self._cache  # type: ignore[assignment]
+            fresh = f_co is not None or arrived is not None  # this frame is the first to use `cache`
             f = net.fuse(cache.common, f_in)
+            f = self.blend.on_feature(None if fresh else sim, self._key_ref, f)  # blend hook
             timer.mark("ffm")
             logits = net.head(f)
+            blended = self.blend.on_logits(None if fresh else sim, self._key_ref, logits)  # blend hook
             timer.mark("head")
+            if fresh:
+                key_ref = self.blend.keyframe(f_in, f, logits)  # blend hook: cached with the common part
+            logits = blended
             labels = self._pre.labels(logits, shape)
             confidence = frame_confidence(logits)
             timer.mark("postprocess")
@@ -217,6 +245,8 @@ class StreamEngine:
         timings["total"] = (time.perf_counter() - t_start) * 1000.0
         # Commit the new state only once the frame went through.
         self._cache = cache
+        if fresh:
+            self._key_ref = key_ref  # blend hook
         if is_key:
             self._key_small, self._since = key_small, 0
             since = 0
@@ -227,4 +257,5 @@ class StreamEngine:
         self._image_shape = shape
         return FrameResult(labels=labels, is_keyframe=is_key, frames_since_key=since,
                            motion_score=score, timings_ms=timings, confidence=confidence,
-                           common_age=frame - cache.frame, deep_pass_in_flight=sched.in_flight)
+                           common_age=frame - cache.frame, deep_pass_in_flight=sched.in_flight,
+                           low_similarity=low)

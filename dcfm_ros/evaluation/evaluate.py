@@ -8,7 +8,9 @@ Every video of the split is run in frame order through the engine, once per (mod
 - B mode: `run_bmode` (previous and next keyframe averaged; offline), with the keyframes the same
   policy picks (`select_keyframes`, identical to P mode's choice).
 `fixed:1` (every frame a keyframe) is the per-frame baseline; B mode equals P mode there and is not
-run twice. `motion:THR[:MIN[:MAX]]` is the causal adaptive policy (MotionThreshold).
+run twice. `motion:THR[:MIN[:MAX]]` is the causal adaptive policy (MotionThreshold),
+`feature:THR[:MIN[:MAX]]` the feature-similarity policy (engine/feature_policy.py, P mode only).
+`--blend none|cosine|cosine:feature|cosine:logits|auto` sets P mode's nonkey_blend (engine/blend.py).
 
 Reported per row: mIoU, wIoU, pixel accuracy, per-class IoU (all over labeled frames), mIoU over
 labeled keyframes and over labeled non-key frames, the keyframe ratio (over all frames run), and
@@ -55,12 +57,23 @@ class PolicySpec:
     def build(self) -> Any:
         from dcfm_ros.engine import make_policy
 
+        if self.kind == "feature":
+            from dcfm_ros.engine.feature_policy import FeatureSimilarity
+
+            return FeatureSimilarity(self.threshold, self.min_interval, self.max_interval)
+
         return make_policy(self.kind, interval=self.interval, threshold=self.threshold,
                            min_interval=self.min_interval, max_interval=self.max_interval)
 
 
 def parse_policy(text: str) -> PolicySpec:
     parts = text.strip().lower().split(":")
+    if parts[0] == "feature":
+        from dcfm_ros.engine.feature_policy import parse_feature_policy
+
+        p = parse_feature_policy(text)
+        return PolicySpec(text.strip().lower(), "feature", threshold=p.threshold,
+                          min_interval=p.min_interval, max_interval=p.max_interval)
     try:
         if parts[0] == "fixed" and len(parts) == 2:
             k = int(parts[1])
@@ -163,13 +176,15 @@ def evaluate(model: Any, videos: dict[str, list[FrameSample]], lut: np.ndarray, 
              input_size: tuple[int, int] | None = None,
              device: str = "auto", precision: str = "fp32", ignore_index: int = 255,
              progress: bool = True, schedules: Sequence[str] = ("sync",), backend: str = "auto",
-             backend_cache_dir: str | None = None) -> dict[str, Any]:
+             backend_cache_dir: str | None = None, nonkey_blend: str = "auto") -> dict[str, Any]:
     """Run every (mode, policy) over every video, P mode once per keyframe schedule (sync, spread:N,
     lag:L; B mode is offline and runs with sync only); returns the JSON-ready report (without file
     info)."""
     from dcfm_ros.engine import StreamEngine, make_backend, resolve_device, run_bmode, select_keyframes
 
     bad = [m for m in modes if m not in MODES]
+    if "b" in modes and any(p.kind == "feature" for p in policies):
+        raise ValueError("the feature policy needs the engine's similarity map: P mode only (--modes p)")
     if bad:
         raise ValueError(f"unknown mode(s) {bad}; expected a subset of {MODES}")
     cfg = model.config
@@ -181,7 +196,8 @@ def evaluate(model: Any, videos: dict[str, list[FrameSample]], lut: np.ndarray, 
     dense_names = [v for v, frames in videos.items() if is_dense(dataset, frames)]
     # One backend for every engine and B mode: the same weights, graphs and sessions throughout.
     net = make_backend(backend, model, device, precision, input_size=size, cache_dir=backend_cache_dir)
-    engines = {(p.text, sc): StreamEngine(model, p.build(), input_size=size, backend=net, schedule=sc)
+    engines = {(p.text, sc): StreamEngine(model, p.build(), input_size=size, backend=net, schedule=sc,
+                                          nonkey_blend=nonkey_blend)
                for m, p, sc in jobs if m == "p"}
     total_frames = sum(len(f) for f in videos.values())
     done = 0
@@ -228,6 +244,7 @@ def evaluate(model: Any, videos: dict[str, list[FrameSample]], lut: np.ndarray, 
         "device": str(resolve_device(device)),
         "precision": precision,
         "backend": net.describe(),
+        "nonkey_blend": nonkey_blend,
         "num_videos": len(videos),
         "num_frames": total_frames,
         "num_labeled_frames": sum(f.label is not None for v in videos.values() for f in v),
@@ -267,11 +284,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--split", default="val", help="split name (val, test, ...)")
     p.add_argument("--modes", default="p,b", help="comma list of p (causal) and b (bidirectional)")
     p.add_argument("--policies", default="fixed:1,fixed:2,fixed:5",
-                   help="comma list of fixed:K and motion:THR[:MIN[:MAX]]")
+                   help="comma list of fixed:K, motion:THR[:MIN[:MAX]] and feature:THR[:MIN[:MAX]]")
     p.add_argument("--schedule", default="sync",
                    help="comma list of keyframe schedules for P mode: sync, spread:N (deep pass in N "
                         "pieces over the following frames), lag:L (cache used L frames late: what "
                         "background amounts to); all exact and deterministic")
+    p.add_argument("--blend", default="auto",
+                   help="P mode's non-key blend: none | cosine | cosine:feature | cosine:logits | auto "
+                        "(the model's own: none for DCFM, cosine for TFC)")
     p.add_argument("--size", help="network input HxW (default: the checkpoint's input_size)")
     p.add_argument("--device", default="auto", help="cpu | cuda | auto")
     p.add_argument("--precision", default="fp32", help="fp32 | fp16 | bf16 (engine precisions)")
@@ -321,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         report = evaluate(model, videos, spec.lut, args.dataset, modes, policies, input_size=size,
                           device=args.device, precision=args.precision, progress=not args.quiet,
                           schedules=schedules, backend=args.backend,
-                          backend_cache_dir=args.backend_cache_dir)
+                          backend_cache_dir=args.backend_cache_dir, nonkey_blend=args.blend)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:  # CheckpointError is a ValueError
         print(f"dcfm-evaluate: error: {exc}", file=sys.stderr)
         return 2

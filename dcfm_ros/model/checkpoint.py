@@ -2,7 +2,8 @@
 
 Layout (docs/ARCHITECTURE.md): tensors are `DCFM.state_dict()`; the safetensors metadata holds
     format = "dcfm_ros", format_version = "1", dcfm_config = JSON of DCFMConfig.to_dict(),
-    extra = JSON object (training info), dtype = "float32" | "float16" (how floats are stored).
+    extra = JSON object (training info), dtype = "float32" | "float16" (how floats are stored),
+    model_class = "DCFM" | "TFC" (which network the config builds; absent in older files = DCFM).
 safetensors never unpickles, so a checkpoint from anywhere is safe to open. Saving writes a temporary
 file next to the target and renames it over the target, so a reader (the node, an evaluation run)
 sees either the old file or the new one, never half a file.
@@ -23,10 +24,13 @@ from torch import Tensor, nn
 from dcfm_ros.model.build import build_model
 from dcfm_ros.model.config import DCFMConfig
 from dcfm_ros.model.dcfm import DCFM
+from dcfm_ros.model.tfc import TFC, build_tfc
 
 FORMAT = "dcfm_ros"
 FORMAT_VERSION = "1"
 _MAX_LISTED = 10
+# model_class -> builder(config, pretrained); the class writes its own name (`model_class` attribute).
+MODEL_CLASSES = {"DCFM": build_model, "TFC": build_tfc}
 
 
 class CheckpointError(ValueError):
@@ -73,6 +77,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, extra: dict[str, Any] | 
         "dcfm_config": json.dumps(config.to_dict()),
         "extra": extra_json,
         "dtype": "float16" if half else "float32",
+        "model_class": getattr(model, "model_class", "DCFM"),
     }
 
     tensors: dict[str, Tensor] = {}
@@ -140,8 +145,13 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: bad 'extra' metadata (not JSON): {exc}") from exc
     if not isinstance(extra, dict):
         raise CheckpointError(f"{path}: bad 'extra' metadata (not a JSON object)")
+    model_class = metadata.get("model_class", "DCFM")
+    if model_class not in MODEL_CLASSES:
+        raise CheckpointError(f"{path}: unknown model_class {model_class!r}; this version builds "
+                              f"{', '.join(MODEL_CLASSES)}")
     return {
         "config": config,
+        "model_class": model_class,
         "extra": extra,
         "format_version": version,
         "dtype": metadata.get("dtype", "float32"),
@@ -150,7 +160,7 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
-                    expected_num_classes: int | None = None) -> tuple[DCFM, dict[str, Any]]:
+                    expected_num_classes: int | None = None) -> tuple[DCFM | TFC, dict[str, Any]]:
     """Rebuild the model from the stored config and load its weights strictly; never unpickles.
 
     Returns (model in eval mode on `map_location`, meta) with meta as in `read_checkpoint_meta`.
@@ -165,7 +175,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
         raise CheckpointError(f"{path}: checkpoint has {config.num_classes} classes, expected "
                               f"{expected_num_classes}")
     try:
-        model = build_model(config, pretrained=None)
+        model = MODEL_CLASSES[meta["model_class"]](config, None)
     except Exception as exc:
         raise CheckpointError(f"{path}: cannot build backbone {config.backbone!r} from its config: "
                               f"{type(exc).__name__}: {exc}") from exc

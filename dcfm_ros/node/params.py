@@ -41,6 +41,7 @@ KEYFRAME_SCHEDULES = ("sync", "spread", "background")
 TRANSPORTS = ("raw", "compressed")
 RELIABILITIES = ("auto", "best_effort", "reliable")
 DROP_POLICIES = ("latest", "none")
+NONKEY_BLENDS = ("auto", "none", "cosine", "cosine:feature", "cosine:logits")  # engine/blend.py
 _INT_MAX = 100_000
 
 
@@ -152,6 +153,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               float_range=(0.0, 1.0)),
     ParamSpec("confidence.window", T.INTEGER, 30, "Frames the confidence warning averages over.",
               read_only=False, int_range=(1, 10_000)),
+    ParamSpec("nonkey_blend", T.STRING, "auto", "Non-key frames: blend with the keyframe's prediction by "
+              "the shallow-feature cosine similarity (TFC, engine/blend.py). auto: the model's own (none "
+              "for DCFM, cosine for TFC); none; cosine; cosine:feature; cosine:logits.",
+              constraints="auto, none, cosine, cosine:feature, cosine:logits"),
 )
 PARAMETER_NAMES: tuple[str, ...] = tuple(p.name for p in PARAMETERS)
 RUNTIME_PARAMETERS: frozenset[str] = frozenset(p.name for p in PARAMETERS if not p.read_only)
@@ -207,6 +212,7 @@ class NodeSettings:
     drop_policy: str
     confidence_warn_below: float = 0.75
     confidence_window: int = 30
+    nonkey_blend: str = "auto"
     values: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     backend: str = "auto"
     backend_cache_dir: str = ""
@@ -307,6 +313,7 @@ def settings_from_values(values: Mapping[str, Any]) -> NodeSettings:
         drop_policy=_choice(values, "drop_policy", DROP_POLICIES),
         confidence_warn_below=_in_range(values, "confidence.warn_below", 0.0, 1.0),
         confidence_window=_int(values, "confidence.window", 1, 10_000),
+        nonkey_blend=_choice(values, "nonkey_blend", NONKEY_BLENDS),
         values=dict(values),
         backend=_choice(values, "backend", BACKENDS),
         backend_cache_dir=_path_or_empty(values, "backend_cache_dir"),
@@ -403,7 +410,8 @@ def build_engine(settings: NodeSettings) -> StreamEngine:
                            input_size=settings.input_size or tuple(model.config.input_size),
                            cache_dir=settings.backend_cache_dir or None)
         return StreamEngine(model, settings.keyframe.make_policy(), input_size=settings.input_size,
-                            backend=net, schedule=settings.keyframe.make_schedule())
+                            backend=net, schedule=settings.keyframe.make_schedule(),
+                            nonkey_blend=settings.nonkey_blend)
     except (RuntimeError, ValueError) as exc:
         raise StartupError(f"cannot run the model with backend={settings.backend!r}, device="
                            f"{settings.device!r}, precision={settings.precision!r}, input_size="

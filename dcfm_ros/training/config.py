@@ -112,9 +112,12 @@ class ModelSection:
     init_from: str | None = None
     sync_bn: bool = False
     freeze_bn: bool = False
+    method: str = "dcfm"  # "dcfm" | "tfc" (the comparison method, dcfm_ros.model.tfc)
 
     def __post_init__(self) -> None:
         self.input_size = _pair(self.input_size, "model.input_size")  # type: ignore[assignment]
+        if self.method not in ("dcfm", "tfc"):
+            raise ConfigError(f"model.method must be dcfm or tfc, got {self.method!r}")
         if self.pretrained is not None:
             self.pretrained = str(self.pretrained)
         if self.init_from is not None:
@@ -185,8 +188,12 @@ class LossSection:
     lambda_c: float | None = None
     class_weights: str | list[float] | None = None  # None | "median_frequency" | one weight per class
     class_weight_power: float = 1.0  # exponent on median-frequency weights; a given list is used as it is
+    lambda_sim: float = 0.0  # TFC's focal BCE on the shallow-feature similarity (needs labeled neighbours)
 
     def __post_init__(self) -> None:
+        if float(self.lambda_sim) < 0:
+            raise ConfigError(f"loss.lambda_sim must be >= 0, got {self.lambda_sim!r}")
+        self.lambda_sim = float(self.lambda_sim)
         for k in ("lambda_b", "lambda_c"):
             v = getattr(self, k)
             if v is not None and float(v) < 0:

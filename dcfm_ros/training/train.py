@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import importlib.resources
 import json
 import math
@@ -44,7 +45,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from dcfm_ros.evaluation.metrics import ConfusionMatrix
-from dcfm_ros.model import DCFM, DCFMConfig, build_model, load_checkpoint, save_checkpoint, upsample_logits
+from dcfm_ros.model import DCFM, DCFMConfig, load_checkpoint, save_checkpoint, upsample_logits
 from dcfm_ros.model.checkpoint import init_from_checkpoint
 from dcfm_ros.training import distributed
 from dcfm_ros.training.class_weights import class_pixel_counts, median_frequency_weights
@@ -58,12 +59,14 @@ from dcfm_ros.training.datasets import (
     video_frames,
 )
 from dcfm_ros.training.datasets.checks import check_labels
-from dcfm_ros.training.losses import DCFMObjective
+from dcfm_ros.training.datasets.labeled_pairs import LabeledPairDataset
+from dcfm_ros.training.losses import TrainingObjective
+from dcfm_ros.training.methods import build_training_model, needs_neighbour_labels, training_losses
 from dcfm_ros.training.optim import DECODER_KEYS, PolyWarmup, build_optimizer
 from dcfm_ros.training.transforms import ColorJitter, PairAugment
 
 SHIPPED, SHIPPED_FILE = "shipped", "camvid_efficientnet_lite0.safetensors"
-LOG_FIELDS = ("iter", "lr", "loss", "L_I", "L_B", "L_C", "mask_ratio", "time")
+LOG_FIELDS = ("iter", "lr", "loss", "L_I", "L_B", "L_C", "mask_ratio", "time", "L_sim")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -151,7 +154,7 @@ class Trainer:
         self.device = rank_device if rank_device is not None else resolve_device(cfg.device)
         spec = train_spec(cfg)
         self.mcfg = model_config(cfg)
-        self.model = build_model(self.mcfg, cfg.model.pretrained)
+        self.model = build_training_model(cfg, self.mcfg)  # DCFM, or TFC (model.method)
         self.init_report = None
         if cfg.model.init_from is not None:
             self.init_report = init_from_checkpoint(self.model, init_from_path(cfg.model.init_from))
@@ -196,7 +199,8 @@ class Trainer:
                                                      self.dist.world_size)
         self.global_batch = self.batch_size * self.dist.world_size
         pairs = pair_samples(d.type, d.root, d.train_split, d.neighbour_offsets)
-        self.train_set = PairDataset(pairs, self.lut, build_augment(cfg, self.mcfg.mean))
+        dataset = LabeledPairDataset if needs_neighbour_labels(cfg) else PairDataset  # L_sim, TFC
+        self.train_set = dataset(pairs, self.lut, build_augment(cfg, self.mcfg.mean))
         if len(self.train_set) < self.global_batch:
             raise ConfigError(f"global batch {self.global_batch} ({self.dist.world_size} rank(s) x "
                               f"{self.batch_size}) > {len(self.train_set)} training pairs")
@@ -209,8 +213,8 @@ class Trainer:
             self._check_labels(spec, val_frames)
         self.class_weight = self._class_weight()
         mean = distributed.global_mean if self.dist.active else None
-        self.objective = DCFMObjective(self.model, float(cfg.loss.lambda_b), float(cfg.loss.lambda_c),  # type: ignore[arg-type]
-                                       d.ignore_index, self.class_weight, mean)
+        self.objective = TrainingObjective(self.model, functools.partial(
+            training_losses, cfg=cfg, class_weight=self.class_weight, mean=mean))
         self.step_module: torch.nn.Module = self.objective
         if self.dist.active:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -370,8 +374,9 @@ class Trainer:
                 x_u = self.model.normalize_input(batch["neighbour"].to(self.device, non_blocking=True))
                 x_l, x_u = x_l.contiguous(memory_format=mf), x_u.contiguous(memory_format=mf)
                 y_l = batch["label"].to(self.device, non_blocking=True)
+                y_u = batch["neighbour_label"].to(self.device) if "neighbour_label" in batch else None
                 with self._autocast():
-                    terms = DCFMObjective.terms(self.step_module(x_l, y_l, x_u))
+                    terms = TrainingObjective.terms(self.step_module(x_l, y_l, x_u, y_u))
                 if not torch.isfinite(terms.total):
                     raise FloatingPointError(f"loss is {float(terms.total)} at iteration {it + 1} "
                                              f"({terms.as_floats()}); lower the learning rate?")
@@ -389,7 +394,7 @@ class Trainer:
                 if log is not None and log_f is not None:
                     log.writerow([it + 1, f"{lr:.6g}", f"{f['loss']:.5f}", f"{f['L_I']:.5f}",
                                   f"{f['L_B']:.5f}", f"{f['L_C']:.6f}", f"{f['mask_ratio']:.3f}",
-                                  f"{dt:.3f}"])
+                                  f"{dt:.3f}", f"{f['L_sim']:.5f}"])
                     log_f.flush()
                 bar.set_postfix(loss=f"{f['loss']:.3f}", L_I=f"{f['L_I']:.3f}", L_B=f"{f['L_B']:.3f}",
                                 L_C=f"{f['L_C']:.4f}", s_it=f"{dt:.2f}")
