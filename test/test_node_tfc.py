@@ -45,7 +45,8 @@ def _node(ctx: Any, log_dir: Path, ns: str, checkpoint: Path, blend: str) -> Nod
     from sensor_msgs.msg import Image
 
     params = {"drop_policy": "none", "qos.reliability": "reliable", "qos.depth": 50,
-              "keyframe.interval": INTERVAL, "device": "cpu", "nonkey_blend": blend}
+              "keyframe.policy": "fixed", "keyframe.interval": INTERVAL, "device": "cpu",
+              "nonkey_blend": blend}
     return NodeUnderTest(ctx, log_dir, ns, params, checkpoint,
                          {OUT + "labels": Image, OUT + "info": SegmentationInfo})
 
