@@ -127,7 +127,7 @@ def test_dcfm_train_cli_writes_checkpoints_that_load_with_same_logits(tmp_path: 
                  "best.safetensors", "log.csv", "eval.csv", "config.yaml"):
         assert (out / name).is_file(), name
     rows = (out / "log.csv").read_text().splitlines()
-    assert rows[0] == "iter,lr,loss,L_I,L_B,L_C,mask_ratio,time" and len(rows) == 3
+    assert rows[0] == "iter,lr,loss,L_I,L_B,L_C,mask_ratio,time,L_sim" and len(rows) == 3
 
     model, meta = load_checkpoint(out / "model.safetensors")
     assert meta["extra"]["iteration"] == 2 and meta["config"].class_names == CAMVID_CLASSES
