@@ -4,7 +4,6 @@ exactly what an in-process engine with the same blend computes."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,26 +50,23 @@ def _node(ctx: Any, log_dir: Path, ns: str, checkpoint: Path, blend: str) -> Nod
                          {OUT + "labels": Image, OUT + "info": SegmentationInfo})
 
 
-@pytest.fixture(scope="module")
-def tfc_node(ros_context: Any, tfc_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
-             ) -> Iterator[NodeUnderTest]:
-    n = _node(ros_context, tmp_path_factory.mktemp("node_tfc"), "/tfc", tfc_checkpoint, "auto")
-    yield n
-    n.close()
-
-
-def test_tfc_checkpoint_runs_in_the_node_with_its_blend(tfc_node: NodeUnderTest) -> None:
+def test_tfc_checkpoint_runs_in_the_node_with_its_blend(ros_context: Any, tfc_checkpoint: Path,
+                                                         tmp_path_factory: pytest.TempPathFactory) -> None:
     from dcfm_ros.model.tfc import TFC
 
-    assert isinstance(tfc_node.ref.model, TFC)
-    assert str(tfc_node.ref.blend.spec) == "cosine:feature"
-    frames = pan(2 * INTERVAL)
-    keys = [tfc_node.send(raw_msg(f, "rgb8"), f) for f in frames]
-    for key in keys:
-        tfc_node.check_labels(key, (60, 80))  # equal to the in-process engine's, keyframe flags too
-    flags = [tfc_node.find(OUT + "info", k).is_keyframe for k in keys]
-    assert flags == [True, False, False, True, False, False]
-    tfc_node.proc.check_alive()
+    node = _node(ros_context, tmp_path_factory.mktemp("node_tfc"), "/tfc", tfc_checkpoint, "auto")
+    try:
+        assert isinstance(node.ref.model, TFC)
+        assert str(node.ref.blend.spec) == "cosine:feature"
+        frames = pan(2 * INTERVAL)
+        keys = [node.send(raw_msg(f, "rgb8"), f) for f in frames]
+        for key in keys:
+            node.check_labels(key, (60, 80))  # equal to the in-process engine's, keyframe flags too
+        flags = [node.find(OUT + "info", k).is_keyframe for k in keys]
+        assert flags == [True, False, False, True, False, False]
+        node.proc.check_alive()
+    finally:
+        node.close()
 
 
 def test_dcfm_node_with_the_cosine_blend_matches_the_engine(ros_context: Any, tiny_checkpoint: Path,

@@ -14,8 +14,9 @@ wins. It has no parameters, so it works on a trained DCFM as it is.
 
 Spec strings: "none", "cosine" (= DEFAULT_TARGET), "cosine:feature", "cosine:logits", and "auto"
 (the model's own `default_blend`, "none" for DCFM, "cosine:feature" for TFC).
-DEFAULT_TARGET was measured on the CamVid val clip with the shipped DCFM (README, "TFC and the
-cosine blend"): see the comment there for why.
+DEFAULT_TARGET ("cosine" = "cosine:logits") was chosen on the CamVid val clip with the shipped DCFM
+(README, "TFC and the cosine blend"): at K=2, K=5 and with the motion policy it kept more mIoU and
+gained more mVC_8 than the feature blend.
 """
 
 from __future__ import annotations
