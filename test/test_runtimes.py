@@ -310,7 +310,7 @@ def test_tensorrt_fp16_labels_match_torch_fp16(tmp_path: Path, frames) -> None:
 def test_bag_eval_passes_the_backend_to_the_node(tmp_path: Path) -> None:
     import yaml
 
-    from dcfm_ros.evaluation.bag_eval import effective_params, parse_param, write_params_file
+    from dcfm_ros.evaluation.bag_eval.params import effective_params, parse_param, write_params_file
     from dcfm_ros.node.params import ParameterError, settings_from_values
 
     values = effective_params(None, [parse_param("backend=torch"), parse_param("backend_cache_dir=/tmp/c")],

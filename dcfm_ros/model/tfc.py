@@ -177,7 +177,8 @@ class TFCDecoder(nn.Module):
                              f"by common_part, got shape {tuple(common.shape)}")
         w12 = self.conv.weight[:, : 2 * FUSE_WIDTH]
         z = F.conv2d(torch.cat(self.shallow(f_in), 1), w12.to(f_in.dtype))
-        return self.relu(self.bn(z + common.to(z.dtype)))
+        # No cast when the dtypes agree: a no-op Cast on a graph input renames it in the ONNX export.
+        return self.relu(self.bn(z + (common if common.dtype == z.dtype else common.to(z.dtype))))
 
 
 class TFC(nn.Module):
