@@ -316,11 +316,12 @@ def export_onnx(model: DCFM, out_dir: str | Path, size: tuple[int, int] | None =
     model_hash = model_hash or model_sha256(model)
     meta = graph_metadata(model, size, model_hash, source_sha256, dtype)  # type: ignore[arg-type]
     if dtype == "fp16":
-        model = copy.deepcopy(model).half()
+        # Traced on the GPU when there is one: half-precision kernels are a GPU's, not every CPU's.
+        model = copy.deepcopy(model).half().to("cuda" if torch.cuda.is_available() else "cpu")
     # An old manifest must not describe a folder whose files are being replaced.
     (out / MANIFEST).unlink(missing_ok=True)
     x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(0))
-    x = x.to(next(model.parameters()).dtype)
+    x = x.to(next(model.parameters()).device, next(model.parameters()).dtype)
     protos: dict[str, Any] = {}
     specs: dict[str, GraphSpec] = {}
     stages = _stages(model, x)
