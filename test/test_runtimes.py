@@ -323,3 +323,13 @@ def test_bag_eval_passes_the_backend_to_the_node(tmp_path: Path) -> None:
     assert (settings.backend, settings.backend_cache_dir) == ("torch", "/tmp/c")
     with pytest.raises(ParameterError, match="'backend' must be one of auto, torch, onnxruntime, openvino"):
         settings_from_values({**{k: v for k, v in values.items() if k != "use_sim_time"}, "backend": "tvm"})
+
+
+def test_spread_opens_the_deep_unit_graphs_before_the_first_frame(tmp_path: Path) -> None:
+    model = small_model("efficientnet-lite0")
+    net = make_backend("onnxruntime", model, "cpu", input_size=SMALL, cache_dir=tmp_path)
+    opened = lambda: sorted(n for n in net._sets[0].sessions if n.startswith("unit_"))  # noqa: E731
+    StreamEngine(model, FixedInterval(2), input_size=SMALL, backend=net)  # sync: not needed
+    assert opened() == []
+    StreamEngine(model, FixedInterval(2), input_size=SMALL, backend=net, schedule="spread")
+    assert len(opened()) == net.num_deep_units

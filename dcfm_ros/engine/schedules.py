@@ -91,6 +91,8 @@ class KeyframeSchedule(ABC):
     name: ClassVar[str]
     # whether the deep pass's work runs on the frames' own thread (it is then timed as their enc_hi)
     on_frames: ClassVar[bool] = True
+    # whether it runs the deep pass in pieces (the engine then has the backend prepare them)
+    uses_deep_units: ClassVar[bool] = False
 
     @property
     @abstractmethod
@@ -160,6 +162,8 @@ class SpreadSchedule(KeyframeSchedule):
     only the time per frame, never the labels: the pieces always compose to enc_hi and the cache is
     always swapped in `pieces` frames after its keyframe.
     """
+
+    uses_deep_units = True
 
     name = "spread"
 

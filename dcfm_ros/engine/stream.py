@@ -95,6 +95,8 @@ class StreamEngine:
         self.precision = self.backend.precision
         self.policy = policy  # validated by the setter
         self._schedule = make_schedule(schedule, spread, background_threads)
+        if self._schedule.uses_deep_units:
+            self.backend.prepare_deep_units()  # at start-up, not on the first keyframe
         config = model.config
         self.model = model
         # nonkey_blend (engine/blend.py): "auto" = the model's own (DCFM none, TFC cosine).
@@ -132,6 +134,8 @@ class StreamEngine:
             return
         self._pending = self._pending or old.in_flight
         old.close()
+        if new.uses_deep_units:
+            self.backend.prepare_deep_units()
         self._schedule = new
 
     def close(self) -> None:

@@ -64,6 +64,11 @@ class InferenceBackend(ABC):
     def head(self, f: Tensor) -> Tensor:
         """F -> logits at F's resolution, float32."""
 
+    def prepare_deep_units(self) -> None:
+        """Get run_deep_units ready (e.g. open its graphs), so the first piece run on a frame does not
+        pay for it. A no-op where nothing needs preparing."""
+        return
+
     def describe(self) -> str:
         """One line for logs and diagnostics."""
         return f"{self.name} on {self.device} ({self.precision})"

@@ -75,6 +75,10 @@ class _GraphSet:
                                              self.manifest.graphs[name])
         return self.sessions[name]
 
+    def open_deep_units(self) -> None:
+        for i in range(self.manifest.num_deep_units):
+            self.session(f"unit_{i:02d}")
+
     def accepts(self, name: str, inputs: Sequence[Tensor]) -> bool:
         spec = self.manifest.graphs[name]
         return len(inputs) == len(spec.inputs) and all(
@@ -218,6 +222,10 @@ class OnnxRuntimeBackend(InferenceBackend):
 
     def deep_unit_costs(self) -> list[float]:
         return list(self._sets[0].manifest.deep_unit_costs)
+
+    def prepare_deep_units(self) -> None:
+        for graphs in self._sets:
+            graphs.open_deep_units()
 
     def run_deep_units(self, start: int, stop: int, state: DeepState) -> DeepState:
         n = self.num_deep_units
