@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dcfm_ros.model.config import DCFMConfig
-from dcfm_ros.model.dcfm import build_head
+from dcfm_ros.model.dcfm import DCFM, build_head
 from dcfm_ros.model.efficientnet import (
     BN_MOMENTUM,
     DROP_CONNECT_RATE,
@@ -242,15 +242,8 @@ class TFC(nn.Module):
         hi.blocks = nn.ModuleList([*self.enc_lo.blocks, *self.enc_hi.blocks])
         load_efficientnet_lite0_weights(lo, hi, path)
 
-    def normalize_input(self, x: Tensor) -> Tensor:
-        """(B, 3, H, W) uint8 or float 0..1 RGB -> mean/std normalised (as DCFM.normalize_input)."""
-        if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"normalize_input expects (B, 3, H, W) RGB, got shape {tuple(x.shape)}")
-        if x.dtype == torch.uint8:
-            x = x.to(self.pixel_mean.dtype) / 255.0
-        elif not x.is_floating_point():
-            raise ValueError(f"normalize_input expects uint8 or a float tensor in 0..1, got {x.dtype}")
-        return (x - self.pixel_mean.to(x.dtype)) / self.pixel_std.to(x.dtype)
+    # The same input normalisation as DCFM (it reads only pixel_mean / pixel_std).
+    normalize_input = DCFM.normalize_input
 
     def similarity_feature(self, f_in: Tensor) -> Tensor:
         """x^2, the feature TFC's cosine similarity compares (eq. 5, l = 2), at 1/4."""
