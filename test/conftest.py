@@ -22,6 +22,8 @@ from typing import Any
 
 import pytest
 
+from dcfm_ros.evaluation.bag_eval.node_process import stop_process
+
 REPO = Path(__file__).resolve().parents[1]
 PARAMS_FILE = REPO / "config" / "dcfm.yaml"
 NODE_EXE = Path(sys.executable).parent / "dcfm_node"
@@ -161,13 +163,7 @@ class NodeProcess:
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 30.0) -> int:
         """Send `sig`, wait; kill (and fail the caller's check via the return code) if it hangs."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, sig, timeout)
         self._log.close()
         _LIVE.discard(self.proc)
         return self.proc.returncode

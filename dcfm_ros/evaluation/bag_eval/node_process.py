@@ -74,6 +74,19 @@ def _parent_death_signal() -> Callable[[], None] | None:
     return setup
 
 
+
+def stop_process(proc: subprocess.Popen, sig: int, timeout: float) -> int:
+    """Send `sig` to a still running `proc` and wait; SIGKILL it if it has not exited after `timeout`
+    s. Returns the exit status (negative for a signal)."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return int(proc.returncode)
+
 class NodeProcess:
     """dcfm_node as a subprocess; stdout+stderr in a log file."""
 
@@ -106,13 +119,7 @@ class NodeProcess:
     def stop(self, timeout: float = 20.0) -> int:
         """SIGINT, then SIGKILL after `timeout` s; returns the exit status. Signals that reach
         dcfm-bag-eval meanwhile are handled by stopping.py (only recorded), so the wait is never cut."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        code = stop_process(self.proc, signal.SIGINT, timeout)
         self._log.close()
-        return int(self.proc.returncode)
+        return code
 

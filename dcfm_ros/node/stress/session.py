@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from dcfm_ros.evaluation.bag_eval.node_process import stop_process
+
 START_TIMEOUT_S = 120.0
 NS = "/stress"
 
@@ -132,13 +134,7 @@ class NodeSession:
         raise RuntimeError("no VmRSS in /proc status")
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, sig, timeout)
         self._log_file.close()
         import rclpy
 
