@@ -99,7 +99,8 @@ def test_declared_with_descriptors_and_read_only_flags(node: Any) -> None:
     from rclpy.parameter import Parameter
 
     declare_parameters(node)
-    runtime = {"keyframe.policy", "keyframe.interval", "keyframe.threshold", "keyframe.min_interval",
+    runtime = {"keyframe.policy", "keyframe.interval", "keyframe.threshold", "keyframe.feature_threshold",
+               "keyframe.min_interval",
                "keyframe.max_interval", "keyframe.schedule", "keyframe.spread", "overlay_alpha",
                "confidence.warn_below", "confidence.window"}
     assert runtime == RUNTIME_PARAMETERS
@@ -166,6 +167,8 @@ def defaults(**changes: Any) -> dict[str, Any]:
     ({"keyframe__interval": True}, "keyframe.interval"),
     ({"keyframe__threshold": 1.0}, "threshold"),
     ({"keyframe__threshold": -0.1}, "keyframe.threshold"),
+    ({"keyframe__feature_threshold": 1.0}, "feature_threshold"),
+    ({"keyframe__feature_threshold": -0.5}, "keyframe.feature_threshold"),
     ({"keyframe__min_interval": 10, "keyframe__max_interval": 5}, "max_interval"),
     ({"keyframe__schedule": "async"}, "keyframe.schedule"),
     ({"keyframe__spread": 0}, "keyframe.spread"),
@@ -179,6 +182,8 @@ def defaults(**changes: Any) -> dict[str, Any]:
     ({"qos__reliability": "sometimes"}, "qos.reliability"),
     ({"drop_policy": "oldest"}, "drop_policy"),
     ({"model": 3}, "model"),
+    ({"nonkey_blend": "cosine:2"}, "nonkey_blend"),
+    ({"nonkey_blend": "blend"}, "nonkey_blend"),
 ])
 def test_invalid_values_name_the_parameter(changes: dict[str, Any], name: str) -> None:
     with pytest.raises(ParameterError, match=re.escape(name)):
@@ -186,8 +191,29 @@ def test_invalid_values_name_the_parameter(changes: dict[str, Any], name: str) -
 
 
 def test_choices_are_case_insensitive_and_normalised() -> None:
-    s = settings_from_values(defaults(device=" CUDA:1 ", drop_policy="None", keyframe__policy="Motion"))
+    s = settings_from_values(defaults(device=" CUDA:1 ", drop_policy="None", keyframe__policy="Motion",
+                                      nonkey_blend=" Cosine:0.5:prev"))
     assert (s.device, s.drop_policy, s.keyframe.policy) == ("cuda:1", "none", "motion")
+    assert s.nonkey_blend == "cosine:logits:prev:0.5"
+
+
+def test_feature_policy_from_parameters() -> None:
+    from rclpy.parameter import Parameter
+
+    from dcfm_ros.engine.feature_policy import FeatureSimilarity
+
+    s = settings_from_values(defaults(keyframe__policy="feature", keyframe__feature_threshold=0.6,
+                                      keyframe__min_interval=2, keyframe__max_interval=9))
+    policy = s.keyframe.make_policy()
+    assert isinstance(policy, FeatureSimilarity) and policy.needs_similarity
+    assert (policy.threshold, policy.min_interval, policy.max_interval) == (0.6, 2, 9)
+    # decisions follow the low-similarity share, within min/max
+    assert [policy.decide(1, 0.9), policy.decide(2, 0.5), policy.decide(2, 0.7), policy.decide(9, 0.0)] \
+        == [False, False, True, True]
+    # a change of feature_threshold alone rebuilds the policy (it is one of its fields)
+    new = apply_changes(s, [Parameter("keyframe.feature_threshold", value=0.3)])
+    assert new.keyframe.policy_fields() != s.keyframe.policy_fields()
+    assert new.keyframe.make_policy().threshold == 0.3
 
 
 def test_run_time_changes() -> None:

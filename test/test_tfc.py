@@ -112,7 +112,27 @@ def test_cosine_map_on_hand_vectors():
         cosine_similarity_map(a, b[:, :1])
 
 
-@pytest.mark.parametrize("text", ["cos", "cosine:weights", "none:feature", "cosine:feature:x"])
+def test_blend_strength_scales_w():
+    key, cur = torch.full((1, 1, 1, 2), 2.0), torch.zeros(1, 1, 1, 2)
+    half = NonkeyBlend(parse_blend("cosine:0.5"), SimpleNamespace(model_class="TFC"))  # type: ignore[arg-type]
+    # w = 0.5 * clamp(sim): 0.5 * 1 and 0.5 * 0.5
+    out = half.on_logits(torch.tensor([[[[1.0, 0.5]]]]), _ref(key, key), cur)
+    assert torch.allclose(out.flatten(), torch.tensor([1.0, 0.5]))
+
+
+@pytest.mark.parametrize(("text", "spec"), [
+    ("cosine:prev:0.5", ("logits", "prev", 0.5, "cosine:logits:prev:0.5")),
+    ("Cosine:0.25:feature", ("feature", "key", 0.25, "cosine:feature:0.25")),
+    ("cosine:key:1", ("logits", "key", 1.0, "cosine:logits")),
+])
+def test_blend_options_parse_in_any_order(text: str, spec: tuple):
+    got = parse_blend(text)
+    assert (got.target, got.reference, got.strength, str(got)) == spec
+    assert parse_blend(str(got)) == got
+
+
+@pytest.mark.parametrize("text", ["cos", "cosine:weights", "none:feature", "cosine:feature:x", "cosine:prev:key",
+                                  "cosine:0", "cosine:1.5", "cosine:nan", "cosine:0.5:0.5"])
 def test_bad_blend_specs_are_rejected_with_the_valid_list(text: str):
     with pytest.raises(ValueError, match="auto, none, cosine"):
         parse_blend(text)
@@ -142,6 +162,47 @@ def test_engine_blend_keeps_the_keyframe_prediction_on_a_still_scene():
     assert b[-1].low_similarity > 0.0
     # where the scene moved, the blend is a mix, not the keyframe's prediction
     assert not np.array_equal(b[-1].labels, b[0].labels)
+
+
+def _spy_references(engine: StreamEngine) -> list[tuple]:
+    """(reference logits, blended output) of every on_logits call with a similarity map."""
+    seen: list[tuple] = []
+    inner = engine.blend.on_logits
+
+    def on_logits(sim, ref, logits):  # type: ignore[no-untyped-def]
+        out = inner(sim, ref, logits)
+        if sim is not None:
+            seen.append((ref.logits.clone(), out.clone()))
+        return out
+
+    engine.blend.on_logits = on_logits  # type: ignore[method-assign]
+    return seen
+
+
+def test_engine_blend_reference_prev_follows_the_last_output_and_key_stays():
+    """reference "prev": each non-key frame blends with the previous frame's blended output (a
+    recursive filter); reference "key" keeps blending with the keyframe; a keyframe restarts it."""
+    torch.manual_seed(0)
+    model = build_model(config("conv")).eval()
+    frames = pan(7, shift=5, seed=3)
+    prev = StreamEngine(model, FixedInterval(4), "cpu", nonkey_blend="cosine:prev:0.5")
+    key = StreamEngine(model, FixedInterval(4), "cpu", nonkey_blend="cosine:0.5")
+    seen_prev, seen_key = _spy_references(prev), _spy_references(key)
+    rs = [prev.process(f) for f in frames]
+    for f in frames:
+        key.process(f)
+    assert [r.is_keyframe for r in rs] == [True, False, False, False, True, False, False]
+    nonkey, nonkey_key = seen_prev, seen_key  # frames 1, 2, 3, 5, 6 (keyframes are not blended)
+    assert len(nonkey) == len(nonkey_key) == 5
+    # frame 1: both blend with the keyframe; frames 2, 3: "prev" with frame 1's / 2's blended output
+    assert torch.equal(nonkey[0][0], nonkey_key[0][0])
+    assert torch.equal(nonkey[1][0], nonkey[0][1]) and torch.equal(nonkey[2][0], nonkey[1][1])
+    assert not torch.equal(nonkey[1][0], nonkey[0][0])
+    # "key" keeps the keyframe's logits as its reference
+    assert torch.equal(nonkey_key[1][0], nonkey_key[0][0]) and torch.equal(nonkey_key[2][0], nonkey_key[0][0])
+    # after the keyframe at frame 4 "prev" starts again from that keyframe, not from frame 3
+    assert torch.equal(nonkey[3][0], nonkey_key[3][0])
+    assert torch.equal(nonkey[4][0], nonkey[3][1])
 
 
 # --- focal BCE / L_sim -------------------------------------------------------------------------------

@@ -12,8 +12,18 @@ Where the shallow feature has not changed since the keyframe the keyframe's pred
 flicker between reuse errors and fresh detail is damped; where it has changed, the current frame
 wins. It has no parameters, so it works on a trained DCFM as it is.
 
-Spec strings: "none", "cosine" (= DEFAULT_TARGET), "cosine:feature", "cosine:logits", and "auto"
-(the model's own `default_blend`, "none" for DCFM, "cosine:feature" for TFC).
+Spec strings: "none", "auto" (the model's own `default_blend`, "none" for DCFM, "cosine:feature" for
+TFC), or "cosine" followed by up to three options, in any order, separated by ":":
+    target     feature | logits (default DEFAULT_TARGET);
+    reference  key (default, TFC: blend with the keyframe) | prev (blend with the previous frame's
+               blended output and compare with its shallow feature: a recursive filter, reset at
+               every frame that brings a new common feature);
+    strength   a number a in (0, 1]: w = a * clamp(cos, 0, 1) (default 1, TFC's eq. 7).
+"cosine:prev:0.5" is the variant chosen on the CamVid val clip for the shipped DCFM (README): the only
+one of the grid tried there whose mIoU is not below the unblended one at K=2 and K=5 while its mVC_8
+is above the per-frame baseline. TFC's own blend at full strength against the keyframe mixes the
+stale keyframe prediction into moved pixels, because the shipped model's F_in was never trained
+(L_sim) to be dissimilar where labels change.
 DEFAULT_TARGET ("cosine" = "cosine:logits") was chosen on the CamVid val clip with the shipped DCFM
 (README, "TFC and the cosine blend"): at K=2, K=5 and with the motion policy it kept more mIoU and
 gained more mVC_8 than the feature blend.
@@ -21,6 +31,7 @@ gained more mVC_8 than the feature blend.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from torch import Tensor, nn
@@ -35,20 +46,40 @@ from dcfm_ros.model.similarity import (
 
 KINDS = ("none", "cosine")
 TARGETS = ("feature", "logits")
+REFERENCES = ("key", "prev")
 DEFAULT_TARGET = "logits"
+_VALID = ("auto, none, cosine, cosine:feature, cosine:logits, and cosine with :key or :prev and a "
+          "strength in (0, 1], e.g. cosine:prev:0.5")
 
 
 @dataclass(frozen=True)
 class BlendSpec:
     kind: str = "none"  # none | cosine
     target: str = DEFAULT_TARGET  # feature | logits (only for cosine)
+    reference: str = "key"  # key | prev
+    strength: float = 1.0  # w = strength * clamp(cos, 0, 1)
 
     @property
     def enabled(self) -> bool:
         return self.kind == "cosine"
 
     def __str__(self) -> str:
-        return "none" if not self.enabled else f"cosine:{self.target}"
+        if not self.enabled:
+            return "none"
+        text = f"cosine:{self.target}"
+        if self.reference != "key":
+            text += f":{self.reference}"
+        if self.strength != 1.0:
+            text += f":{self.strength:g}"
+        return text
+
+
+def _strength(token: str) -> float | None:
+    try:
+        value = float(token)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and 0.0 < value <= 1.0 else None
 
 
 def parse_blend(text: str | BlendSpec | None, model: nn.Module | None = None) -> BlendSpec:
@@ -58,12 +89,17 @@ def parse_blend(text: str | BlendSpec | None, model: nn.Module | None = None) ->
     if text is None or str(text).strip().lower() in ("", "auto"):
         text = getattr(model, "default_blend", "none")
     parts = str(text).strip().lower().split(":")
-    kind = parts[0]
-    target = parts[1] if len(parts) == 2 else DEFAULT_TARGET
-    if kind not in KINDS or len(parts) > 2 or target not in TARGETS or (kind == "none" and len(parts) > 1):
-        raise ValueError(f"nonkey_blend must be auto, none, cosine, cosine:feature or cosine:logits, "
-                         f"got {text!r}")
-    return BlendSpec(kind, target)
+    if parts == ["none"]:
+        return BlendSpec()
+    options: dict[str, object] = {}
+    for token in parts[1:] if parts[0] == "cosine" else ["<not cosine>"]:
+        key = ("target" if token in TARGETS else "reference" if token in REFERENCES
+               else "strength" if _strength(token) is not None else None)
+        if key is None or key in options:
+            raise ValueError(f"nonkey_blend must be {_VALID}; got {text!r} ({token!r} is "
+                             f"{'repeated' if key else 'not an option'})")
+        options[key] = _strength(token) if key == "strength" else token
+    return BlendSpec("cosine", **options)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -92,17 +128,26 @@ class NonkeyBlend:
         """cos(s_k, s_t) (1, 1, h, w), unclamped (the feature policy counts values < 0.8)."""
         return cosine_similarity_map(ref.sim_feature, similarity_feature(self.model, f_in))
 
+    @property
+    def follows_previous(self) -> bool:
+        """Whether each blended frame becomes the next one's reference (reference "prev")."""
+        return self.spec.enabled and self.spec.reference == "prev"
+
+    def weight(self, sim: Tensor) -> Tensor:
+        w = sim.clamp(0.0, 1.0)
+        return w if self.spec.strength == 1.0 else self.spec.strength * w
+
     def on_feature(self, sim: Tensor | None, ref: KeyReference | None, f: Tensor) -> Tensor:
         if sim is None or ref is None or not (self.spec.enabled and self.spec.target == "feature"):
             return f
-        mixed = blend_by_similarity(sim.clamp(0.0, 1.0), ref.feature, f)
+        mixed = blend_by_similarity(self.weight(sim), ref.feature, f)
         return l2_normalize(mixed) if self.unit_feature else mixed
 
     def on_logits(self, sim: Tensor | None, ref: KeyReference | None, logits: Tensor) -> Tensor:
         if sim is None or ref is None or not (self.spec.enabled and self.spec.target == "logits"):
             return logits
-        return blend_by_similarity(sim.clamp(0.0, 1.0), ref.logits, logits)
+        return blend_by_similarity(self.weight(sim), ref.logits, logits)
 
 
-__all__ = ["DEFAULT_TARGET", "BlendSpec", "KeyReference", "NonkeyBlend", "low_similarity_share",
+__all__ = ["DEFAULT_TARGET", "REFERENCES", "BlendSpec", "KeyReference", "NonkeyBlend", "low_similarity_share",
            "parse_blend"]

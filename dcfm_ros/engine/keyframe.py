@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Protocol, runtime_checkable
 
-POLICIES = ("fixed", "motion")
+POLICIES = ("fixed", "motion", "feature")
 
 
 @runtime_checkable
@@ -93,10 +93,12 @@ class MotionThreshold:
 
 
 def make_policy(policy: str, interval: int = 2, threshold: float = 0.05, min_interval: int = 1,
-                max_interval: int = 30) -> FixedInterval | MotionThreshold:
+                max_interval: int = 30, feature_threshold: float = 0.85) -> KeyframePolicy:
     """Build a policy from plain parameters (ROS node parameters, CLI flags).
 
-    policy "fixed" uses `interval`; "motion" uses `threshold`, `min_interval`, `max_interval`.
+    policy "fixed" uses `interval`; "motion" uses `threshold`, `min_interval`, `max_interval`;
+    "feature" (engine/feature_policy.py) uses `feature_threshold` (a share of pixels, not a motion
+    score, hence its own value), `min_interval`, `max_interval`.
     """
     if not isinstance(policy, str):
         raise ValueError(f"keyframe policy must be a string, one of {POLICIES}, got {policy!r}")
@@ -105,6 +107,10 @@ def make_policy(policy: str, interval: int = 2, threshold: float = 0.05, min_int
         return FixedInterval(interval)
     if name == "motion":
         return MotionThreshold(threshold, min_interval, max_interval)
+    if name == "feature":
+        from dcfm_ros.engine.feature_policy import FeatureSimilarity
+
+        return FeatureSimilarity(feature_threshold, min_interval, max_interval)
     raise ValueError(f"unknown keyframe policy {policy!r}; expected one of {POLICIES}")
 
 

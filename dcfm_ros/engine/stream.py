@@ -148,6 +148,8 @@ class StreamEngine:
         self._cache: CommonCache | None = None  # ffm.common_part of a keyframe's F_co, and its frame
         self._key_small: Tensor | None = None
         self._key_ref: KeyReference | None = None  # the keyframe's share of the blend (engine/blend.py)
+        # nonkey_blend reference "prev": the last frame's blended output (engine/blend.py).
+        self._blend_ref: KeyReference | None = None
         self._since = 0
         self._frame = -1  # index of the last frame since reset()
         self._pending = False  # a keyframe was asked for while a deep pass was in flight
@@ -229,13 +231,20 @@ class StreamEngine:
                 cache = arrived if arrived is not None else self._cache  # type: ignore[assignment]
             fresh = f_co is not None or arrived is not None  # this frame is the first to use `cache`
             f = net.fuse(cache.common, f_in)
-            f = self.blend.on_feature(None if fresh else sim, self._key_ref, f)  # blend hook
+            # Blend reference: the keyframe's, or (reference "prev") the previous frame's blended output.
+            blend_ref, blend_sim = self._key_ref, sim
+            if not fresh and sim is not None and self.blend.follows_previous and self._blend_ref is not None:
+                blend_ref = self._blend_ref
+                blend_sim = self.blend.similarity(blend_ref, f_in)
+            f = self.blend.on_feature(None if fresh else blend_sim, blend_ref, f)  # blend hook
             timer.mark("ffm")
             logits = net.head(f)
-            blended = self.blend.on_logits(None if fresh else sim, self._key_ref, logits)  # blend hook
+            blended = self.blend.on_logits(None if fresh else blend_sim, blend_ref, logits)  # blend hook
             timer.mark("head")
             if fresh:
                 key_ref = self.blend.keyframe(f_in, f, logits)  # blend hook: cached with the common part
+            elif self.blend.follows_previous:
+                next_ref = self.blend.keyframe(f_in, f, blended)
             logits = blended
             labels = self._pre.labels(logits, shape)
             confidence = frame_confidence(logits)
@@ -250,7 +259,9 @@ class StreamEngine:
         # Commit the new state only once the frame went through.
         self._cache = cache
         if fresh:
-            self._key_ref = key_ref  # blend hook
+            self._key_ref = self._blend_ref = key_ref  # blend hook
+        elif self.blend.follows_previous:
+            self._blend_ref = next_ref
         if is_key:
             self._key_small, self._since = key_small, 0
             since = 0

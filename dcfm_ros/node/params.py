@@ -36,12 +36,11 @@ DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 PRECISIONS = ("fp32", "fp16", "bf16")
 # = dcfm_ros.engine.backends.BACKEND_CHOICES (not imported: that loads torch)
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino", "tensorrt")
-KEYFRAME_POLICIES = ("fixed", "motion")
+KEYFRAME_POLICIES = ("fixed", "motion", "feature")
 KEYFRAME_SCHEDULES = ("sync", "spread", "background")
 TRANSPORTS = ("raw", "compressed")
 RELIABILITIES = ("auto", "best_effort", "reliable")
 DROP_POLICIES = ("latest", "none")
-NONKEY_BLENDS = ("auto", "none", "cosine", "cosine:feature", "cosine:logits")  # engine/blend.py
 _INT_MAX = 100_000
 
 
@@ -100,7 +99,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("keyframe.policy", T.STRING, "motion",
               "fixed: a keyframe every keyframe.interval frames. motion: a keyframe when the regional "
               "absolute difference to the last keyframe exceeds keyframe.threshold (after "
-              "keyframe.min_interval frames), at the latest every keyframe.max_interval frames.",
+              "keyframe.min_interval frames), at the latest every keyframe.max_interval frames. feature: "
+              "a keyframe when the share of pixels whose shallow feature (F_in) has cosine similarity "
+              "below 0.8 to the keyframe's exceeds keyframe.feature_threshold (same min/max intervals).",
               read_only=False, constraints="one of " + ", ".join(KEYFRAME_POLICIES)),
     ParamSpec("keyframe.interval", T.INTEGER, 2, "fixed policy: frames from one keyframe to the next (1 = "
               "every frame is a keyframe).", read_only=False, int_range=(1, _INT_MAX)),
@@ -108,10 +109,14 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "|frame - keyframe| on 0..1 intensities over a 6x8 grid of cells) above which a new keyframe "
               "is taken.", read_only=False,
               constraints="0 <= threshold < 1", float_range=(0.0, 1.0)),
-    ParamSpec("keyframe.min_interval", T.INTEGER, 1, "motion policy: no keyframe sooner than this many "
+    ParamSpec("keyframe.feature_threshold", T.DOUBLE, 0.85, "feature policy: share of pixels with "
+              "shallow-feature similarity < 0.8 to the keyframe above which a keyframe is taken (0.85: "
+              "about the motion policy's keyframe ratio on the CamVid val clip, README).", read_only=False,
+              constraints="0 <= feature_threshold < 1", float_range=(0.0, 1.0)),
+    ParamSpec("keyframe.min_interval", T.INTEGER, 1, "motion and feature policies: no keyframe sooner than this many "
               "frames after the last one.", read_only=False, constraints="<= keyframe.max_interval",
               int_range=(1, _INT_MAX)),
-    ParamSpec("keyframe.max_interval", T.INTEGER, 30, "motion policy: a keyframe at the latest this many "
+    ParamSpec("keyframe.max_interval", T.INTEGER, 30, "motion and feature policies: a keyframe at the latest this many "
               "frames after the last one.", read_only=False, constraints=">= keyframe.min_interval",
               int_range=(1, _INT_MAX)),
     ParamSpec("keyframe.schedule", T.STRING, "sync",
@@ -155,8 +160,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               read_only=False, int_range=(1, 10_000)),
     ParamSpec("nonkey_blend", T.STRING, "auto", "Non-key frames: blend with the keyframe's prediction by "
               "the shallow-feature cosine similarity (TFC, engine/blend.py). auto: the model's own (none "
-              "for DCFM, cosine for TFC); none; cosine; cosine:feature; cosine:logits.",
-              constraints="auto, none, cosine, cosine:feature, cosine:logits"),
+              "for DCFM, cosine for TFC); none; cosine; cosine:feature; cosine:logits; after cosine, in any "
+              "order: key or prev (blend with the previous frame's blended output), and a strength in "
+              "(0, 1] (w = strength * clamp(cos)), e.g. cosine:prev:0.5.",
+              constraints="auto, none, or cosine[:feature|logits][:key|prev][:strength]"),
 )
 PARAMETER_NAMES: tuple[str, ...] = tuple(p.name for p in PARAMETERS)
 RUNTIME_PARAMETERS: frozenset[str] = frozenset(p.name for p in PARAMETERS if not p.read_only)
@@ -171,9 +178,11 @@ class KeyframeSettings:
     max_interval: int
     schedule: str = "sync"
     spread: int = 3
+    feature_threshold: float = 0.85
 
     def policy_fields(self) -> tuple:
-        return (self.policy, self.interval, self.threshold, self.min_interval, self.max_interval)
+        return (self.policy, self.interval, self.threshold, self.min_interval, self.max_interval,
+                self.feature_threshold)
 
     def make_schedule(self) -> KeyframeSchedule:
         from dcfm_ros.engine.schedules import make_schedule
@@ -184,17 +193,20 @@ class KeyframeSettings:
         """The engine policy; every keyframe value is checked, also those the active policy ignores
         (a bad min/max pair must not hide until someone switches to the motion policy)."""
         from dcfm_ros.engine import FixedInterval, MotionThreshold, make_policy
+        from dcfm_ros.engine.feature_policy import FeatureSimilarity
 
         try:
             FixedInterval(self.interval)
             MotionThreshold(self.threshold, self.min_interval, self.max_interval)
+            FeatureSimilarity(self.feature_threshold, self.min_interval, self.max_interval)
             return make_policy(self.policy, interval=self.interval, threshold=self.threshold,
-                               min_interval=self.min_interval, max_interval=self.max_interval)
+                               min_interval=self.min_interval, max_interval=self.max_interval,
+                               feature_threshold=self.feature_threshold)
         except ValueError as exc:
             raise ParameterError(
                 f"keyframe parameters rejected (keyframe.policy={self.policy}, interval={self.interval}, "
                 f"threshold={self.threshold}, min_interval={self.min_interval}, max_interval="
-                f"{self.max_interval}): {exc}") from exc
+                f"{self.max_interval}, feature_threshold={self.feature_threshold}): {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -233,6 +245,20 @@ def _choice(values: Mapping[str, Any], name: str, choices: Sequence[str]) -> str
     if text not in choices:
         raise ParameterError(f"parameter '{name}' must be one of {', '.join(choices)}; got {value!r}")
     return text
+
+
+def _blend(values: Mapping[str, Any], name: str) -> str:
+    """A nonkey_blend spec, checked by the engine's parser ("auto" stays: it depends on the model)."""
+    from dcfm_ros.engine.blend import parse_blend
+
+    value = values[name]
+    text = value.strip().lower() if isinstance(value, str) else value
+    if text == "auto":
+        return text
+    try:
+        return str(parse_blend(text))
+    except (ValueError, AttributeError) as exc:
+        raise ParameterError(f"parameter '{name}': {exc}") from exc
 
 
 def _in_range(values: Mapping[str, Any], name: str, lo: float, hi: float) -> float:
@@ -279,6 +305,7 @@ def settings_from_values(values: Mapping[str, Any]) -> NodeSettings:
         max_interval=_int(values, "keyframe.max_interval", 1, _INT_MAX),
         schedule=_choice(values, "keyframe.schedule", KEYFRAME_SCHEDULES),
         spread=_int(values, "keyframe.spread", 1, 64),
+        feature_threshold=_in_range(values, "keyframe.feature_threshold", 0.0, 1.0),
     )
 
     size = values["input_size"]
@@ -313,7 +340,7 @@ def settings_from_values(values: Mapping[str, Any]) -> NodeSettings:
         drop_policy=_choice(values, "drop_policy", DROP_POLICIES),
         confidence_warn_below=_in_range(values, "confidence.warn_below", 0.0, 1.0),
         confidence_window=_int(values, "confidence.window", 1, 10_000),
-        nonkey_blend=_choice(values, "nonkey_blend", NONKEY_BLENDS),
+        nonkey_blend=_blend(values, "nonkey_blend"),
         values=dict(values),
         backend=_choice(values, "backend", BACKENDS),
         backend_cache_dir=_path_or_empty(values, "backend_cache_dir"),
