@@ -132,7 +132,8 @@ def test_blend_options_parse_in_any_order(text: str, spec: tuple):
 
 
 @pytest.mark.parametrize("text", ["cos", "cosine:weights", "none:feature", "cosine:feature:x",
-                                  "cosine:prev:key", "cosine:0", "cosine:1.5", "cosine:nan", "cosine:0.5:0.5"])
+                                  "cosine:prev:key", "cosine:0", "cosine:1.5", "cosine:nan",
+                                  "cosine:0.5:0.5"])
 def test_bad_blend_specs_are_rejected_with_the_valid_list(text: str):
     with pytest.raises(ValueError, match="auto, none, cosine"):
         parse_blend(text)

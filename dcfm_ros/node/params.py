@@ -114,10 +114,12 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "about the motion policy's keyframe ratio on the CamVid val clip, README).", read_only=False,
               constraints="0 <= feature_threshold < 1", float_range=(0.0, 1.0)),
     ParamSpec("keyframe.min_interval", T.INTEGER, 1, "motion and feature policies: no keyframe sooner "
-              "than this many frames after the last one.", read_only=False, constraints="<= keyframe.max_interval",
+              "than this many frames after the last one.", read_only=False,
+              constraints="<= keyframe.max_interval",
               int_range=(1, _INT_MAX)),
     ParamSpec("keyframe.max_interval", T.INTEGER, 30, "motion and feature policies: a keyframe at the "
-              "latest this many frames after the last one.", read_only=False, constraints=">= keyframe.min_interval",
+              "latest this many frames after the last one.", read_only=False,
+              constraints=">= keyframe.min_interval",
               int_range=(1, _INT_MAX)),
     ParamSpec("keyframe.schedule", T.STRING, "sync",
               "When a keyframe's deep pass runs. sync: inside the keyframe (its latency spikes). spread: "
