@@ -501,3 +501,12 @@ def test_dcfm_compare_writes_the_table_with_every_row(tmp_path: Path):
                  str(out / "more.json"), "--markdown", str(out / "all.md")]) == 0
     merged = (out / "all.md").read_text()
     assert merged.count("| DCFM, per frame |") == 1 and "| DCFM | fixed:3 |" in merged
+    # a second model under its own label joins the rows of its policy (grouped, not appended)
+    assert main(["--root", str(root), "--dcfm", str(dcfm), "--dcfm-label", "DCFM (small)", "--policies",
+                 "fixed:2", "--blend", "", "--no-per-frame", "--json", str(out / "small.json"), "--quiet"]) == 0
+    assert main(["--root", str(root), "--dcfm", str(dcfm), "--merge", str(out / "r.json"),
+                 str(out / "small.json"), "--json", str(out / "grouped.json")]) == 0
+    grouped_rows = json.loads((out / "grouped.json").read_text())["results"]
+    grouped = [(r["method"], r["policy"]) for r in grouped_rows]
+    assert grouped.index(("DCFM (small)", "fixed:2")) < grouped.index(("DCFM", "feature:0.5"))
+    assert grouped.index(("DCFM (small)", "fixed:2")) > grouped.index(("TFC", "fixed:2"))

@@ -163,6 +163,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dcfm", required=True, help="DCFM checkpoint (rows DCFM and DCFM + cosine blend)")
     p.add_argument("--tfc", help="TFC checkpoint (row TFC)")
     p.add_argument("--reuse", help="DCFM trained without L_B (row feature reuse)")
+    p.add_argument("--dcfm-label", default="DCFM",
+                   help="name of the --dcfm rows, e.g. 'DCFM (700 it)' next to the shipped model's")
     p.add_argument("--blend", default="cosine",
                    help="nonkey_blend of the DCFM + blend rows; a comma list gives one row each")
     p.add_argument("--tfc-untrained", action="store_true",
@@ -181,12 +183,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def merge_reports(paths: Sequence[str]) -> dict[str, Any]:
-    """Rows of several reports of one split (e.g. run in parallel, one policy each), in order."""
+    """Rows of several reports of one split (e.g. run in parallel, one policy each), grouped by policy."""
     reports = [json.loads(Path(p).read_text()) for p in paths]
     splits = {r["split"] for r in reports}
     if len(splits) != 1:
         raise ValueError(f"--merge: reports of different splits {sorted(splits)}")
     rows = [row for r in reports for row in r["results"]]
+    # One table: the per-frame rows first, then the rows of each keyframe policy together, in the
+    # order the policies first appear (sorted() is stable, so each report's row order is kept).
+    order: dict[str, int] = {}
+    for row in rows:
+        order.setdefault(row["policy"], len(order))
+    rows = sorted(rows, key=lambda row: (row["policy"] != "fixed:1", order[row["policy"]]))
     return {**reports[0], "results": rows, "merged_from": list(paths)}
 
 
@@ -201,9 +209,9 @@ def main(argv: list[str] | None = None) -> int:
         methods = []
         if args.reuse:
             methods.append(Method("feature reuse (DCFM without L_B)", args.reuse, "none"))
-        methods.append(Method("DCFM", args.dcfm, "none"))
+        methods.append(Method(args.dcfm_label, args.dcfm, "none"))
         for blend in (b.strip() for b in args.blend.split(",") if b.strip()):
-            methods.append(Method(f"DCFM + {blend} blend", args.dcfm, blend))
+            methods.append(Method(f"{args.dcfm_label} + {blend} blend", args.dcfm, blend))
         if args.tfc:
             methods.append(Method("TFC", args.tfc, "auto", trained=not args.tfc_untrained))
         if args.merge:
