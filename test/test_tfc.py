@@ -503,7 +503,8 @@ def test_dcfm_compare_writes_the_table_with_every_row(tmp_path: Path):
     assert merged.count("| DCFM, per frame |") == 1 and "| DCFM | fixed:3 |" in merged
     # a second model under its own label joins the rows of its policy (grouped, not appended)
     assert main(["--root", str(root), "--dcfm", str(dcfm), "--dcfm-label", "DCFM (small)", "--policies",
-                 "fixed:2", "--blend", "", "--no-per-frame", "--json", str(out / "small.json"), "--quiet"]) == 0
+                 "fixed:2", "--blend", "", "--no-per-frame", "--json", str(out / "small.json"),
+                 "--quiet"]) == 0
     assert main(["--root", str(root), "--dcfm", str(dcfm), "--merge", str(out / "r.json"),
                  str(out / "small.json"), "--json", str(out / "grouped.json")]) == 0
     grouped_rows = json.loads((out / "grouped.json").read_text())["results"]
