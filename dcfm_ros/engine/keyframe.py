@@ -93,7 +93,7 @@ class MotionThreshold:
 
 
 def make_policy(policy: str, interval: int = 2, threshold: float = 0.05, min_interval: int = 1,
-                max_interval: int = 30, feature_threshold: float = 0.85) -> KeyframePolicy:
+                max_interval: int = 30, feature_threshold: float = 0.75) -> KeyframePolicy:
     """Build a policy from plain parameters (ROS node parameters, CLI flags).
 
     policy "fixed" uses `interval`; "motion" uses `threshold`, `min_interval`, `max_interval`;

@@ -109,9 +109,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "|frame - keyframe| on 0..1 intensities over a 6x8 grid of cells) above which a new keyframe "
               "is taken.", read_only=False,
               constraints="0 <= threshold < 1", float_range=(0.0, 1.0)),
-    ParamSpec("keyframe.feature_threshold", T.DOUBLE, 0.85, "feature policy: share of pixels with "
-              "shallow-feature similarity < 0.8 to the keyframe above which a keyframe is taken (0.85: "
-              "about the motion policy's keyframe ratio on the CamVid val clip, README).", read_only=False,
+    ParamSpec("keyframe.feature_threshold", T.DOUBLE, 0.75, "feature policy: share of pixels with "
+              "shallow-feature similarity < 0.8 to the keyframe above which a keyframe is taken (0.75: "
+              "the keyframe ratio of the default motion policy on the CamVid val clip, README).",
+              read_only=False,
               constraints="0 <= feature_threshold < 1", float_range=(0.0, 1.0)),
     ParamSpec("keyframe.min_interval", T.INTEGER, 1, "motion and feature policies: no keyframe sooner "
               "than this many frames after the last one.", read_only=False,
@@ -180,7 +181,7 @@ class KeyframeSettings:
     max_interval: int
     schedule: str = "sync"
     spread: int = 3
-    feature_threshold: float = 0.85
+    feature_threshold: float = 0.75
 
     def policy_fields(self) -> tuple:
         return (self.policy, self.interval, self.threshold, self.min_interval, self.max_interval,
