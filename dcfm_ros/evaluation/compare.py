@@ -2,7 +2,7 @@
 
     dcfm-compare --root ../shared/data/camvid --split val \\
         --dcfm dcfm_ros/models/camvid_efficientnet_lite0.safetensors --tfc runs/tfc/model.safetensors \\
-        [--reuse CKPT] [--policies fixed:2,fixed:5,motion:0.05,feature:0.3] [--json OUT] [--markdown OUT]
+        [--reuse CKPT] [--policies fixed:2,fixed:5,motion:0.1,feature:0.75] [--dcfm-label NAME] [--json OUT] [--markdown OUT]
 
 Rows: the per-frame baseline (DCFM, every frame a keyframe), then per keyframe policy:
 feature reuse (a DCFM trained without L_B, `--reuse`, when given), DCFM, DCFM + cosine blend
@@ -169,7 +169,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="nonkey_blend of the DCFM + blend rows; a comma list gives one row each")
     p.add_argument("--tfc-untrained", action="store_true",
                    help="the TFC checkpoint is not trained: report only its times (accuracy n/t)")
-    p.add_argument("--policies", default="fixed:2,fixed:5,motion:0.05",
+    p.add_argument("--policies", default="fixed:2,fixed:5,motion:0.1,feature:0.75",
                    help="comma list: fixed:K, motion:THR[:MIN[:MAX]], feature:THR[:MIN[:MAX]]")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, help="torch.set_num_threads")

@@ -10,7 +10,8 @@ Every video of the split is run in frame order through the engine, once per (mod
 `fixed:1` (every frame a keyframe) is the per-frame baseline; B mode equals P mode there and is not
 run twice. `motion:THR[:MIN[:MAX]]` is the causal adaptive policy (MotionThreshold),
 `feature:THR[:MIN[:MAX]]` the feature-similarity policy (engine/feature_policy.py, P mode only).
-`--blend none|cosine|cosine:feature|cosine:logits|auto` sets P mode's nonkey_blend (engine/blend.py).
+`--blend none|auto|cosine[:feature|logits][:key|prev][:strength]` sets P mode's nonkey_blend
+(engine/blend.py).
 
 Reported per row: mIoU, wIoU, pixel accuracy, per-class IoU (all over labeled frames), mIoU over
 labeled keyframes and over labeled non-key frames, the keyframe ratio (over all frames run), and
@@ -290,8 +291,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "pieces over the following frames), lag:L (cache used L frames late: what "
                         "background amounts to); all exact and deterministic")
     p.add_argument("--blend", default="auto",
-                   help="P mode's non-key blend: none | cosine | cosine:feature | cosine:logits | auto "
-                        "(the model's own: none for DCFM, cosine for TFC)")
+                   help="P mode's non-key blend: none | auto (the model's own: none for DCFM, cosine "
+                        "for TFC) | cosine[:feature|logits][:key|prev][:strength], e.g. cosine:prev:0.5")
     p.add_argument("--size", help="network input HxW (default: the checkpoint's input_size)")
     p.add_argument("--device", default="auto", help="cpu | cuda | auto")
     p.add_argument("--precision", default="fp32", help="fp32 | fp16 | bf16 (engine precisions)")
