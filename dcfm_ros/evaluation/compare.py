@@ -2,7 +2,8 @@
 
     dcfm-compare --root ../shared/data/camvid --split val \\
         --dcfm dcfm_ros/models/camvid_efficientnet_lite0.safetensors --tfc runs/tfc/model.safetensors \\
-        [--reuse CKPT] [--policies fixed:2,fixed:5,motion:0.1,feature:0.75] [--dcfm-label NAME] [--json OUT] [--markdown OUT]
+        [--reuse CKPT] [--policies fixed:2,fixed:5,motion:0.1,feature:0.75] [--dcfm-label NAME] \\
+        [--json OUT] [--markdown OUT]
 
 Rows: the per-frame baseline (DCFM, every frame a keyframe), then per keyframe policy:
 feature reuse (a DCFM trained without L_B, `--reuse`, when given), DCFM, DCFM + cosine blend
