@@ -44,7 +44,6 @@ from dcfm_ros.model.similarity import (
     similarity_feature,
 )
 
-KINDS = ("none", "cosine")
 TARGETS = ("feature", "logits")
 REFERENCES = ("key", "prev")
 DEFAULT_TARGET = "logits"
@@ -93,12 +92,13 @@ def parse_blend(text: str | BlendSpec | None, model: nn.Module | None = None) ->
         return BlendSpec()
     options: dict[str, object] = {}
     for token in parts[1:] if parts[0] == "cosine" else ["<not cosine>"]:
+        strength = _strength(token)
         key = ("target" if token in TARGETS else "reference" if token in REFERENCES
-               else "strength" if _strength(token) is not None else None)
+               else "strength" if strength is not None else None)
         if key is None or key in options:
             raise ValueError(f"nonkey_blend must be {_VALID}; got {text!r} ({token!r} is "
                              f"{'repeated' if key else 'not an option'})")
-        options[key] = _strength(token) if key == "strength" else token
+        options[key] = strength if key == "strength" else token
     return BlendSpec("cosine", **options)  # type: ignore[arg-type]
 
 
@@ -121,12 +121,17 @@ class NonkeyBlend:
         # DCFM's F is Norm(...) by construction (FFM); TFC's z is a ReLU output of any length.
         self.unit_feature = getattr(model, "model_class", "DCFM") == "DCFM"
 
-    def keyframe(self, f_in: Tensor, f: Tensor, logits: Tensor) -> KeyReference:
-        return KeyReference(similarity_feature(self.model, f_in), f, logits)
+    def feature(self, f_in: Tensor) -> Tensor:
+        """s_t, the frame's similarity feature (TFC: a projection); the engine computes it once per
+        frame and hands it to `similarity` and `keyframe`."""
+        return similarity_feature(self.model, f_in)
 
-    def similarity(self, ref: KeyReference, f_in: Tensor) -> Tensor:
-        """cos(s_k, s_t) (1, 1, h, w), unclamped (the feature policy counts values < 0.8)."""
-        return cosine_similarity_map(ref.sim_feature, similarity_feature(self.model, f_in))
+    def keyframe(self, s: Tensor, f: Tensor, logits: Tensor) -> KeyReference:
+        return KeyReference(s, f, logits)
+
+    def similarity(self, ref: KeyReference, s: Tensor) -> Tensor:
+        """cos(s_ref, s_t) (1, 1, h, w), unclamped (the feature policy counts values < 0.8)."""
+        return cosine_similarity_map(ref.sim_feature, s)
 
     @property
     def follows_previous(self) -> bool:

@@ -210,9 +210,10 @@ class StreamEngine:
             # --- nonkey_blend / feature-policy hook (engine/blend.py, engine/feature_policy.py) ---
             # The reference is the first frame that used the current common feature (the keyframe
             # with sync; with spread/background the frame its pass arrived on).
-            sim, low = None, 0.0
+            sim, low, s_t = None, 0.0, None  # s_t: this frame's similarity feature, computed once
             if not forced and self._key_ref is not None and (self.blend.spec.enabled or needs_sim):
-                sim = self.blend.similarity(self._key_ref, f_in)
+                s_t = self.blend.feature(f_in)
+                sim = self.blend.similarity(self._key_ref, s_t)
                 low = low_similarity_share(sim)
                 if needs_sim:
                     wants = bool(self._policy.decide(since, low)) or self._pending
@@ -233,18 +234,20 @@ class StreamEngine:
             f = net.fuse(cache.common, f_in)
             # Blend reference: the keyframe's, or (reference "prev") the previous frame's blended output.
             blend_ref, blend_sim = self._key_ref, sim
-            if not fresh and sim is not None and self.blend.follows_previous and self._blend_ref is not None:
+            if not fresh and s_t is not None and self.blend.follows_previous and self._blend_ref is not None:
                 blend_ref = self._blend_ref
-                blend_sim = self.blend.similarity(blend_ref, f_in)
+                blend_sim = self.blend.similarity(blend_ref, s_t)
             f = self.blend.on_feature(None if fresh else blend_sim, blend_ref, f)  # blend hook
             timer.mark("ffm")
             logits = net.head(f)
             blended = self.blend.on_logits(None if fresh else blend_sim, blend_ref, logits)  # blend hook
             timer.mark("head")
+            if fresh or self.blend.follows_previous:
+                s_t = self.blend.feature(f_in) if s_t is None else s_t
             if fresh:
-                key_ref = self.blend.keyframe(f_in, f, logits)  # blend hook: cached with the common part
+                key_ref = self.blend.keyframe(s_t, f, logits)  # blend hook: cached with the common part
             elif self.blend.follows_previous:
-                next_ref = self.blend.keyframe(f_in, f, blended)
+                next_ref = self.blend.keyframe(s_t, f, blended)
             logits = blended
             labels = self._pre.labels(logits, shape)
             confidence = frame_confidence(logits)

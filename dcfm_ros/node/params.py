@@ -260,7 +260,7 @@ def _blend(values: Mapping[str, Any], name: str) -> str:
         return text
     try:
         return str(parse_blend(text))
-    except (ValueError, AttributeError) as exc:
+    except ValueError as exc:
         raise ParameterError(f"parameter '{name}': {exc}") from exc
 
 
