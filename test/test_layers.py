@@ -13,7 +13,7 @@ BELOW_NODE = [
     "dcfm_ros.engine.bench",
     "dcfm_ros.training",
     "dcfm_ros.training.train",
-    "dcfm_ros.evaluation.metrics",
+    "dcfm_ros.data.metrics",
     "dcfm_ros.evaluation.evaluate",
 ]
 
