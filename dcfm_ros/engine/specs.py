@@ -16,7 +16,7 @@ argparse types.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -60,6 +60,11 @@ class PolicySpec:
     threshold: float = 0.1  # motion: regional score; feature: low-similarity share
     min_interval: int = DEFAULT_MIN_INTERVAL
     max_interval: int = DEFAULT_MAX_INTERVAL
+    label: str = field(default="", compare=False)  # as the user wrote it (report rows keep it)
+
+    @property
+    def text(self) -> str:
+        return self.label or str(self)
 
     def __post_init__(self) -> None:
         if self.kind not in KEYFRAME_POLICIES:
@@ -88,13 +93,15 @@ class PolicySpec:
 
 def parse_policy(text: str) -> PolicySpec:
     """"fixed:2", "motion:0.1:1:30", "feature:0.75" -> PolicySpec."""
-    kind, *rest = str(text).strip().lower().split(":")
+    label = str(text).strip().lower()
+    kind, *rest = label.split(":")
     try:
         if kind == "fixed" and len(rest) == 1:
-            return PolicySpec("fixed", interval=int(rest[0]))
+            return PolicySpec("fixed", interval=int(rest[0]), label=label)
         if kind in ("motion", "feature") and 1 <= len(rest) <= 3:
             ints = [int(v) for v in rest[1:]] + [DEFAULT_MIN_INTERVAL, DEFAULT_MAX_INTERVAL][len(rest) - 1:]
-            return PolicySpec(kind, threshold=float(rest[0]), min_interval=ints[0], max_interval=ints[1])
+            return PolicySpec(kind, threshold=float(rest[0]), min_interval=ints[0], max_interval=ints[1],
+                              label=label)
     except ValueError as exc:
         raise ValueError(f"bad policy {text!r}: {exc}") from None
     raise ValueError(f"bad policy {text!r}; expected fixed:K, motion:THR[:MIN[:MAX]] or "
@@ -130,10 +137,10 @@ def parse_schedule(text: str, *, spread: int = DEFAULT_SPREAD, offline: bool = F
         value = int(arg)
     except ValueError:
         value = -1
-    lowest = 1 if name == "spread" else 0
-    if value < lowest:
-        raise ValueError(f"{name}:{'N' if name == 'spread' else 'L'} needs an integer >= {lowest}, "
-                         f"got {text!r}")
+    if name == "spread" and value < 1:
+        raise ValueError(f"spread:N needs an integer N >= 1 (keyframe.spread: pieces), got {text!r}")
+    if name == "lag" and value < 0:
+        raise ValueError(f"lag:L needs an integer L >= 0, got {text!r}")
     return ScheduleSpec(name, value)
 
 
