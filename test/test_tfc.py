@@ -411,9 +411,9 @@ def test_tfc_needs_efficientnet_lite0():
 # --- data and training ---------------------------------------------------------------------------------
 
 def test_labeled_pairs_augment_the_neighbour_label_like_the_label(tmp_path: Path):
-    from dcfm_ros.training.datasets import dataset_spec, pair_samples
-    from dcfm_ros.training.datasets.labeled_pairs import LabeledPairDataset
-    from dcfm_ros.training.transforms import PairAugment
+    from dcfm_ros.data.datasets import dataset_spec, pair_samples
+    from dcfm_ros.data.datasets.labeled_pairs import LabeledPairDataset
+    from dcfm_ros.data.transforms import PairAugment
 
     root = make_camvid(tmp_path / "camvid")
     lut = dataset_spec("camvid").lut

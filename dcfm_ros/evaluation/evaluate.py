@@ -38,9 +38,9 @@ from typing import Any
 
 import numpy as np
 
-from dcfm_ros.evaluation.metrics import ConfusionMatrix, mean_video_consistency
-from dcfm_ros.training.datasets import dataset_spec, is_dense, video_frames
-from dcfm_ros.training.datasets.pairs import FrameSample, read_label, read_rgb
+from dcfm_ros.data.datasets import dataset_spec, is_dense, video_frames
+from dcfm_ros.data.datasets.pairs import FrameSample, read_label, read_rgb
+from dcfm_ros.data.metrics import ConfusionMatrix, mean_video_consistency
 
 MVC_LENGTHS = (8, 16)
 MODES = ("p", "b")

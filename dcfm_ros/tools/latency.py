@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dcfm_ros.engine.bench import clip_paths, cpu_name, default_clip, load_clip
 from dcfm_ros.engine.keyframe import KeyframePolicy, make_policy
 from dcfm_ros.engine.schedules import make_schedule
 from dcfm_ros.engine.stream import StreamEngine
+from dcfm_ros.tools.clips import clip_paths, cpu_name, default_clip, load_clip
 
 
 def replay(engine: StreamEngine, frames: Sequence[np.ndarray], rate: float) -> dict:
