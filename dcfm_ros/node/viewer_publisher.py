@@ -7,7 +7,7 @@ viewer message and publishes it. Each topic has a slot that holds the newest fra
 published: an offer into a full slot replaces the older frame, which is counted as skipped for that
 topic (diagnostics `viewer_skipped_<topic>`). So a viewer that is slower than the camera sees the
 newest frame, never a growing backlog, and the frame rate of segmentation/labels does not depend on
-it.
+it. The worker thread also runs at a lower CPU priority than the node (WORKER_NICENESS).
 
     DCFM_NODE_VIEWER_DELAY_S=0.5 dcfm_node ...
 
@@ -31,6 +31,9 @@ import numpy as np
 from dcfm_ros.engine.visualize import colorize, overlay
 
 DELAY_ENV = "DCFM_NODE_VIEWER_DELAY_S"
+# The worker runs this much nicer than the process (Linux: a thread has its own nice value), so on a
+# busy machine the inference thread and the DDS threads that carry the labels get the CPU first.
+WORKER_NICENESS = 10
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -188,6 +191,12 @@ class ViewerPublisher:
         return out
 
     def _run(self) -> None:
+        try:
+            tid = threading.get_native_id()
+            nice = min(19, os.getpriority(os.PRIO_PROCESS, tid) + WORKER_NICENESS)
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+        except (AttributeError, OSError):  # not Linux, or not allowed: the worker runs at the node's priority
+            pass
         while not self._slots.closed:
             batch = self._slots.take_all()
             published = []
