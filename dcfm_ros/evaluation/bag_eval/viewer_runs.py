@@ -101,6 +101,19 @@ class ViewerProcess:
         return counts
 
 
+def udp_receive_buffer_errors() -> int | None:
+    """The machine's count of UDP datagrams dropped for a full receive buffer (Linux), else None.
+
+    A dropped fragment of a reliable DDS sample is repaired only at the writer's next heartbeat
+    (Fast DDS: every 3 s), so each one can show up as a ~3 s latency spike of one frame."""
+    try:
+        lines = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines()
+                 if line.startswith("Udp:")]
+        return int(lines[1][lines[0].index("RcvbufErrors")])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _row(name: str, report: Mapping[str, Any], base: Mapping[str, Any] | None) -> dict[str, Any]:
     lat, eng = report["latency_ms"]["all"], report["engine_latency_ms"]["all"]
 
@@ -125,14 +138,16 @@ def _fmt(v: float | None, digits: int = 1) -> str:
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = ["| run | frames | frames/s | x no viewer | labels e2e p99 ms | x no viewer | max ms | "
-             "engine p99 ms | max / (2 x engine p99) | viewer topic: messages, bytes/message |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "engine p99 ms | max / (2 x engine p99) | UDP rcvbuf drops | "
+             "viewer topic: messages, bytes/message |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         topics = "; ".join(f"`{t}`: {c['messages']}, {_fmt(c['bytes_per_message'], 0)}"
                            for t, c in (r["viewer"] or {}).items()) or "-"
         lines.append(f"| {r['run']} | {r['frames']} | {_fmt(r['fps'], 2)} | {_fmt(r['fps_ratio'], 2)} | "
                      f"{_fmt(r['p99_ms'])} | {_fmt(r['p99_ratio'], 2)} | {_fmt(r['max_ms'])} | "
-                     f"{_fmt(r['engine_p99_ms'])} | {_fmt(r['max_over_2x_engine_p99'], 2)} | {topics} |")
+                     f"{_fmt(r['engine_p99_ms'])} | {_fmt(r['max_over_2x_engine_p99'], 2)} | "
+                     f"{'-' if r.get('udp_rcvbuf_drops') is None else r['udp_rcvbuf_drops']} | {topics} |")
     return "\n".join(lines)
 
 
@@ -158,15 +173,22 @@ def run_cases(args: argparse.Namespace, stop: Any) -> int:
         sub.out = out / ("no_viewer" if case == BASELINE else case.replace("+", "_"))
         sub.viewer_topics = None if case == BASELINE else case_topics(case, masks)
         print(f"dcfm-bag-eval: --viewer run '{case}' -> {sub.out}", file=sys.stderr, flush=True)
+        drops_before = udp_receive_buffer_errors()
         report = run(sub, stop)
+        drops_after = udp_receive_buffer_errors()
         row = _row(case, report, base)
+        # the whole machine's count (other processes' traffic too) over the run
+        row["udp_rcvbuf_drops"] = (None if drops_before is None or drops_after is None
+                                   else drops_after - drops_before)
         if base is None:
             base = row
         rows.append(row)
         if stop.requested:
             break
     md = ("# dcfm-bag-eval --viewer\n\nSame bag, same node parameters, one run after the other; ratios "
-          "to the run without a viewer. Labels end to end: frame sent -> its labels received.\n\n"
+          "to the run without a viewer. Labels end to end: frame sent -> its labels received. UDP rcvbuf "
+          "drops: datagrams the machine dropped for a full socket receive buffer during the run (each "
+          "lost fragment of a reliable sample waits for the writer's next heartbeat, 3 s in Fast DDS).\n\n"
           + table(rows) + "\n")
     out.mkdir(parents=True, exist_ok=True)
     for name, text in (("viewers.md", md), ("viewers.json", json.dumps(rows, indent=1))):
