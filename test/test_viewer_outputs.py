@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,38 @@ def test_a_stuck_viewer_never_blocks_offers_and_gets_the_newest_frame() -> None:
         assert viewers.counters()["viewer_skipped_color"] == "48"
     finally:
         pub.release.set()
+        viewers.stop()
+
+
+class _UnackedPublisher(_BlockingPublisher):
+    """Publishes at once, but its readers acknowledge nothing until `release` is set."""
+
+    def publish(self, msg: int) -> None:
+        self.published.append(msg)
+        self.entered.set()
+
+    def wait_for_all_acked(self, _timeout: Any) -> bool:
+        return self.release.is_set()
+
+
+def test_next_message_waits_until_readers_acknowledged_the_last() -> None:
+    pub = _UnackedPublisher()
+    viewers = ViewerPublisher([ViewerTopic("overlay", pub, lambda f: f.header)], lambda names: None,
+                              lambda exc: pytest.fail(f"viewer error: {exc}"))
+    viewers.start()
+    try:
+        viewers.offer(lambda: _frame(0), 0.0)
+        assert pub.entered.wait(10.0)
+        for i in range(1, 20):
+            viewers.offer(lambda i=i: _frame(i), 0.0)
+        assert pub.published == [0]  # frame 0 not acknowledged yet: nothing more went out
+        pub.release.set()
+        deadline = time.monotonic() + 10.0
+        while pub.published[-1] != 19 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert pub.published == [0, 19]  # then the newest only
+        assert viewers.counters()["viewer_skipped_overlay"] == "18"
+    finally:
         viewers.stop()
 
 

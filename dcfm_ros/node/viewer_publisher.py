@@ -7,7 +7,9 @@ viewer message and publishes it. Each topic has a slot that holds the newest fra
 published: an offer into a full slot replaces the older frame, which is counted as skipped for that
 topic (diagnostics `viewer_skipped_<topic>`). So a viewer that is slower than the camera sees the
 newest frame, never a growing backlog, and the frame rate of segmentation/labels does not depend on
-it. The worker thread also runs at a lower CPU priority than the node (WORKER_NICENESS).
+it. A topic's next message also waits until its readers acknowledged the last one (ACK_POLL_S), so
+a reader that receives slowly paces its own topic, and the worker thread runs at a lower CPU
+priority than the node (WORKER_NICENESS).
 
     DCFM_NODE_VIEWER_DELAY_S=0.5 dcfm_node ...
 
@@ -27,10 +29,18 @@ from typing import Any, Generic, TypeVar
 
 import cv2
 import numpy as np
+from rclpy.duration import Duration
 
 from dcfm_ros.engine.visualize import colorize, overlay
 
 DELAY_ENV = "DCFM_NODE_VIEWER_DELAY_S"
+# A topic's next message waits until every reader acknowledged the last one (polled every ACK_POLL_S),
+# so a reader that receives slowly (a Wi-Fi link, a busy process losing UDP fragments that DDS then
+# repairs) gets the newest frame at its own pace instead of a pile of half-delivered ones; after
+# ACK_WAIT_MAX_S without an acknowledgement the next one goes out anyway (a reader that went away).
+ACK_POLL_S = 0.005
+ACK_WAIT_MAX_S = 1.0
+_NO_WAIT = Duration(nanoseconds=0)
 # The worker runs this much nicer than the process (Linux: a thread has its own nice value), so on a
 # busy machine the inference thread and the DDS threads that carry the labels get the CPU first.
 WORKER_NICENESS = 10
@@ -61,6 +71,14 @@ class LatestSlots(Generic[K, V]):
             self._items[key] = item
             self._cond.notify()
             return replaced
+
+    def put_back(self, key: K, item: V) -> None:
+        """Return a taken item that could not be used yet; a newer one already there wins (a skip)."""
+        with self._cond:
+            if key in self._items:
+                self._skipped[key] = self._skipped.get(key, 0) + 1
+            else:
+                self._items[key] = item
 
     def take_all(self, timeout: float | None = None) -> dict[K, V]:
         """Every full slot's item (emptying them); {} after close() or when `timeout` s passed."""
@@ -119,8 +137,11 @@ def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
 
 
 def encode_png(rgb: np.ndarray) -> bytes:
-    """RGB -> PNG bytes of the BGR image (lossless; level 1: fast, flat colour masks still shrink ~20x)."""
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    """RGB -> PNG bytes of the BGR image: lossless, level 1 with the run-length strategy (a colour
+    mask is flat regions: 6 kB for a 480x360 CamVid mask, smaller than JPEG q80's 14 kB, which is also
+    wrong by more than 16 levels on 7 % of the pixels; measured in docs/viewers.md)."""
+    params = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
     if not ok:
         raise RuntimeError("PNG encoding failed")
     return buf.tobytes()
@@ -158,6 +179,7 @@ class ViewerPublisher:
         self._delay = float(os.environ.get(DELAY_ENV, "0") or 0.0)
         if self._delay < 0:
             raise ValueError(f"{DELAY_ENV} must be a number of seconds >= 0, got {self._delay}")
+        self._sent_at: dict[str, float] = {}
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> None:
@@ -200,8 +222,13 @@ class ViewerPublisher:
         while not self._slots.closed:
             batch = self._slots.take_all()
             published = []
+            held = False
             for name, frame in batch.items():
                 topic = self._by_name[name]
+                if not self._delivered(topic):
+                    self._slots.put_back(name, frame)
+                    held = True
+                    continue
                 try:
                     msg = topic.make(frame)
                     if msg is None:
@@ -211,6 +238,7 @@ class ViewerPublisher:
                     if self._slots.closed:
                         return  # shutting down: the publishers may be gone
                     topic.publisher.publish(msg)
+                    self._sent_at[name] = time.monotonic()
                     published.append(name)
                 except Exception as exc:  # one bad frame of one topic; the worker carries on
                     if self._slots.closed:
@@ -218,3 +246,15 @@ class ViewerPublisher:
                     self._on_error(exc)
             if published:
                 self._on_published(published)
+            if held:
+                time.sleep(ACK_POLL_S)
+
+    def _delivered(self, topic: ViewerTopic) -> bool:
+        """The topic's last message was acknowledged by every reader (or waited for long enough)."""
+        sent = self._sent_at.get(topic.name)
+        if sent is None or time.monotonic() - sent > ACK_WAIT_MAX_S:
+            return True
+        wait = getattr(topic.publisher, "wait_for_all_acked", None)
+        if wait is None:
+            return True
+        return bool(wait(_NO_WAIT))
