@@ -11,6 +11,7 @@ engine's keyframe cache is reset (the next frame is a keyframe), and the node ca
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -32,7 +33,7 @@ from dcfm_ros.node.faults import engine_call
 from dcfm_ros.node.framequeue import FrameQueue
 from dcfm_ros.node.inputqos import BEST_EFFORT, input_qos, match_publishers
 from dcfm_ros.node.logthrottle import ReasonThrottle
-from dcfm_ros.node.outputs import CameraOutputs
+from dcfm_ros.node.outputs import CameraOutputs, ViewerParticipant
 from dcfm_ros.node.params import (
     ParameterError,
     StartupError,
@@ -61,8 +62,11 @@ LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, histor
 class DCFMNode(Node):
     """Raises ParameterError / StartupError (after cleaning up) when it cannot start."""
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, viewer_args: list[str] | None = None, **kwargs: Any) -> None:
+        """viewer_args: the process's ROS arguments for the viewer participant (None: sys.argv)."""
         super().__init__(NODE_NAME, **kwargs)
+        self._viewer_args = sys.argv if viewer_args is None else viewer_args
+        self._viewer_participant: ViewerParticipant | None = None
         try:
             declare_parameters(self)
             self._settings = read_settings(self)
@@ -71,6 +75,12 @@ class DCFMNode(Node):
         except BaseException:
             self.destroy_node()
             raise
+
+    def destroy_node(self) -> None:
+        super().destroy_node()
+        if self._viewer_participant is not None:
+            self._viewer_participant.close()
+            self._viewer_participant = None
 
     def _setup(self) -> None:
         # Not imported at module level: the engine loads torch, and main imports this module before
@@ -92,8 +102,9 @@ class DCFMNode(Node):
             self.get_logger().warning(f"fault injection on: engine calls {faults} will raise")
 
         # The per-camera output path: labels and info at once, viewer outputs on their own worker.
-        self._outputs = CameraOutputs(self, self.stats, engine.palette, list(engine.class_names),
-                                      s.mask_classes, self._viewer_failed)
+        self._viewer_participant = ViewerParticipant(self, self._viewer_args)
+        self._outputs = CameraOutputs(self, self._viewer_participant.node, self.stats, engine.palette,
+                                      list(engine.class_names), s.mask_classes, self._viewer_failed)
         self._pub_classes = self.create_publisher(SegmentationClasses, "segmentation/classes", LATCHED_QOS)
         self._pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 

@@ -8,6 +8,11 @@
    ViewerPublisher: made and published on its worker, latest-only per topic, only for topics with a
    subscriber, at most viewer_rate times a second.
 
+The viewer publishers live on a node of their own in a ROS context of its own (`ViewerParticipant`),
+so on a DDS participant of its own with its own sockets: measured, ~1 MB of viewer images per frame
+sent through the node's participant made some labels arrive up to 3 s late (the next heartbeat of
+the labels writer) though the node had published them on time (docs/viewers.md).
+
 Viewer topic QoS: reliable, keep last 1, volatile. rviz2's Image display subscribes reliable (depth
 5) by default and a best-effort writer would not match it; keep last 1 means the writer never holds
 a backlog for a slow reader (best-effort readers match as well). Compressed topics are named and
@@ -23,7 +28,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import rclpy
+from rclpy.context import Context
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image
 
 from dcfm_ros.msg import SegmentationInfo
@@ -67,10 +75,30 @@ def _compressed(frame: ViewerFrame, fmt: str, data: bytes) -> CompressedImage:
     return msg
 
 
-class CameraOutputs:
-    """The publishers and the per-frame output path of one camera (module docstring)."""
+class ViewerParticipant:
+    """A node `<name>_viewers` in a context (DDS participant) of its own, with the process's ROS
+    arguments (namespace and remappings apply as to the main node). Never spun: it only publishes."""
 
-    def __init__(self, node: Node, stats: NodeStats, palette: Any, class_names: list[str],
+    def __init__(self, parent: Node, args: list[str] | None) -> None:
+        self.context = Context()
+        rclpy.init(args=args, context=self.context, domain_id=parent.context.get_domain_id(),
+                   signal_handler_options=SignalHandlerOptions.NO)
+        try:
+            self.node = rclpy.create_node(f"{parent.get_name()}_viewers", context=self.context)
+        except BaseException:
+            rclpy.try_shutdown(context=self.context)
+            raise
+
+    def close(self) -> None:
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+
+
+class CameraOutputs:
+    """The publishers and the per-frame output path of one camera (module docstring). Labels and info
+    are published by `node`, the viewer outputs by `viewer_node` (a ViewerParticipant's node)."""
+
+    def __init__(self, node: Node, viewer_node: Node, stats: NodeStats, palette: Any, class_names: list[str],
                  mask_classes: tuple[str, ...], on_error: Callable[[Exception], None],
                  prefix: str = "segmentation") -> None:
         self._node, self._stats, self._palette = node, stats, palette
@@ -79,7 +107,8 @@ class CameraOutputs:
         self._buf_labels = convert.ImageBuffer()
 
         def viewer(name: str, msg_type: type, topic: str, make: Callable[[ViewerFrame], Any]) -> ViewerTopic:
-            return ViewerTopic(name, node.create_publisher(msg_type, f"{prefix}/{topic}", VIEWER_QOS), make)
+            pub = viewer_node.create_publisher(msg_type, f"{prefix}/{topic}", VIEWER_QOS)
+            return ViewerTopic(name, pub, make)
 
         topics = [
             viewer("color", Image, "color",
