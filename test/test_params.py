@@ -382,22 +382,3 @@ def test_launch_refuses_a_missing_params_file_or_model(tmp_path: Path) -> None:
     # both are checked in the node's OpaqueFunction, before the Node action exists
     text = LAUNCH.read_text()
     assert 'check_file("params_file"' in text and 'check_file("model"' in text
-
-
-def test_settings_build_without_rclpy_or_torch() -> None:
-    """node/settings.py (the table, validation, engine construction) loads without rclpy and torch, so
-    dcfm-fleet-eval's workers build the node's engine without ROS; its ParamType is rclpy's."""
-    import subprocess
-    import sys
-
-    code = ("import sys; from dcfm_ros.node.settings import PARAMETERS, settings_from_values; "
-            "s = settings_from_values({p.name: p.default for p in PARAMETERS}); "
-            "print(sorted(m for m in ('rclpy', 'torch', 'rcl_interfaces') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    # settings_from_values builds the keyframe policy last (that loads torch); rclpy never loads
-    assert out.stdout.strip() == "['torch']"
-    from rclpy.parameter import Parameter
-
-    from dcfm_ros.node.settings import ParamType
-
-    assert {t.name: int(t) for t in ParamType} == {t.name: int(t) for t in Parameter.Type}
