@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import pytest
 
+from dcfm_ros.data.metrics import ConfusionMatrix, mean_video_consistency
 from dcfm_ros.evaluation import bagio
 from dcfm_ros.evaluation.bag_eval import main
 from dcfm_ros.evaluation.bag_eval.analysis import analyze, label_classes_warning
@@ -23,7 +24,6 @@ from dcfm_ros.evaluation.bag_eval.errors import BagEvalError
 from dcfm_ros.evaluation.bag_eval.params import effective_params, read_params_file
 from dcfm_ros.evaluation.bagio import BagReader, BagWriter, Frame
 from dcfm_ros.evaluation.make_bag import main as make_bag
-from dcfm_ros.evaluation.metrics import ConfusionMatrix, mean_video_consistency
 from dcfm_ros.evaluation.report import FrameRecord, read_frames_csv
 
 H, W = 48, 64

@@ -120,8 +120,8 @@ def test_one_ddp_step_equals_one_process_on_the_global_batch(fixture):
 
 
 def test_rank0_writes_one_checkpoint_with_user_classes_that_runs_in_the_engine(fixture):
+    from dcfm_ros.data.datasets.pairs import read_rgb
     from dcfm_ros.engine import FixedInterval, StreamEngine
-    from dcfm_ros.training.datasets.pairs import read_rgb
 
     out = fixture["ddp"]
     files = sorted(p.name for p in out.iterdir())

@@ -27,10 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from dcfm_ros.evaluation.evaluate import MVC_LENGTHS, PolicySpec, parse_policy
-from dcfm_ros.evaluation.metrics import ConfusionMatrix, mean_video_consistency
-from dcfm_ros.training.datasets import dataset_spec, is_dense, video_frames
-from dcfm_ros.training.datasets.pairs import read_label, read_rgb
+from dcfm_ros.data.datasets import dataset_spec, is_dense, video_frames
+from dcfm_ros.data.datasets.pairs import read_label, read_rgb
+from dcfm_ros.data.metrics import ConfusionMatrix, mean_video_consistency
+from dcfm_ros.engine.keyframe import build_policy
+from dcfm_ros.engine.specs import PolicySpec, parse_policy
+from dcfm_ros.evaluation.evaluate import MVC_LENGTHS
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ def run_method(model: Any, blend: str, policy: PolicySpec, videos: dict[str, lis
     """One (model, blend, policy) row over every video."""
     from dcfm_ros.engine import StreamEngine
 
-    engine = StreamEngine(model, policy.build(), device=device, nonkey_blend=blend)
+    engine = StreamEngine(model, build_policy(policy), device=device, nonkey_blend=blend)
     cm_all, cm_nonkey = ConfusionMatrix(num_classes, ignore_index), ConfusionMatrix(num_classes, ignore_index)
     key_ms: list[float] = []
     nonkey_ms: list[float] = []

@@ -32,95 +32,42 @@ import math
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dcfm_ros.evaluation.metrics import ConfusionMatrix, mean_video_consistency
-from dcfm_ros.training.datasets import dataset_spec, is_dense, video_frames
-from dcfm_ros.training.datasets.pairs import FrameSample, read_label, read_rgb
+from dcfm_ros.data.datasets import dataset_spec, is_dense, video_frames
+from dcfm_ros.data.datasets.pairs import FrameSample, read_label, read_rgb
+from dcfm_ros.data.metrics import ConfusionMatrix, mean_video_consistency
+from dcfm_ros.engine.keyframe import build_policy
+from dcfm_ros.engine.specs import PolicySpec, parse_policy, parse_schedule, split_list
+from dcfm_ros.engine.specs import parse_size as specs_parse_size
 
 MVC_LENGTHS = (8, 16)
 MODES = ("p", "b")
 
 
-@dataclass(frozen=True)
-class PolicySpec:
-    text: str  # as given, e.g. "fixed:2", "motion:0.05:1:30"
-    kind: str  # fixed | motion
-    interval: int = 1
-    threshold: float = 0.0
-    min_interval: int = 1
-    max_interval: int = 30
-
-    def build(self) -> Any:
-        from dcfm_ros.engine import make_policy
-
-        if self.kind == "feature":
-            from dcfm_ros.engine.feature_policy import FeatureSimilarity
-
-            return FeatureSimilarity(self.threshold, self.min_interval, self.max_interval)
-
-        return make_policy(self.kind, interval=self.interval, threshold=self.threshold,
-                           min_interval=self.min_interval, max_interval=self.max_interval)
-
-
-def parse_policy(text: str) -> PolicySpec:
-    parts = text.strip().lower().split(":")
-    if parts[0] == "feature":
-        from dcfm_ros.engine.feature_policy import parse_feature_policy
-
-        p = parse_feature_policy(text)
-        return PolicySpec(text.strip().lower(), "feature", threshold=p.threshold,
-                          min_interval=p.min_interval, max_interval=p.max_interval)
-    try:
-        if parts[0] == "fixed" and len(parts) == 2:
-            k = int(parts[1])
-            if k < 1:
-                raise ValueError
-            return PolicySpec(f"fixed:{k}", "fixed", interval=k)
-        if parts[0] == "motion" and 2 <= len(parts) <= 4:
-            thr = float(parts[1])
-            mn = int(parts[2]) if len(parts) > 2 else 1
-            mx = int(parts[3]) if len(parts) > 3 else 30
-            spec = PolicySpec(text.strip().lower(), "motion", threshold=thr, min_interval=mn, max_interval=mx)
-            spec.build()  # validates ranges with the engine's own checks
-            return spec
-    except ValueError as exc:
-        raise ValueError(f"bad policy {text!r}: {exc or 'expected fixed:K with K >= 1'}") from exc
-    raise ValueError(f"bad policy {text!r}; expected fixed:K or motion:THR[:MIN[:MAX]]")
-
-
 def parse_schedules(text: str) -> list[str]:
     """"sync,spread:3,lag:2" -> the names; `background` is refused (its timing-dependent result is
     what lag:L prices exactly)."""
-    from dcfm_ros.engine.schedules import make_schedule
-
     out = []
-    for item in (t.strip().lower() for t in text.split(",") if t.strip()):
+    for item in split_list(text.lower()):
         if item.startswith("background"):
             raise ValueError("--schedule background depends on timing; use lag:L for a cache L frames late")
         if item == "spread":
             raise ValueError("--schedule spread needs N: spread:N")
-        make_schedule(item)  # validates
-        out.append(item)
+        out.append(str(parse_schedule(item, offline=True)))
     if not out:
         raise ValueError("--schedule must name at least one schedule")
     return out
 
 
 def parse_size(text: str | None) -> tuple[int, int] | None:
-    if text is None:
-        return None
     try:
-        h, w = (int(v) for v in text.lower().split("x"))
+        return None if text is None else specs_parse_size(text)
     except ValueError as exc:
-        raise ValueError(f"--size must be HxW, e.g. 360x480, got {text!r}") from exc
-    if h < 1 or w < 1:
-        raise ValueError(f"--size must be positive, got {text!r}")
-    return h, w
+        raise ValueError(f"--size: {exc}") from None
 
 
 class _Accumulator:
@@ -197,7 +144,7 @@ def evaluate(model: Any, videos: dict[str, list[FrameSample]], lut: np.ndarray, 
     dense_names = [v for v, frames in videos.items() if is_dense(dataset, frames)]
     # One backend for every engine and B mode: the same weights, graphs and sessions throughout.
     net = make_backend(backend, model, device, precision, input_size=size, cache_dir=backend_cache_dir)
-    engines = {(p.text, sc): StreamEngine(model, p.build(), input_size=size, backend=net, schedule=sc,
+    engines = {(p.text, sc): StreamEngine(model, build_policy(p), input_size=size, backend=net, schedule=sc,
                                           nonkey_blend=nonkey_blend)
                for m, p, sc in jobs if m == "p"}
     total_frames = sum(len(f) for f in videos.values())
@@ -217,7 +164,7 @@ def evaluate(model: Any, videos: dict[str, list[FrameSample]], lut: np.ndarray, 
                 keys = [r.is_keyframe for r in results]
                 fresh = [r.common_age == 0 for r in results]
             else:
-                key_idx = select_keyframes(images, pol.build(), size, device=device)
+                key_idx = select_keyframes(images, build_policy(pol), size, device=device)
                 preds = run_bmode(model, images, key_idx, input_size=size, backend=net)
                 key_set = set(key_idx)
                 keys = [i in key_set for i in range(len(images))]

@@ -91,7 +91,7 @@ class BagSummary:
 
 
 def _read_rgb(path: Path) -> np.ndarray:
-    from dcfm_ros.training.datasets.pairs import read_rgb
+    from dcfm_ros.data.datasets.pairs import read_rgb
 
     try:
         return read_rgb(path)
@@ -160,7 +160,7 @@ def dataset_classes(kind: str, root: Path) -> dict[str, object]:
     """The class map of a dataset's train ids as training sees it (`dataset_spec(kind, root)`: VSPW
     reads its class names from the dataset folder), recorded in the bag so that a later evaluation
     can tell which classes the label topic's ids stand for."""
-    from dcfm_ros.training.datasets import dataset_spec
+    from dcfm_ros.data.datasets import dataset_spec
 
     try:
         spec = dataset_spec(kind, root)
@@ -172,9 +172,9 @@ def dataset_classes(kind: str, root: Path) -> dict[str, object]:
 def dataset_frames(kind: str, root: Path, split: str, sequence: str | None) -> Iterator[SourceFrame]:
     """One video of a dataset through the training package's readers (same image reader and label
     mapping as training and dcfm-evaluate)."""
-    from dcfm_ros.training.datasets import dataset_spec
-    from dcfm_ros.training.datasets import video_frames as dataset_videos
-    from dcfm_ros.training.datasets.pairs import read_label, read_rgb
+    from dcfm_ros.data.datasets import dataset_spec
+    from dcfm_ros.data.datasets import video_frames as dataset_videos
+    from dcfm_ros.data.datasets.pairs import read_label, read_rgb
 
     if not root.is_dir():
         raise SourceError(f"{kind} root folder not found: {root}")

@@ -25,6 +25,8 @@ from rclpy.exceptions import (
 )
 from rclpy.parameter import Parameter
 
+from dcfm_ros.engine.specs import BACKENDS, KEYFRAME_POLICIES, KEYFRAME_SCHEDULES, PRECISIONS
+
 if TYPE_CHECKING:
     from rclpy.node import Node
 
@@ -33,11 +35,6 @@ if TYPE_CHECKING:
 
 DEFAULT_MODEL_FILE = "camvid_efficientnet_lite0.safetensors"
 DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
-PRECISIONS = ("fp32", "fp16", "bf16")
-# = dcfm_ros.engine.backends.BACKEND_CHOICES (not imported: that loads torch)
-BACKENDS = ("auto", "torch", "onnxruntime", "openvino", "tensorrt")
-KEYFRAME_POLICIES = ("fixed", "motion", "feature")
-KEYFRAME_SCHEDULES = ("sync", "spread", "background")
 TRANSPORTS = ("raw", "compressed")
 RELIABILITIES = ("auto", "best_effort", "reliable")
 DROP_POLICIES = ("latest", "none")
@@ -252,7 +249,7 @@ def _choice(values: Mapping[str, Any], name: str, choices: Sequence[str]) -> str
 
 def _blend(values: Mapping[str, Any], name: str) -> str:
     """A nonkey_blend spec, checked by the engine's parser ("auto" stays: it depends on the model)."""
-    from dcfm_ros.engine.blend import parse_blend
+    from dcfm_ros.engine.specs import parse_blend
 
     value = values[name]
     text = value.strip().lower() if isinstance(value, str) else value

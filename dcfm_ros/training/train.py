@@ -44,13 +44,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from dcfm_ros.evaluation.metrics import ConfusionMatrix
-from dcfm_ros.model import DCFM, DCFMConfig, load_checkpoint, save_checkpoint, upsample_logits
-from dcfm_ros.model.checkpoint import init_from_checkpoint
-from dcfm_ros.training import distributed
-from dcfm_ros.training.class_weights import class_pixel_counts, median_frequency_weights
-from dcfm_ros.training.config import ConfigError, TrainConfig, load_config
-from dcfm_ros.training.datasets import (
+from dcfm_ros.data.datasets import (
     DatasetSpec,
     LabeledFrames,
     PairDataset,
@@ -58,12 +52,18 @@ from dcfm_ros.training.datasets import (
     pair_samples,
     video_frames,
 )
-from dcfm_ros.training.datasets.checks import check_labels
-from dcfm_ros.training.datasets.labeled_pairs import LabeledPairDataset
+from dcfm_ros.data.datasets.checks import check_labels
+from dcfm_ros.data.datasets.labeled_pairs import LabeledPairDataset
+from dcfm_ros.data.metrics import ConfusionMatrix
+from dcfm_ros.data.transforms import ColorJitter, PairAugment
+from dcfm_ros.model import DCFM, DCFMConfig, load_checkpoint, save_checkpoint, upsample_logits
+from dcfm_ros.model.checkpoint import init_from_checkpoint
+from dcfm_ros.training import distributed
+from dcfm_ros.training.class_weights import class_pixel_counts, median_frequency_weights
+from dcfm_ros.training.config import ConfigError, TrainConfig, load_config
 from dcfm_ros.training.losses import TrainingObjective
 from dcfm_ros.training.methods import build_training_model, needs_neighbour_labels, training_losses
 from dcfm_ros.training.optim import DECODER_KEYS, PolyWarmup, build_optimizer
-from dcfm_ros.training.transforms import ColorJitter, PairAugment
 
 SHIPPED, SHIPPED_FILE = "shipped", "camvid_efficientnet_lite0.safetensors"
 LOG_FIELDS = ("iter", "lr", "loss", "L_I", "L_B", "L_C", "mask_ratio", "time", "L_sim")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dcfm_ros.training.transforms import PairAugment, image_to_tensor, label_to_tensor, resize_for_eval
+from dcfm_ros.data.transforms import PairAugment, image_to_tensor, label_to_tensor, resize_for_eval
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Training throughput under torchrun for several process counts, side by side in one run.
 
-    python -m dcfm_ros.training.bench_dist --config config/train/camvid_efficientnet_lite0.yaml \\
+    python -m dcfm_ros.tools.bench_dist --config config/train/camvid_efficientnet_lite0.yaml \\
         --set dataset.root=../shared/data/camvid --nprocs 1,2 --iterations 12 --warmup 2 --rounds 2 \\
         [--threads-total 2] [--device cpu|cuda] [--json OUT]
 
