@@ -10,5 +10,5 @@ straight from the bags with rosbags (no ROS graph, no replay), one engine per wo
   hard        --export-hard N: the lowest-confidence frames as a folder dataset (dataset.type folder)
 
 The CLI is dcfm_ros/tools/fleet_eval.py. Nothing here imports rclpy: the engine comes from
-dcfm_ros.node.settings, the same functions the node builds its engine with.
+dcfm_ros.engine.settings, the functions the node builds its engine with.
 """

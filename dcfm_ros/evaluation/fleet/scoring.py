@@ -2,7 +2,7 @@
 record order): the node's per-frame confidence (engine/confidence.py), keyframes, class pixel shares,
 and mIoU / mVC against the bag's ground truth with dcfm-bag-eval's own matching and metric code.
 
-The engine is the node's: `settings_from_values` + `build_engine` from dcfm_ros.node.settings, the
+The engine is the node's: `settings_from_values` + `build_engine` from dcfm_ros.engine.settings, the
 functions DCFMNode calls. It is built once per worker and reset before every bag (a bag starts on a
 keyframe, as a freshly started node does), so a bag's numbers do not depend on which worker scored it
 or what it scored before.
@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from dcfm_ros.data.metrics import ConfusionMatrix
 from dcfm_ros.evaluation.bag_eval.analysis import (
     IGNORE_INDEX,
     MVC_LENGTHS,
@@ -28,7 +29,6 @@ from dcfm_ros.evaluation.bag_eval.analysis import (
     topic_stamps,
 )
 from dcfm_ros.evaluation.bagio import BadMessage, BagReader, Frame
-from dcfm_ros.evaluation.fleet._compat import ConfusionMatrix
 from dcfm_ros.evaluation.fleet.bags import bag_id, choose_topics
 from dcfm_ros.evaluation.fleet.run_spec import RESULT_VERSION, FleetSpec
 
@@ -77,7 +77,7 @@ class BagScorer:
     def __init__(self, spec: FleetSpec) -> None:
         import torch
 
-        from dcfm_ros.node.settings import build_engine, settings_from_values
+        from dcfm_ros.evaluation.fleet._compat import build_engine, settings_from_values
 
         if spec.threads is not None:
             torch.set_num_threads(spec.threads)
