@@ -94,9 +94,9 @@ def _check(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from dcfm_ros.engine.settings import ParameterError, StartupError
     from dcfm_ros.evaluation.bag_eval.errors import BagEvalError
     from dcfm_ros.evaluation.fleet import aggregate, executors
-    from dcfm_ros.evaluation.fleet._compat import ParameterError, StartupError
     from dcfm_ros.evaluation.fleet.bags import FleetInputError, expand_bags
     from dcfm_ros.evaluation.fleet.hard import ExportError, export_hard
     from dcfm_ros.evaluation.fleet.results import ResultStore

@@ -77,7 +77,7 @@ class BagScorer:
     def __init__(self, spec: FleetSpec) -> None:
         import torch
 
-        from dcfm_ros.evaluation.fleet._compat import build_engine, settings_from_values
+        from dcfm_ros.engine.settings import build_engine, settings_from_values
 
         if spec.threads is not None:
             torch.set_num_threads(spec.threads)
