@@ -23,11 +23,11 @@ setup(
             "dcfm-export = dcfm_ros.tools.export:main",
             "dcfm-bench-node = dcfm_ros.tools.bench_node:main",
             "dcfm-stress = dcfm_ros.tools.stress.cli:main",
-            "dcfm-train = dcfm_ros.training.train:main",
-            "dcfm-evaluate = dcfm_ros.evaluation.evaluate:main",
-            "dcfm-compare = dcfm_ros.evaluation.compare:main",
-            "dcfm-bag-eval = dcfm_ros.evaluation.bag_eval:main",
-            "dcfm-make-bag = dcfm_ros.evaluation.make_bag:main",
+            "dcfm-train = dcfm_ros.tools.train:main",
+            "dcfm-evaluate = dcfm_ros.tools.evaluate:main",
+            "dcfm-compare = dcfm_ros.tools.compare:main",
+            "dcfm-bag-eval = dcfm_ros.tools.bag_eval:main",
+            "dcfm-make-bag = dcfm_ros.tools.make_bag:main",
         ]
     },
 )
