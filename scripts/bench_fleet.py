@@ -23,12 +23,20 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "demo" / "camvid_val_0016E5"
-BIN = Path(sys.executable).parent
 
 
-def _tool(script: str, module: str) -> list[str]:
-    exe = BIN / script
-    return [str(exe)] if exe.is_file() else [sys.executable, "-m", module]
+def _tool(*modules: str) -> list[str]:
+    """`python -m` of the first of `modules` this tree has (this interpreter, this PYTHONPATH: the console
+    scripts of an installed copy may point elsewhere)."""
+    import importlib.util
+
+    for module in modules:
+        try:
+            if importlib.util.find_spec(module) is not None:
+                return [sys.executable, "-m", module]
+        except ModuleNotFoundError:
+            continue
+    raise SystemExit(f"none of {modules} is importable")
 
 
 def _make_bags(out: Path, copies: int, video_frames: int) -> tuple[list[Path], set[Path]]:
@@ -49,9 +57,9 @@ def _make_bags(out: Path, copies: int, video_frames: int) -> tuple[list[Path], s
         subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "lavfi", "-i",
                         "testsrc2=size=480x360:rate=15", "-frames:v", str(video_frames),
                         "-pix_fmt", "yuv420p", str(mp4)], check=True)
-        subprocess.run([*_tool("dcfm-make-bag", "dcfm_ros.evaluation.make_bag"), str(video_bag), "--video",
-                        str(mp4), "--compressed", "--jpeg-quality", "85"], check=True,
-                       stdout=subprocess.DEVNULL)
+        make_bag = _tool("dcfm_ros.tools.make_bag")
+        subprocess.run([*make_bag, str(video_bag), "--video", str(mp4), "--compressed", "--jpeg-quality",
+                        "85"], check=True, stdout=subprocess.DEVNULL)
     return [*labelled, video_bag], set(labelled)
 
 
@@ -69,7 +77,7 @@ def main() -> None:
     args = p.parse_args()
     out: Path = args.out
     bags, labelled = _make_bags(out, args.copies, args.video_frames)
-    fleet = _tool("dcfm-fleet-eval", "dcfm_ros.tools.fleet_eval")
+    fleet = _tool("dcfm_ros.tools.fleet_eval")
     load_before = os.getloadavg()
     rows: dict[str, dict] = {}
     for name, extra in (("serial", []), ("workers2", ["--workers", "2"]), ("ray_local", ["--ray"])):
@@ -86,11 +94,12 @@ def main() -> None:
     frames = 0
     wall = play = 0.0
     node_conf_miou = {}
+    bag_eval = _tool("dcfm_ros.tools.bag_eval")
     for bag in bags:
         dst = out / "bag_eval" / bag.name
         gt = ["--gt-topic", "/camera/labels"] if bag in labelled else []
-        wall += _timed([*_tool("dcfm-bag-eval", "dcfm_ros.tools.bag_eval"), str(bag), *gt, "--max",
-                        "--no-video", "--out", str(dst), "--overwrite", "-q"])
+        wall += _timed([*bag_eval, str(bag), *gt, "--max", "--no-video", "--out", str(dst), "--overwrite",
+                        "-q"])
         r = json.loads((dst / "report.json").read_text())
         frames += r["frames_out"]
         play += r["wall_time_s"]

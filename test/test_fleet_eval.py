@@ -185,7 +185,7 @@ def test_low_confidence_stretches_follow_the_node_warning_rule() -> None:
 def test_export_hard_writes_a_folder_dataset_dcfm_train_trains_on(drives: list[Path], tmp_path: Path) -> None:
     from dcfm_ros.data.datasets import pair_samples, video_frames
     from dcfm_ros.data.datasets.folder import read_classes
-    from dcfm_ros.training.train import main as train_main
+    from dcfm_ros.tools.train import main as train_main
 
     out = tmp_path / "out"
     assert _run(drives, out, "--export-hard", "4", "--export-context", "1") == 0
@@ -245,8 +245,8 @@ def test_demo_bag_numbers_equal_dcfm_bag_eval_through_the_node(tmp_path: Path) -
     """The real node over ROS (dcfm-bag-eval --max) and dcfm-fleet-eval on the same frames of the demo bag
     with the same (default) parameters: the same keyframes, the node's per-frame confidence (float32 on
     /segmentation/info), and mIoU / mVC to the last bit."""
-    from dcfm_ros.evaluation.bag_eval import main as bag_eval
     from dcfm_ros.evaluation.bagio import deserialize
+    from dcfm_ros.tools.bag_eval import main as bag_eval
 
     n = "24"
     ev = tmp_path / "bag_eval"
