@@ -161,7 +161,7 @@ def _plots(rep: dict[str, Any], out_dir: Path) -> dict[str, str | None]:
         ax.set_xlim(0, 1)
         ax.set_xlabel("per-frame confidence (mean top softmax probability)")
         ax.set_title("drives by confidence, lowest first")
-        ax.legend(loc="lower right")
+        ax.legend(loc="lower left", bbox_to_anchor=(1.01, 0.0))  # outside: bars span the width
         fig.tight_layout()
         save(fig, "confidence_plot")
     shares = {n: s for n, s in rep["class_shares"].items() if s is not None}
