@@ -167,6 +167,9 @@ def test_corrupt_and_unreadable_bags_are_named_and_skipped(drives: list[Path], t
     assert "matches no bag" in capsys.readouterr().err
     assert main([str(drives[0]), "--out", str(out), "--param", "keyframe.intervall=3"]) == 2
     assert "keyframe.intervall" in capsys.readouterr().err
+    # a value the node refuses: the same clear error before any worker process starts
+    assert main([str(drives[0]), "--out", str(out), "--workers", "2", "--param", "keyframe.interval=0"]) == 2
+    assert "keyframe.interval" in capsys.readouterr().err
 
 
 def test_low_confidence_stretches_follow_the_node_warning_rule() -> None:

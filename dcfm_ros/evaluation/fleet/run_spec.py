@@ -64,9 +64,13 @@ def run_key(spec: FleetSpec) -> str:
 def make_spec(params_file: Path | None, overrides: Sequence[tuple[str, Any]], *, image_topic: str | None,
               gt_topic: str | None, max_frames: int | None, low_percentile: float,
               threads: int | None) -> FleetSpec:
-    """The spec of a run; BagEvalError for unknown parameters, an unusable params file or model."""
+    """The spec of a run; BagEvalError for unknown parameters, an unusable params file or model,
+    ParameterError for a value the node would refuse (checked here, before any worker starts)."""
+    from dcfm_ros.engine.settings import settings_from_values
+
     # max_mode: drop_policy none, as dcfm-bag-eval --max: every frame is processed, none dropped.
     values = effective_params(params_file, overrides, max_mode=True, transport="raw")
+    settings_from_values(values)
     model, cfg = model_info(values)
     spec = FleetSpec(values=values, model=model, palette=[list(c) for c in cfg.palette],
                      model_sha256=file_sha256(Path(model["path"])), image_topic=image_topic,
