@@ -270,3 +270,14 @@ def test_demo_bag_numbers_equal_dcfm_bag_eval_through_the_node(tmp_path: Path) -
     for key in ("frames", "miou", "wiou", "pixel_acc", "mvc8", "mvc16", "mvc_runs"):
         assert got[key] == pytest.approx(want[key], abs=1e-12), key
     assert got["per_class_iou"] == pytest.approx(want["per_class_iou"], abs=1e-12)
+
+
+def test_ray_missing_is_a_clear_error(drives: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """Ray is optional: without it --ray says how to install it (and nothing is scored)."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    assert main([str(drives[0]), "--out", str(tmp_path / "out"), "--ray"]) == 2
+    assert "pip install 'dcfm_ros[fleet]'" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "bags").exists()
