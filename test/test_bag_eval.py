@@ -407,6 +407,28 @@ def test_rate_mode_compressed_with_params_file(tmp_path: Path, camvid_root: Path
 
 
 @pytest.mark.ros
+def test_viewer_mode_runs_both_cases_side_by_side(tmp_path: Path, camvid_root: Path,
+                                                  camvid_checkpoint: Path) -> None:
+    bag = _bag_from_camvid(camvid_root, tmp_path / "bag", "--compressed", "--max-frames", "4")
+    out = tmp_path / "eval"
+    assert main([str(bag), "--max", "--model", str(camvid_checkpoint), "--viewer", "compressed",
+                 "--no-video", "--out", str(out), "-q"]) == 0
+    rows = json.loads((out / "viewers.json").read_text())
+    assert [r["run"] for r in rows] == ["no viewer", "compressed"]
+    assert all(r["frames"] == 4 for r in rows)
+    assert rows[0]["viewer"] is None and rows[0]["fps_ratio"] is None
+    assert rows[1]["fps_ratio"] is not None and rows[1]["p99_ratio"] is not None
+    topics = rows[1]["viewer"]
+    assert set(topics) == {"/segmentation/color/compressed", "/segmentation/overlay/compressed"}
+    for counts in topics.values():  # the viewer process received them; the newest frame always comes
+        assert counts["messages"] >= 1 and 0 < counts["bytes_per_message"] < H * W * 3
+    table = (out / "viewers.md").read_text()
+    assert "| no viewer | 4 |" in table and "| compressed | 4 |" in table
+    for case in ("no_viewer", "compressed"):
+        assert json.loads((out / case / "report.json").read_text())["frames_out"] == 4
+
+
+@pytest.mark.ros
 def test_node_failure_shows_its_log(tmp_path: Path, camvid_root: Path, camvid_checkpoint: Path,
                                     capsys: pytest.CaptureFixture[str]) -> None:
     bag = _bag_from_camvid(camvid_root, tmp_path / "bag", "--max-frames", "2")
