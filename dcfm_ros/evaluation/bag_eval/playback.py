@@ -12,6 +12,7 @@ its share of the GIL (issue 21: recording them on the main executor raised the r
 
 from __future__ import annotations
 
+import contextlib
 import math
 import struct
 import sys
@@ -107,6 +108,8 @@ class _ViewerRecorder:
         from rclpy.signals import SignalHandlerOptions
 
         self.topics = [t for t, _ in topics]
+        self.last_at = time.perf_counter()
+        self.last_stamp: dict[int, int] = {}  # topic index -> header stamp of its latest message
         self._spool = tempfile.TemporaryFile()  # noqa: SIM115 - closed in replay()
         self._ctx = Context()
         rclpy.init(context=self._ctx, domain_id=domain_id, signal_handler_options=SignalHandlerOptions.NO)
@@ -123,12 +126,20 @@ class _ViewerRecorder:
         def cb(data: bytes) -> None:
             self._spool.write(self._HEAD.pack(index, len(data)))
             self._spool.write(data)
+            self.last_at = time.perf_counter()
+            with contextlib.suppress(bagio.DecodeError):
+                self.last_stamp[index] = bagio.cdr_header_stamp(data)
 
         return cb
 
     def _spin(self) -> None:
         while not self._stop.is_set():
             self._executor.spin_once(timeout_sec=0.05)
+
+    def has_all(self, stamp: int) -> bool:
+        """Every topic's latest message is of frame `stamp` (the node sends each topic's newest frame
+        last; frames in between may be skipped by its latest-only viewer slots)."""
+        return all(self.last_stamp.get(i) == stamp for i in range(len(self.topics)))
 
     def matched(self) -> bool:
         return all(s.get_publisher_count() > 0 for s in self.subs)
@@ -374,6 +385,12 @@ def play(bag: BagReader, image_topic: str, msgtype: str, node: NodeProcess, writ
             mark(r)
         drain()
         if viewer_rec is not None:
+            # Viewer outputs come after the labels, from the node's viewer worker: wait for the last
+            # frame's, or a quiet second.
+            last = out.records[-1].stamp_ns if out.records else None
+            while (last is not None and not viewer_rec.has_all(last) and not should_stop()
+                   and time.perf_counter() - viewer_rec.last_at < 1.0):
+                time.sleep(0.02)
             viewer_rec.stop()
             for topic, data in viewer_rec.replay():
                 try:
