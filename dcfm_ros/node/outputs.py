@@ -36,7 +36,7 @@ from sensor_msgs.msg import CompressedImage, Image
 
 from dcfm_ros.msg import SegmentationInfo
 from dcfm_ros.node import convert
-from dcfm_ros.node.params import mask_topic_suffix
+from dcfm_ros.node.params import StartupError, mask_topic_suffix
 from dcfm_ros.node.viewer_publisher import (
     ViewerFrame,
     ViewerPublisher,
@@ -128,7 +128,10 @@ class CameraOutputs:
             class_id = class_names.index(name)
             topics.append(viewer(f"mask_{suffix}", Image, f"masks/{suffix}", _image_maker(
                 lambda f, buf, c=class_id: convert.mask_to_msg(f.labels, c, f.header, buf))))
-        self.viewers = ViewerPublisher(topics, stats.published, on_error)
+        try:
+            self.viewers = ViewerPublisher(topics, stats.published, on_error)
+        except ValueError as exc:  # a bad DCFM_NODE_VIEWER_DELAY_S
+            raise StartupError(str(exc)) from exc
 
     def start(self) -> None:
         self.viewers.start()

@@ -176,9 +176,13 @@ class ViewerPublisher:
         self._on_published, self._on_error = on_published, on_error
         self._last_offer = -float("inf")
         self._rate_skipped = 0
-        self._delay = float(os.environ.get(DELAY_ENV, "0") or 0.0)
-        if self._delay < 0:
-            raise ValueError(f"{DELAY_ENV} must be a number of seconds >= 0, got {self._delay}")
+        text = os.environ.get(DELAY_ENV, "").strip()
+        try:
+            self._delay = float(text) if text else 0.0
+        except ValueError:
+            self._delay = -1.0
+        if not self._delay >= 0:  # also NaN
+            raise ValueError(f"{DELAY_ENV} must be a number of seconds >= 0, got {text!r}")
         self._sent_at: dict[str, float] = {}
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
