@@ -24,7 +24,7 @@ from dcfm_ros.evaluation.bag_eval.node_process import (
 from dcfm_ros.evaluation.bag_eval.params import effective_params, model_info, write_params_file
 from dcfm_ros.evaluation.bag_eval.playback import FrameSlice, play
 from dcfm_ros.evaluation.bag_eval.stopping import Interrupted, StopRequest
-from dcfm_ros.evaluation.bag_eval.viewer_runs import ViewerProcess
+from dcfm_ros.evaluation.bag_eval.viewer_process import ViewerProcess
 from dcfm_ros.evaluation.bagio import BagReader, BagWriter
 from dcfm_ros.evaluation.video import CODECS
 
