@@ -9,6 +9,8 @@ ONNX Runtime and TensorRT plan every kernel ahead):
     common.onnx       f_co                          -> common          (ffm.common_part)
     fuse.onnx         common, f_in                  -> f               (ffm.fuse_with_common)
     head.onnx         f                             -> logits
+    sim.onnx          f_in                          -> sim             (similarity_feature; only when
+                                                                        it is not F_in itself)
     key.onnx          x                             -> logits, common  (a keyframe in one graph)
     nonkey.onnx       x, common                     -> logits          (a non-key frame in one graph)
     manifest.json     what is there; written last, so a folder without it is unfinished
@@ -41,7 +43,13 @@ from dcfm_ros.model import DCFM
 
 OPSET = 17
 # Bump when the graphs' layout or names change: cached folders of an older version are rebuilt.
-EXPORT_VERSION = 1
+# 2: the similarity-feature graph (sim.onnx) of models that have one.
+EXPORT_VERSION = 2
+# The one-call-per-frame graphs of the engine's fast path. Their variants with extra outputs (F_in,
+# F, the similarity feature: `frame_variant`) are made from them in memory when a backend opens them.
+FRAME_GRAPHS = ("key", "nonkey")
+# extra output -> the value inside the frame graphs that holds it
+FRAME_EXTRAS = {"f_in": "enc_lo/f_in", "f": "fuse/f", "sim": "sim/sim"}
 MANIFEST = "manifest.json"
 META_PREFIX = "dcfm."
 
@@ -209,6 +217,11 @@ def _stages(model: DCFM, x: Tensor) -> list[tuple[str, _Fn, tuple[Tensor, ...], 
          "ffm.fuse_with_common"),
         ("head", _Fn(model.head, [model.head]), (f,), ("f",), ("logits",), "head"),
     ]
+    with torch.no_grad():
+        sim = model.similarity_feature(f_in)
+    if sim is not f_in:  # DCFM compares F_in itself: no graph, the backends hand F_in back as sim
+        out.append(("sim", _Fn(model.similarity_feature, [model]), (f_in,), ("f_in",), ("sim",),
+                    "similarity_feature"))
 
     state: tuple[Tensor, ...] = (f_in,)
     for i, unit in enumerate(model.deep_units()):
@@ -267,6 +280,34 @@ def _compose_frames(stage: dict[str, Any]) -> dict[str, Any]:
     del nonkey.graph.input[:]
     nonkey.graph.input.extend(ordered)
     return {"key": key, "nonkey": nonkey}
+
+
+def frame_variant(folder: Path, manifest: Manifest, kind: str, extras: Sequence[str]) -> bytes:
+    """Frame graph `kind` (FRAME_GRAPHS) of an export folder with `extras` (FRAME_EXTRAS keys) as
+    further outputs, after its own, in that order: F_in and F are values the graph computes anyway;
+    the similarity feature is the sim graph's nodes joined onto F_in (a model without a sim graph
+    compares F_in itself, so "sim" is dropped here and the backend hands F_in back). One graph, one
+    call: what the blend, the feature policy and the deferred schedules read comes out of the
+    frame's own call. The metadata is the frame graph's, so the usual checks apply."""
+    import onnx
+    from onnx import compose, helper
+
+    proto = onnx.load(str(folder / manifest.graphs[kind].file))
+    g = proto.graph
+    shapes = {"f_in": manifest.graphs["enc_lo"].output_shapes[0],
+              "f": manifest.graphs["fuse"].output_shapes[0]}
+    if "sim" in extras and "sim" in manifest.graphs:
+        sim = compose.add_prefix(onnx.load(str(folder / manifest.graphs["sim"].file)), prefix="sim/")
+        for node in sim.graph.node:
+            node.input[:] = [FRAME_EXTRAS["f_in"] if n == "sim/f_in" else n for n in node.input]
+        g.node.extend(sim.graph.node)
+        g.initializer.extend(sim.graph.initializer)
+        shapes["sim"] = manifest.graphs["sim"].output_shapes[0]
+    for name in extras:
+        if name in shapes:
+            g.output.append(helper.make_tensor_value_info(FRAME_EXTRAS[name], onnx.TensorProto.FLOAT,
+                                                          list(shapes[name])))
+    return proto.SerializeToString()
 
 
 def _export_one(module: nn.Module, args: tuple[Tensor, ...], input_names: tuple[str, ...],

@@ -49,22 +49,27 @@ class OpenVINOBackend(OnnxRuntimeBackend):
         self._config = {"INFERENCE_NUM_THREADS": torch.get_num_threads(), "PERFORMANCE_HINT": "LATENCY",
                         "INFERENCE_PRECISION_HINT": "f32"}
 
-    def _open_session(self, path: Path, spec: GraphSpec, expected: dict[str, str]) -> Any:
+    def _open_session(self, path: Path, spec: GraphSpec, expected: dict[str, str],
+                      data: bytes | None = None) -> Any:
+        # `data`: a variant made from the file in memory (same metadata; checked on the file).
         check_metadata(read_graph_metadata(path), expected, f"ONNX file {path}")
-        compiled = self._core.compile_model(str(path), "CPU", self._config)
+        source = str(path) if data is None else self._core.read_model(data)
+        compiled = self._core.compile_model(source, "CPU", self._config)
         names = tuple(p.get_any_name() for p in compiled.inputs)
         if names != spec.inputs:
             raise StaleExportError(f"ONNX file {path} has inputs {names}, its manifest says {spec.inputs}")
         return compiled.create_infer_request()
 
-    def _run(self, graphs: _GraphSet, name: str, inputs: Sequence[Tensor]) -> tuple[Tensor, ...]:
-        spec = graphs.manifest.graphs[name]
+    def _run(self, graphs: _GraphSet, name: str, inputs: Sequence[Tensor],
+             outputs: Sequence[str] | None = None) -> tuple[Tensor, ...]:
+        spec = graphs.specs[name]
         request = graphs.session(name)
         feeds = {n: t.detach().to(torch.float32).contiguous().numpy()
                  for n, t in zip(spec.inputs, inputs, strict=True)}
         request.infer(feeds)
         # Copies: the request's output buffers are reused by its next inference.
-        return tuple(torch.from_numpy(request.get_tensor(n).data.copy()) for n in spec.outputs)
+        return tuple(torch.from_numpy(request.get_tensor(n).data.copy())
+                     for n in (spec.outputs if outputs is None else outputs))
 
     def describe(self) -> str:
         return f"{self.name} {self._ov.__version__.split('-')[0]} on {self.device} ({self.precision})"
