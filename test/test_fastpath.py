@@ -264,3 +264,120 @@ def test_policy_protocol_names_the_score() -> None:
         check_policy(Odd())
     with pytest.raises(ValueError, match=r"decide.*score"):
         check_policy(object())
+
+
+# -- precisions ---------------------------------------------------------------------------------------
+
+
+def _ov_bf16() -> bool:
+    from dcfm_ros.engine.backends.openvino_backend import cpu_has_bf16, openvino_available
+
+    return openvino_available() and cpu_has_bf16()
+
+
+needs_bf16 = pytest.mark.skipif(not _ov_bf16(), reason="OpenVINO bf16 needs openvino and a CPU with native "
+                                                        "bf16 (AVX512_BF16 or AMX)")
+
+
+@needs_bf16
+def test_bf16_labels_agree_with_fp32_on_the_demo_drive(shipped, frames) -> None:
+    """OpenVINO's bf16 inference precision hint on the shipped model: >= 97 % of the demo pixels get
+    fp32's label, on keyframes and non-key frames alike."""
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        net = make_backend("openvino", shipped, "cpu", precision)
+        engine = StreamEngine(shipped, FixedInterval(2), backend=net)
+        runs[precision] = [engine.process(f) for f in frames]
+    for kind in (True, False):
+        a = [r.labels for r in runs["fp32"] if r.is_keyframe == kind]
+        b = [r.labels for r in runs["bf16"] if r.is_keyframe == kind]
+        assert agreement(a, b) >= 0.97
+
+
+def test_precision_auto_names_what_it_picked_and_why(shipped) -> None:
+    from dcfm_ros.engine.backends import pick_precision
+
+    assert pick_precision("onnxruntime", "cpu")[0] == "fp32"
+    assert pick_precision("torch", "cpu")[0] == "fp32"
+    net = make_backend("torch", small_dcfm(), "cpu", "auto")
+    assert net.precision == "fp32" and "precision auto: fp32" in net.describe()
+    if _ov_bf16():
+        precision, why = pick_precision("openvino", "cpu")
+        assert precision == "bf16" and "BF16" in why
+
+
+def test_bf16_on_a_cpu_without_it_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("openvino")
+    from dcfm_ros.engine.backends import openvino_backend
+
+    monkeypatch.setattr(openvino_backend, "cpu_capabilities", lambda core=None: ["FP32", "INT8"])
+    with pytest.raises(ValueError, match="use 'fp32' or 'auto'"):
+        make_backend("openvino", small_dcfm(), "cpu", "bf16", input_size=SMALL)
+    assert make_backend("openvino", small_dcfm(), "cpu", "auto", input_size=SMALL).precision == "fp32"
+
+
+# -- pre/post-processing in the graph -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", GRAPH_BACKENDS)
+def test_graph_io_gives_the_host_path_labels_without_torch_pre_or_post(
+        shipped, frames, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """uint8 camera image in, labels and confidence out of the frame's one call: the labels,
+    keyframes and confidence of the engine's own pre/post-processing, and none of it runs."""
+    pytest.importorskip(name)
+    net = make_backend(name, shipped, "cpu")
+    host = StreamEngine(shipped, MotionThreshold(0.1, 1, 30), backend=net)
+    io = StreamEngine(shipped, MotionThreshold(0.1, 1, 30), backend=net, graph_io=True)
+    assert io.graph_io
+    a = [host.process(f) for f in frames]
+    pre = type(io.preprocessor)
+    for fn in ("upload", "normalize", "labels", "motion_copy"):
+        monkeypatch.setattr(pre, fn, lambda *args, **kwargs: pytest.fail("torch pre/post-processing ran"))
+    b = [io.process(f) for f in frames]
+    assert [r.is_keyframe for r in a] == [r.is_keyframe for r in b]
+    assert agreement([r.labels for r in a], [r.labels for r in b]) >= 0.999
+    for x, y in zip(a, b, strict=True):
+        assert y.labels.dtype == np.uint8 and y.labels.shape == x.labels.shape
+        assert y.confidence.mean == pytest.approx(x.confidence.mean, abs=1e-3)
+        assert np.abs(y.confidence.map_u8.astype(int) - x.confidence.map_u8).max() <= 1
+        assert abs(y.motion_score - x.motion_score) <= 1.0 / 255
+
+
+def test_graph_io_at_a_large_camera_and_labels_made_at_the_network_size(frames) -> None:
+    """A camera 3x the network's size: exact labels at its size, or labels made at the network's size
+    and scaled up (nearest) -- the same labels nearly everywhere, at the camera's size."""
+    import cv2
+
+    model = small_dcfm()
+    net = OnnxRuntimeBackend(model, "cpu", input_size=SMALL)
+    big = [cv2.resize(f, (SMALL[1] * 3, SMALL[0] * 3), interpolation=cv2.INTER_AREA) for f in frames[:4]]
+    exact = StreamEngine(model, FixedInterval(2), backend=net)
+    io = StreamEngine(model, FixedInterval(2), backend=net, graph_io=True)
+    coarse = StreamEngine(model, FixedInterval(2), backend=net, graph_io=True, labels_at="network")
+    a, b, c = ([e.process(f).labels for f in big] for e in (exact, io, coarse))
+    assert all(x.shape == big[0].shape[:2] for x in (*b, *c))
+    assert agreement(a, b) >= 0.999
+    assert agreement(a, c) >= 0.9  # random weights: the noisiest label maps, the worst case for it
+    with pytest.raises(ValueError, match="labels_at"):
+        StreamEngine(model, FixedInterval(2), backend=net, graph_io=True, labels_at="half")
+
+
+def test_graph_io_stays_off_where_it_cannot_apply(frames) -> None:
+    model = small_dcfm()
+    net = OnnxRuntimeBackend(model, "cpu", input_size=SMALL)
+    blended = StreamEngine(model, FixedInterval(2), backend=net, graph_io=True, nonkey_blend="cosine")
+    assert not blended.graph_io  # the blend needs the logits
+    assert not StreamEngine(model, FixedInterval(2), backend=net, graph_io=True, stages=True).graph_io
+    assert not StreamEngine(model, FixedInterval(2), device="cpu", graph_io=True).graph_io  # torch
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="TensorRT needs a CUDA GPU (none here)")
+def test_tensorrt_fused_frames_equal_its_stage_path(frames) -> None:
+    pytest.importorskip("tensorrt")
+    model = small_dcfm()
+    net = make_backend("tensorrt", model, "cuda", "fp16", input_size=SMALL)
+    fused = StreamEngine(model, FixedInterval(2), backend=net)
+    staged = StreamEngine(model, FixedInterval(2), backend=net, stages=True)
+    a = [fused.process(f).labels for f in frames]
+    b = [staged.process(f).labels for f in frames]
+    assert agreement(a, b) >= 0.99

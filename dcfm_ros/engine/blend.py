@@ -60,7 +60,7 @@ class KeyReference:
 
     sim_feature: Tensor  # its similarity feature
     feature: Tensor | None  # its fused feature F (TFC: z); kept only for the feature target
-    logits: Tensor  # its logits at F's resolution
+    logits: Tensor | None  # its logits at F's resolution (None with the I/O in the graph: no blend)
 
 
 @dataclass(frozen=True)

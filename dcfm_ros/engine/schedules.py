@@ -39,7 +39,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from dcfm_ros.engine.backends.base import FrameOutputs, InferenceBackend, StageMarks
+from dcfm_ros.engine.backends.base import FrameOutputs, GraphIO, InferenceBackend, StageMarks
 from dcfm_ros.engine.specs import KEYFRAME_SCHEDULES, parse_schedule
 from dcfm_ros.model.layers import DeepState
 
@@ -128,10 +128,11 @@ class KeyframeSchedule(ABC):
         self.cancel()
 
     def forced_keyframe(self, net: InferenceBackend, x: Tensor, want: Collection[str] = (),
-                        marks: StageMarks | None = None) -> FrameOutputs:
+                        marks: StageMarks | None = None,
+                        camera: GraphIO | None = None) -> FrameOutputs:
         """A forced, synchronous keyframe (the engine has no cache to answer with), also an inline
-        one: one key call."""
-        return net.key_frame(x, want, marks)
+        one: one key call (`camera`: with the I/O in the graph, backends.base)."""
+        return net.key_frame(x, want, marks, camera=camera)
 
     def frame_stream(self, device: torch.device) -> contextlib.AbstractContextManager:
         """Context the engine runs each frame's work in (a CUDA stream for `background`)."""
@@ -229,8 +230,13 @@ class SpreadSchedule(KeyframeSchedule):
         self._state = None
 
     def forced_keyframe(self, net: InferenceBackend, x: Tensor, want: Collection[str] = (),
-                        marks: StageMarks | None = None) -> FrameOutputs:
+                        marks: StageMarks | None = None,
+                        camera: GraphIO | None = None) -> FrameOutputs:
         # The deep pass unit by unit, timed: the costs the next plans group by (see the class doc).
+        # With the I/O in the graph (`camera`) the stages cannot take the camera image: that frame is
+        # one fused key call and the grouping keeps the costs it has (at first the guess).
+        if camera is not None:
+            return net.key_frame(x, want, marks, camera=camera)
         return net.key_frame(x, want, marks, deep=lambda f_in: self._timed_pass(net, f_in))
 
     def _timed_pass(self, net: InferenceBackend, f_in: Tensor) -> Tensor:

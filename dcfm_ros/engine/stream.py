@@ -35,19 +35,21 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 import torch
 from torch import Tensor
 
 from dcfm_ros.engine.backends import InferenceBackend, make_backend
-from dcfm_ros.engine.backends.base import FrameOutputs, stage_path
+from dcfm_ros.engine.backends.base import FrameOutputs, GraphIO, stage_path
 from dcfm_ros.engine.blend import NonkeyBlend, low_similarity_share, parse_blend
-from dcfm_ros.engine.confidence import Confidence, frame_confidence
+from dcfm_ros.engine.confidence import Confidence, confidence_from_top, frame_confidence
 from dcfm_ros.engine.device import StageTimer
 from dcfm_ros.engine.keyframe import KeyframePolicy, check_policy
 from dcfm_ros.engine.network import StreamNetwork, check_network
 from dcfm_ros.engine.preprocess import FramePreprocessor, validate_image, validate_size
 from dcfm_ros.engine.schedules import CommonCache, KeyframeSchedule, make_schedule
+from dcfm_ros.engine.specs import LABEL_SIZES
 
 STAGE_KEYS = ("enc_lo", "enc_hi", "ffm", "head")
 TIMING_KEYS = ("preprocess", *STAGE_KEYS, "network", "postprocess", "total")
@@ -118,8 +120,9 @@ class FramePlan:
     wants: bool  # a keyframe is asked for (policy, or a request carried over)
     is_key: bool  # this frame starts a deep pass (forced, or wanted with none in flight)
     score: float  # the motion score (0.0 when not computed)
-    x: Tensor  # the normalised network input
-    x01: Tensor  # the same, 0..1 (the motion copy of a keyframe)
+    x: Tensor  # the normalised network input (graph I/O: the camera's image, (1, H, W, 3) uint8)
+    x01: Tensor | None  # the same, 0..1 (the motion copy of a keyframe; None with graph I/O)
+    image: np.ndarray  # the camera's image
     small: Tensor | None  # this frame's motion copy when the score was computed
     arrived: CommonCache | None  # a deferred deep pass's cache, first used by this frame
     kind: str  # "key": one key call (forced, inline keyframe); "nonkey": one non-key call
@@ -158,6 +161,12 @@ class StreamEngine:
     with `background_threads` torch threads), "lag:L" (offline evaluation), or a KeyframeSchedule.
     stages: the profiling mode (each frame runs the stage calls one by one, each timed; the labels
     are the fused path's up to float rounding).
+    graph_io: on a backend that can (backends.base.InferenceBackend.graph_io: onnxruntime, openvino
+    on the CPU), the frame's call takes the camera's uint8 image and returns the labels at its size
+    and the confidence map (resize, normalise, upsample, argmax, softmax in the graph: no torch op
+    on the frame's path); not with a blend (it needs the logits) nor in the profiling mode.
+    labels_at: with graph_io, where the labels are made (engine.specs.LABEL_SIZES): "camera" (exact)
+    or "network" (at the network's input size, then nearest-neighbour scaled to the camera's).
     Call close() when done with a background schedule (it stops the worker).
     """
 
@@ -165,7 +174,8 @@ class StreamEngine:
                  precision: str = "fp32", input_size: tuple[int, int] | None = None,
                  backend: str | InferenceBackend = "torch", schedule: str | KeyframeSchedule = "sync",
                  spread: int = 3, background_threads: int | None = 1,
-                 nonkey_blend: str | None = "auto", stages: bool = False) -> None:
+                 nonkey_blend: str | None = "auto", stages: bool = False, graph_io: bool = False,
+                 labels_at: str = "camera") -> None:
         self.model = check_network(model)
         self.backend = backend if isinstance(backend, InferenceBackend) else make_backend(
             backend, model, device, precision)
@@ -185,6 +195,13 @@ class StreamEngine:
         self.input_size = validate_size(config.input_size if input_size is None else input_size)
         self._pre = FramePreprocessor(self.input_size, config.mean, config.std, self.device,
                                       self.num_classes)
+        if labels_at not in LABEL_SIZES:
+            raise ValueError(f"labels_at must be one of {LABEL_SIZES}, got {labels_at!r}")
+        self.labels_at = labels_at
+        net = self.backend
+        self.graph_io = bool(graph_io and net.graph_io and not self.stages and self.device.type == "cpu"
+                             and getattr(net, "input_size", None) == self.input_size
+                             and not self.state.blend.spec.enabled)
         self.reset()
 
     def _prepare(self) -> None:
@@ -273,14 +290,18 @@ class StreamEngine:
             arrived = sched.advance(self._net)  # this frame's piece, or a pass finished before it
         if working and sched.on_frames:
             timer.mark("enc_hi")
-        x01 = self._pre.upload(image_rgb)
-        x = self._pre.normalize(x01)
+        if self.graph_io:  # the graph resizes and normalises; the motion copy comes from the image
+            x01 = None
+            x = torch.from_numpy(np.ascontiguousarray(image_rgb)).unsqueeze(0)
+        else:
+            x01 = self._pre.upload(image_rgb)
+            x = self._pre.normalize(x01)
         small: Tensor | None = None
         score, since, wants = 0.0, 0, forced
         if not forced:
             since = st.since + 1
             if policy.score == "motion":
-                small = self._pre.motion_copy(x01)
+                small = self._motion_copy(image_rgb, x01)
                 score = self._pre.motion_score(small, st.key_small)  # type: ignore[arg-type]
                 wants = bool(policy.decide(since, score))
             elif policy.score == "none":
@@ -295,18 +316,23 @@ class StreamEngine:
         if kind == "nonkey" and (is_key or after):
             outputs.add("f_in")  # a deep pass may start from this frame's F_in
         timer.mark("preprocess")
-        return FramePlan(st, shape, st.frame + 1, forced, since, wants, is_key, score, x, x01, small,
-                         arrived, kind, frozenset(outputs), timer, t_start)
+        return FramePlan(st, shape, st.frame + 1, forced, since, wants, is_key, score, x, x01, image_rgb,
+                         small, arrived, kind, frozenset(outputs), timer, t_start)
+
+    def _motion_copy(self, image: np.ndarray, x01: Tensor | None) -> Tensor:
+        return self._pre.host_motion_copy(image) if x01 is None else self._pre.motion_copy(x01)
 
     def run(self, plan: FramePlan) -> FrameRun:
         """The frame's one backend call; starts a deferred deep pass from its F_in."""
         st, sched, net, timer = plan.state, plan.state.schedule, self._net, plan.timer
+        camera = self._graph_io(plan)
         if plan.kind == "key":
-            out = sched.forced_keyframe(net, plan.x, plan.outputs, timer)
+            out = sched.forced_keyframe(net, plan.x, plan.outputs, timer, camera)
             cache, fresh = CommonCache(out.common, plan.frame), True  # type: ignore[arg-type]
         else:
             cache = plan.arrived if plan.arrived is not None else st.cache
-            out = net.nonkey_frame(plan.x, cache.common, plan.outputs, timer)  # type: ignore[union-attr]
+            out = net.nonkey_frame(plan.x, cache.common, plan.outputs, timer,  # type: ignore[union-attr]
+                                   camera=camera)
             fresh = plan.arrived is not None
         key_sim, low = None, 0.0
         if not plan.forced and out.sim is not None and (st.blend.spec.enabled or plan.decides_after):
@@ -320,23 +346,44 @@ class StreamEngine:
             is_key = wants and not sched.in_flight
         if is_key and plan.kind == "nonkey":
             if sched.inline:  # the feature policy made it a keyframe after its call: finish it as one
-                out = net.key_from_f_in(out.f_in, out.sim, plan.outputs, timer)  # type: ignore[arg-type]
+                out = self._key_from_f_in(plan, out)
                 cache, fresh = CommonCache(out.common, plan.frame), True  # type: ignore[arg-type]
             else:
                 sched.start(net, out.f_in, plan.frame)  # type: ignore[arg-type]
         return FrameRun(out, cache, fresh, key_sim, low, wants, is_key)  # type: ignore[arg-type]
 
+    def _graph_io(self, plan: FramePlan) -> GraphIO | None:
+        if not self.graph_io:
+            return None
+        return GraphIO(plan.shape, plan.shape if self.labels_at == "camera" else self.input_size)
+
+    def _key_from_f_in(self, plan: FramePlan, out: FrameOutputs) -> FrameOutputs:
+        key = self._net.key_from_f_in(out.f_in, out.sim, plan.outputs, plan.timer)  # type: ignore[arg-type]
+        if not self.graph_io:
+            return key
+        # graph I/O: the labels of the key call on the camera image (rare: the feature policy's
+        # keyframes with schedule sync); its common part is the one just computed from F_in
+        io = self._net.nonkey_frame(plan.x, key.common, (), plan.timer,  # type: ignore[arg-type]
+                                    camera=self._graph_io(plan))
+        return FrameOutputs(None, key.common, key.f_in, key.f, key.sim, io.labels, io.top)
+
     def commit(self, plan: FramePlan, run: FrameRun) -> FrameResult:
         """The blend, labels and confidence; then the stream's new state."""
         st, timer = plan.state, plan.timer
         step = st.blend.step(run.out, run.fresh, run.key_sim, self._net.head)
-        labels = self._pre.labels(step.logits, plan.shape)
-        confidence = frame_confidence(step.logits)
+        if run.out.labels is not None:  # graph I/O: made by the frame's call
+            labels = run.out.labels[0].numpy()
+            if labels.shape != plan.shape:  # labels_at "network": nearest neighbours to the camera's
+                labels = cv2.resize(labels, (plan.shape[1], plan.shape[0]), interpolation=cv2.INTER_NEAREST)
+            confidence = confidence_from_top(run.out.top[0].numpy())  # type: ignore[index]
+        else:
+            labels = self._pre.labels(step.logits, plan.shape)  # type: ignore[arg-type]
+            confidence = frame_confidence(step.logits)  # type: ignore[arg-type]
         # Kept for the motion score of the following frames (also when the current policy does not
         # need it, so a policy swapped in at run time has its reference).
         key_small = None
         if run.is_key:
-            key_small = plan.small if plan.small is not None else self._pre.motion_copy(plan.x01)
+            key_small = plan.small if plan.small is not None else self._motion_copy(plan.image, plan.x01)
         timer.mark("postprocess")
         timings = dict.fromkeys(TIMING_KEYS, 0.0)
         timings.update(timer.read())

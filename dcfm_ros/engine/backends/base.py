@@ -47,11 +47,31 @@ class FrameOutputs:
     """What one frame call returns. Extras are None unless asked for (a backend may fill them anyway
     when they cost nothing)."""
 
-    logits: Tensor  # (1, C, h, w) float32 at F's resolution
+    logits: Tensor | None  # (1, C, h, w) float32 at F's resolution (None with the I/O in the graph)
     common: Tensor | None = None  # the keyframe's common part (key_frame only)
     f_in: Tensor | None = None  # enc_lo's output, for a deep pass started on this frame
     f: Tensor | None = None  # the fused feature before the head (the feature blend's operand)
     sim: Tensor | None = None  # the similarity feature (engine/blend.py, feature policy)
+    # with the pre/post-processing in the graph (`camera` given): the labels (1, H, W) at the
+    # camera's size and the top softmax probability (1, h, w) at the logits' size
+    labels: Tensor | None = None
+    top: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class GraphIO:
+    """A frame call with the pre/post-processing in the graph (backends with `graph_io`): the camera
+    image's (H, W) going in, and the size the labels are made at (the camera's: exact; smaller: the
+    engine scales them up with nearest neighbours)."""
+
+    camera: tuple[int, int]
+    labels: tuple[int, int]
+
+
+def _no_camera(net: object, camera: GraphIO | None) -> None:
+    if camera is not None:
+        raise ValueError(f"{type(net).__name__} runs the stages: it takes the normalised network input, "
+                         f"not the camera image (graph_io)")
 
 
 def _mark(marks: StageMarks | None, stage: str) -> None:
@@ -65,6 +85,11 @@ class InferenceBackend(ABC):
     name: ClassVar[str]
     device: torch.device
     precision: str
+    # whether key_frame / nonkey_frame take `camera`: the uint8 camera image in, labels out, with the
+    # pre/post-processing in the graph (onnx_export.io_variant)
+    graph_io: ClassVar[bool] = False
+    # why precision "auto" became `precision` (backends.pick_precision); "" when it was asked for
+    precision_reason: str = ""
 
     @abstractmethod
     def enc_lo(self, x: Tensor) -> Tensor:
@@ -106,10 +131,13 @@ class InferenceBackend(ABC):
     # -- one call per frame -------------------------------------------------------------------------
 
     def key_frame(self, x: Tensor, want: Collection[str] = (), marks: StageMarks | None = None,
-                  deep: Callable[[Tensor], Tensor] | None = None) -> FrameOutputs:
+                  deep: Callable[[Tensor], Tensor] | None = None,
+                  camera: GraphIO | None = None) -> FrameOutputs:
         """A keyframe: logits and its common part (plus `want` of EXTRA_OUTPUTS). Here composed from
         the stages, each reported to `marks`; `deep` replaces enc_hi (the spread schedule times the
-        deep units on forced keyframes)."""
+        deep units on forced keyframes). `camera` (graph_io backends only): x is the (1, H, W, 3)
+        uint8 camera image and labels/top replace the logits."""
+        _no_camera(self, camera)
         f_in = self.enc_lo(x)
         _mark(marks, "enc_lo")
         f_co = (deep or self.enc_hi)(f_in)
@@ -118,8 +146,9 @@ class InferenceBackend(ABC):
         return self._finish(f_in, common, want, marks, key=True)
 
     def nonkey_frame(self, x: Tensor, common: Tensor, want: Collection[str] = (),
-                     marks: StageMarks | None = None) -> FrameOutputs:
+                     marks: StageMarks | None = None, camera: GraphIO | None = None) -> FrameOutputs:
         """A non-key frame on a cached common part: logits (plus `want` of EXTRA_OUTPUTS)."""
+        _no_camera(self, camera)
         f_in = self.enc_lo(x)
         _mark(marks, "enc_lo")
         return self._finish(f_in, common, want, marks, key=False)
@@ -142,6 +171,11 @@ class InferenceBackend(ABC):
         sim = self.similarity_feature(f_in) if "sim" in want else None
         return FrameOutputs(logits, common if key else None, f_in, f, sim)
 
+    def baseline_logits(self, x: Tensor) -> Tensor:
+        """The per-frame baseline head(enc_hi(enc_lo(x))) (dcfm-bench), one call where the backend
+        can fuse it."""
+        return self.head(self.enc_hi(self.enc_lo(x)))
+
     def prepare_frames(self, extras: bool, stages: bool) -> None:
         """Get the frame calls ready (graph backends open their graphs): `extras` the variants with
         extra outputs, `stages` the stage graphs (profiling, feature policy, deferred schedules)."""
@@ -152,9 +186,13 @@ class InferenceBackend(ABC):
         pay for it. A no-op where nothing needs preparing."""
         return
 
+    def precision_text(self) -> str:
+        why = self.precision_reason
+        return self.precision + (f", precision auto: {why}" if why else "")
+
     def describe(self) -> str:
         """One line for logs and diagnostics."""
-        return f"{self.name} on {self.device} ({self.precision})"
+        return f"{self.name} on {self.device} ({self.precision_text()})"
 
 
 class _StagePath:
@@ -169,12 +207,13 @@ class _StagePath:
         return getattr(self._net, name)
 
     def key_frame(self, x: Tensor, want: Collection[str] = (), marks: StageMarks | None = None,
-                  deep: Callable[[Tensor], Tensor] | None = None) -> FrameOutputs:
-        return InferenceBackend.key_frame(self._net, x, want, marks, deep)
+                  deep: Callable[[Tensor], Tensor] | None = None,
+                  camera: GraphIO | None = None) -> FrameOutputs:
+        return InferenceBackend.key_frame(self._net, x, want, marks, deep, camera)
 
     def nonkey_frame(self, x: Tensor, common: Tensor, want: Collection[str] = (),
-                     marks: StageMarks | None = None) -> FrameOutputs:
-        return InferenceBackend.nonkey_frame(self._net, x, common, want, marks)
+                     marks: StageMarks | None = None, camera: GraphIO | None = None) -> FrameOutputs:
+        return InferenceBackend.nonkey_frame(self._net, x, common, want, marks, camera)
 
 
 def stage_path(net: InferenceBackend) -> InferenceBackend:

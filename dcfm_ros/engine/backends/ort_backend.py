@@ -20,7 +20,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dcfm_ros.engine.backends.base import EXTRA_OUTPUTS, FrameOutputs, InferenceBackend, StageMarks
+from dcfm_ros.engine.backends.base import (
+    EXTRA_OUTPUTS,
+    FrameOutputs,
+    GraphIO,
+    InferenceBackend,
+    StageMarks,
+)
 from dcfm_ros.engine.backends.cache import ensure_export, expected_metadata, stderr_progress
 from dcfm_ros.engine.backends.onnx_export import (
     FRAME_EXTRAS,
@@ -28,8 +34,10 @@ from dcfm_ros.engine.backends.onnx_export import (
     GraphSpec,
     Manifest,
     StaleExportError,
+    baseline_graph,
     check_metadata,
     frame_variant,
+    io_variant,
     model_sha256,
 )
 from dcfm_ros.engine.device import resolve_device
@@ -60,6 +68,17 @@ def ort_cuda_providers() -> list[str]:
     return [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in have]
 
 
+def _hw(text: str) -> tuple[int, int]:
+    h, w = (int(v) for v in text.split("x"))
+    return h, w
+
+
+def _feed(t: Tensor) -> np.ndarray:
+    """A graph input as numpy: float32, or the camera's uint8 image as it is (zero-copy on the CPU)."""
+    t = t.detach()
+    return (t if t.dtype == torch.uint8 else t.to(torch.float32)).contiguous().numpy()
+
+
 class _GraphSet:
     """The sessions of one export folder (one input size). Besides the manifest's graphs it opens
     `key_x` / `nonkey_x`: the frame graphs with every extra output (onnx_export.frame_variant), made
@@ -83,6 +102,8 @@ class _GraphSet:
             self.specs[f"{kind}_x"] = GraphSpec(
                 f"{kind}_x", base.file, base.inputs, (*base.outputs, *(FRAME_EXTRAS[e] for e in self.extras)),
                 base.input_shapes, (*base.output_shapes, *(shapes[e] for e in self.extras)))
+        self.specs["baseline"] = GraphSpec("baseline", g["enc_lo"].file, ("x",), ("logits",),
+                                           g["enc_lo"].input_shapes, g["head"].output_shapes)
         for name in EAGER_GRAPHS:
             self.session(name)
 
@@ -94,8 +115,33 @@ class _GraphSet:
             data = None
             if name.endswith("_x"):
                 data = frame_variant(self.folder, self.manifest, name.removesuffix("_x"), self.extras)
+            elif name == "baseline":
+                data = baseline_graph(self.folder, self.manifest)
+            elif name.startswith("io:"):
+                _, kind, cam, lab, wide = name.split(":")
+                extras = self.extras if kind.endswith("_x") else ()
+                data = io_variant(self.folder, self.manifest, kind.removesuffix("_x"), extras, _hw(cam),
+                                  wide == "u16", _hw(lab))
             self.sessions[name] = self._open(self.folder / spec.file, spec, data)
         return self.sessions[name]
+
+    def io_graph(self, kind: str, extra: bool, camera: tuple[int, int], wide: bool,
+                 label_size: tuple[int, int]) -> str:
+        """The name of frame graph `kind` (`extra`: its _x variant) with the I/O in the graph for a
+        camera of `camera` pixels, labels made at `label_size` (onnx_export.io_variant); registered
+        on first use, one per size."""
+        base = f"{kind}_x" if extra else kind
+        name = (f"io:{base}:{camera[0]}x{camera[1]}:{label_size[0]}x{label_size[1]}:"
+                f"{'u16' if wide else 'u8'}")
+        if name not in self.specs:
+            spec = self.specs[base]
+            image = (1, camera[0], camera[1], 3)
+            logits = self.manifest.graphs["head"].output_shapes[0]
+            self.specs[name] = GraphSpec(
+                name, spec.file, ("image", *spec.inputs[1:]),
+                ("labels", "top", *spec.outputs[1:]), (image, *spec.input_shapes[1:]),
+                ((1, *label_size), (1, *logits[-2:]), *spec.output_shapes[1:]))
+        return name
 
     def open(self, names: Sequence[str]) -> list[str]:
         """Open the graphs `names` that exist here; returns those newly opened."""
@@ -118,6 +164,7 @@ class OnnxRuntimeBackend(InferenceBackend):
     """Runs `model`'s exported graphs with ONNX Runtime (fp32)."""
 
     name = "onnxruntime"
+    graph_io = True
 
     def __init__(self, model: DCFM, device: str | torch.device = "auto", precision: str = "fp32", *,
                  input_size: tuple[int, int] | None = None, cache_dir: str | Path | None = None,
@@ -129,7 +176,8 @@ class OnnxRuntimeBackend(InferenceBackend):
         self.progress = progress
         self.model_hash = model_sha256(self.model)
         self._sets: list[_GraphSet] = []
-        self._prepare(tuple(input_size or self.model.config.input_size))  # type: ignore[arg-type]
+        self.input_size: tuple[int, int] = tuple(input_size or self.model.config.input_size)  # type: ignore[assignment]
+        self._prepare(self.input_size)
 
     # -- set-up ----------------------------------------------------------------------------------
 
@@ -229,8 +277,7 @@ class OnnxRuntimeBackend(InferenceBackend):
         spec = graphs.specs[name]
         session = graphs.session(name)
         if self.device.type == "cpu":
-            feeds = {n: t.detach().to(torch.float32).contiguous().numpy() for n, t in zip(spec.inputs, inputs,
-                                                                                           strict=True)}
+            feeds = {n: _feed(t) for n, t in zip(spec.inputs, inputs, strict=True)}
             names = list(spec.outputs if outputs is None else outputs)
             return tuple(torch.from_numpy(o) for o in session.run(names, feeds))
         # GPU: bind the torch tensors where they are; outputs are allocated by torch.
@@ -295,30 +342,46 @@ class OnnxRuntimeBackend(InferenceBackend):
     # -- one call per frame ------------------------------------------------------------------------
 
     def _frame(self, kind: str, inputs: Sequence[Tensor], want: Collection[str],
-               marks: StageMarks | None) -> FrameOutputs:
-        graphs = self._graphs_for(kind, inputs)
+               marks: StageMarks | None, camera: GraphIO | None = None) -> FrameOutputs:
+        graphs = self._sets[0] if camera is not None else self._graphs_for(kind, inputs)
         # The extras asked for; sim is F_in itself where the model has no sim graph.
         sim_is_f_in = "sim" in want and not graphs.has_sim
         extras = [n for n in graphs.extras if n in want or (n == "f_in" and sim_is_f_in)]
         base = ["logits", "common"] if kind == "key" else ["logits"]
         name = f"{kind}_x" if extras else kind
+        if camera is not None:
+            name = graphs.io_graph(kind, bool(extras), camera.camera, self.model.config.num_classes > 255,
+                                   camera.labels)
+            base = ["labels", "top", *base[1:]]
         got = dict(zip([*base, *extras], self._run(graphs, name, inputs,
                                                    [*base, *(FRAME_EXTRAS[e] for e in extras)]), strict=True))
         if marks is not None:
             marks.mark("network")
         if sim_is_f_in:
             got["sim"] = got["f_in"]
-        return FrameOutputs(got["logits"], got.get("common"), got.get("f_in"), got.get("f"), got.get("sim"))
+        return FrameOutputs(got.get("logits"), got.get("common"), got.get("f_in"), got.get("f"),
+                            got.get("sim"), got.get("labels"), got.get("top"))
 
     def key_frame(self, x: Tensor, want: Collection[str] = (), marks: StageMarks | None = None,
-                  deep: Callable[[Tensor], Tensor] | None = None) -> FrameOutputs:
+                  deep: Callable[[Tensor], Tensor] | None = None,
+                  camera: GraphIO | None = None) -> FrameOutputs:
         if deep is not None:
-            return super().key_frame(x, want, marks, deep)
-        return self._frame("key", (x,), want, marks)
+            return super().key_frame(x, want, marks, deep, camera)
+        return self._frame("key", (x,), want, marks, camera)
 
     def nonkey_frame(self, x: Tensor, common: Tensor, want: Collection[str] = (),
-                     marks: StageMarks | None = None) -> FrameOutputs:
-        return self._frame("nonkey", (x, common), want, marks)
+                     marks: StageMarks | None = None, camera: GraphIO | None = None) -> FrameOutputs:
+        return self._frame("nonkey", (x, common), want, marks, camera)
+
+    def raw_runner(self, name: str) -> Callable[[dict[str, np.ndarray]], Any]:
+        """Graph `name` of the first prepared size as the bare runtime call on numpy feeds, no
+        conversions (dcfm-bench --overhead times the engine against it)."""
+        session = self._sets[0].session(name)
+        return lambda feeds: session.run(None, feeds)
+
+    def baseline_logits(self, x: Tensor) -> Tensor:
+        return self._stage("baseline", x)[0]
+
 
     def fuse(self, common: Tensor, f_in: Tensor) -> Tensor:
         return self._stage("fuse", common, f_in)[0]
@@ -329,4 +392,4 @@ class OnnxRuntimeBackend(InferenceBackend):
     def describe(self) -> str:
         providers = [p if isinstance(p, str) else p[0] for p in self._providers]
         return (f"{self.name} {self._ort.__version__} ({', '.join(providers)}) on {self.device} "
-                f"({self.precision})")
+                f"({self.precision_text()})")
