@@ -16,6 +16,8 @@ setup(
         ("share/dcfm_ros/launch", ["launch/dcfm.launch.py"]),
         ("share/dcfm_ros/config", ["config/dcfm.yaml", "config/dcfm.rviz"]),
     ],
+    # pip install '.[fleet]': Ray for dcfm-fleet-eval --ray (the serial and --workers runs need nothing more)
+    extras_require={"fleet": ["ray>=2.40"]},
     entry_points={
         "console_scripts": [
             "dcfm_node = dcfm_ros.node.main:main",
@@ -23,11 +25,12 @@ setup(
             "dcfm-export = dcfm_ros.tools.export:main",
             "dcfm-bench-node = dcfm_ros.tools.bench_node:main",
             "dcfm-stress = dcfm_ros.tools.stress.cli:main",
-            "dcfm-train = dcfm_ros.training.train:main",
-            "dcfm-evaluate = dcfm_ros.evaluation.evaluate:main",
-            "dcfm-compare = dcfm_ros.evaluation.compare:main",
-            "dcfm-bag-eval = dcfm_ros.evaluation.bag_eval:main",
-            "dcfm-make-bag = dcfm_ros.evaluation.make_bag:main",
+            "dcfm-train = dcfm_ros.tools.train:main",
+            "dcfm-evaluate = dcfm_ros.tools.evaluate:main",
+            "dcfm-compare = dcfm_ros.tools.compare:main",
+            "dcfm-bag-eval = dcfm_ros.tools.bag_eval:main",
+            "dcfm-make-bag = dcfm_ros.tools.make_bag:main",
+            "dcfm-fleet-eval = dcfm_ros.tools.fleet_eval:main",
         ]
     },
 )

@@ -66,7 +66,7 @@ def torchrun(nproc: int, args: list[str], log: Path, timeout: float = TORCHRUN_T
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = log.open("w")
     return subprocess.Popen([*cmd, "--standalone", "--nproc_per_node", str(nproc), "-m",
-                             "dcfm_ros.training.train", *args, "--no-progress"],
+                             "dcfm_ros.tools.train", *args, "--no-progress"],
                             stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
 
 

@@ -437,7 +437,7 @@ def test_labeled_pairs_augment_the_neighbour_label_like_the_label(tmp_path: Path
 
 
 def test_dcfm_train_builds_and_trains_tfc_and_dcfm_with_lambda_sim(tmp_path: Path):
-    from dcfm_ros.training.train import main
+    from dcfm_ros.tools.train import main
 
     root = make_camvid(tmp_path / "camvid")
     repo = Path(__file__).resolve().parents[1]
@@ -472,7 +472,7 @@ def test_node_parameter_nonkey_blend_is_validated():
 
 
 def test_dcfm_compare_writes_the_table_with_every_row(tmp_path: Path):
-    from dcfm_ros.evaluation.compare import main
+    from dcfm_ros.tools.compare import main
 
     root = make_camvid(tmp_path / "camvid")
     torch.manual_seed(0)

@@ -15,7 +15,6 @@ and of non-key frames. Times are measured in the same run for every row; compare
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -149,40 +148,13 @@ def markdown_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _write_atomic(path: str, text: str) -> None:
+def write_atomic(path: str, text: str) -> None:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(tmp, target)
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="dcfm-compare", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--root", required=True, help="CamVid root (SegNet layout)")
-    p.add_argument("--split", default="val", help="val (dense 15 Hz clip) or test (1 Hz)")
-    p.add_argument("--dcfm", required=True, help="DCFM checkpoint (rows DCFM and DCFM + cosine blend)")
-    p.add_argument("--tfc", help="TFC checkpoint (row TFC)")
-    p.add_argument("--reuse", help="DCFM trained without L_B (row feature reuse)")
-    p.add_argument("--dcfm-label", default="DCFM",
-                   help="name of the --dcfm rows, e.g. 'DCFM (700 it)' next to the shipped model's")
-    p.add_argument("--blend", default="cosine",
-                   help="nonkey_blend of the DCFM + blend rows; a comma list gives one row each")
-    p.add_argument("--tfc-untrained", action="store_true",
-                   help="the TFC checkpoint is not trained: report only its times (accuracy n/t)")
-    p.add_argument("--policies", default="fixed:2,fixed:5,motion:0.1,feature:0.75",
-                   help="comma list: fixed:K, motion:THR[:MIN[:MAX]], feature:THR[:MIN[:MAX]]")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, help="torch.set_num_threads")
-    p.add_argument("--json", help="write the report here")
-    p.add_argument("--markdown", help="write the markdown table here")
-    p.add_argument("--no-per-frame", action="store_true", help="leave out the per-frame rows")
-    p.add_argument("--merge", nargs="+", metavar="JSON",
-                   help="only join the rows of earlier --json reports (one split) into one table")
-    p.add_argument("--quiet", action="store_true")
-    return p.parse_args(argv)
 
 
 def merge_reports(paths: Sequence[str]) -> dict[str, Any]:
@@ -199,43 +171,3 @@ def merge_reports(paths: Sequence[str]) -> dict[str, Any]:
         order.setdefault(row["policy"], len(order))
     rows = sorted(rows, key=lambda row: (row["policy"] != "fixed:1", order[row["policy"]]))
     return {**reports[0], "results": rows, "merged_from": list(paths)}
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        if args.threads is not None:
-            import torch
-
-            torch.set_num_threads(max(1, args.threads))
-        policies = [parse_policy(t) for t in args.policies.split(",") if t.strip()]
-        methods = []
-        if args.reuse:
-            methods.append(Method("feature reuse (DCFM without L_B)", args.reuse, "none"))
-        methods.append(Method(args.dcfm_label, args.dcfm, "none"))
-        for blend in (b.strip() for b in args.blend.split(",") if b.strip()):
-            methods.append(Method(f"{args.dcfm_label} + {blend} blend", args.dcfm, blend))
-        if args.tfc:
-            methods.append(Method("TFC", args.tfc, "auto", trained=not args.tfc_untrained))
-        if args.merge:
-            report = merge_reports(args.merge)
-        else:
-            def save(partial: dict[str, Any]) -> None:
-                if args.json:
-                    _write_atomic(args.json, json.dumps(partial, indent=2))
-            report = compare(methods, policies, args.root, args.split, device=args.device,
-                             progress=not args.quiet, per_frame_rows=not args.no_per_frame, on_row=save)
-    except (ValueError, FileNotFoundError) as exc:  # CheckpointError is a ValueError
-        print(f"dcfm-compare: error: {exc}", file=sys.stderr)
-        return 2
-    table = markdown_table(report)
-    print(table)
-    if args.json:
-        _write_atomic(args.json, json.dumps(report, indent=2))
-    if args.markdown:
-        _write_atomic(args.markdown, table + "\n")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

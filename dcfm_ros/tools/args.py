@@ -41,3 +41,14 @@ def list_of(parse: Callable[[str], T]) -> Callable[[str], list[T]]:
 
     convert.__name__ = f"list_of_{parse.__name__}"
     return convert
+
+
+def doc_summary(module: object) -> str:
+    """A library module's first docstring paragraph: the tool's --help description."""
+    return (getattr(module, "__doc__", None) or "").split("\n\n")[0]
+
+
+def doc_details(module: object) -> str:
+    """The rest of the module's docstring: the tool's --help epilog."""
+    parts = (getattr(module, "__doc__", None) or "").split("\n\n", 1)
+    return parts[1] if len(parts) > 1 else ""

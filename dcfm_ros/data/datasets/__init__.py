@@ -12,24 +12,19 @@ Each dataset type provides, through this registry:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 
-from dcfm_ros.data.datasets.pairs import FrameSample, LabeledFrames, LabelMap, PairDataset, PairSample
+from dcfm_ros.data.datasets.pairs import (
+    DatasetSpec,
+    FrameSample,
+    LabeledFrames,
+    PairDataset,
+    PairSample,
+)
 from dcfm_ros.model.config import CAMVID_CLASSES, CAMVID_PALETTE
 
 TYPES = ("camvid", "cityscapes", "vspw", "folder")
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    name: str
-    class_names: tuple[str, ...]
-    palette: tuple[tuple[int, int, int], ...]
-    lut: LabelMap  # raw label value -> train id (255 = ignore), or a colour palette (folder)
-    ignore_values: tuple[int, ...] = ()  # raw values that mean "not labeled"; other non-classes are errors
-    convention: str = ""  # how raw values map to classes, for error messages
 
 
 def _check(kind: str) -> str:
