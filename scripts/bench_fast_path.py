@@ -5,7 +5,7 @@ in turn, so a busy machine slows them alike; ratios against the first variant of
 
 Variants: `host` (one fused call a frame, pre/post-processing in torch), `io` (graph I/O: uint8 in,
 labels out), `stages` (the profiling mode: the stage calls one by one), `io-bf16` (OpenVINO's bf16
-hint), and with --camera the same camera frames upscaled (labels at the camera's size: `io`, or made
+hint), and with --cameras the clip resized to each camera size (labels at the camera's size: `io`, or made
 at the network's size: `io-net`).
 
     PYTHONPATH=. python scripts/bench_fast_path.py --backends openvino,onnxruntime --threads 2
@@ -56,20 +56,25 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--frames", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--camera", default=None, help="HxW: upscale the clip's frames to this camera size")
+    p.add_argument("--cameras", default=None,
+                   help="comma list of HxW camera sizes (the clip's frames resized to each), measured in "
+                        "the same interleaved run; default: the clip as it is")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     model, _ = load_checkpoint(SHIPPED)
     frames, clip = load_clip(default_clip(), args.warmup + args.frames)
-    camera = None
-    if args.camera:
-        camera = tuple(int(v) for v in args.camera.lower().split("x"))
-        frames = [cv2.resize(f, (camera[1], camera[0]), interpolation=cv2.INTER_LINEAR) for f in frames]
+    cams: list[tuple[int, int] | None] = [None]
+    if args.cameras:
+        cams = [tuple(int(v) for v in c.lower().split("x")) for c in args.cameras.split(",")]  # type: ignore[misc]
+    sized = {c: frames if c is None else [cv2.resize(f, (c[1], c[0]), interpolation=cv2.INTER_LINEAR)
+                                          for f in frames] for c in cams}
     load0 = os.getloadavg()[0]
-    runs = {b: engines_for(model, b.strip(), camera) for b in args.backends.split(",") if b.strip()}
-    times = {(b, v, k): [] for b, vs in runs.items() for v in vs for k in ("key", "nonkey")}
-    for i, f in enumerate(frames):
-        for b, vs in runs.items():
+    runs = {f"{b.strip()}@{'clip' if c is None else f'{c[1]}x{c[0]}'}": (c, engines_for(model, b.strip(), c))
+            for b in args.backends.split(",") if b.strip() for c in cams}
+    times = {(b, v, k): [] for b, (_, vs) in runs.items() for v in vs for k in ("key", "nonkey")}
+    for i in range(len(frames)):
+        for b, (c, vs) in runs.items():
+            f = sized[c][i]
             for v, (key, nonkey) in vs.items():
                 for kind, eng in (("key", key), ("nonkey", nonkey)):
                     t0 = time.perf_counter()
@@ -77,11 +82,10 @@ def main() -> int:
                     if i >= args.warmup:
                         times[(b, v, kind)].append((time.perf_counter() - t0) * 1000.0)
     load1 = os.getloadavg()[0]
-    h, w = frames[0].shape[:2]
-    print(f"{cpu_name()}  threads={args.threads}  clip={clip}  image={w}x{h}"
+    print(f"{cpu_name()}  threads={args.threads}  clip={clip}"
           f"  load avg {load0:.1f} -> {load1:.1f}  (medians of {args.frames}, ms; interleaved)")
     rows = []
-    for b, vs in runs.items():
+    for b, (_, vs) in runs.items():
         first = None
         for v in vs:
             med = {k: statistics.median(times[(b, v, k)]) for k in ("key", "nonkey")}
@@ -91,11 +95,11 @@ def main() -> int:
                    "nonkey_vs_first": first["nonkey"] / med["nonkey"],
                    "nonkey_over_key": med["nonkey"] / med["key"]}
             rows.append(row)
-            print(f"{b:12s} {v:8s} key {med['key']:7.1f}  non-key {med['nonkey']:7.1f}  speed-up vs "
+            print(f"{b:22s} {v:8s} key {med['key']:7.1f}  non-key {med['nonkey']:7.1f}  speed-up vs "
                   f"{next(iter(vs))}: key {row['key_vs_first']:.2f}x non-key {row['nonkey_vs_first']:.2f}x  "
                   f"non-key/key {row['nonkey_over_key']:.2f}")
     print(json.dumps({"cpu": cpu_name(), "threads": args.threads, "load": [load0, load1], "rows": rows}))
-    for vs in runs.values():
+    for _, vs in runs.values():
         for key, nonkey in vs.values():
             key.close()
             nonkey.close()

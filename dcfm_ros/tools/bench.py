@@ -118,7 +118,7 @@ def measure_many(engines: dict[str, StreamEngine], frames: list[np.ndarray], war
         engine.policy = FixedInterval(1)
         engine.reset()
         nonkey_engine = StreamEngine(engine.model, FixedInterval(2**31 - 1), input_size=engine.input_size,
-                                     backend=engine.backend, stages=engine.stages)
+                                     backend=engine.backend, stages=engine.stages, graph_io=engine.graph_io)
         nonkey_engine.process(frames[0])
         runs[name] = (engine, nonkey_engine, ([], [], [], []))
     for i, f in enumerate(frames[: warmup + count]):
@@ -156,7 +156,7 @@ def measure_overhead(engines: dict[str, StreamEngine], frames: list[np.ndarray],
         engine.policy = FixedInterval(1)
         engine.reset()
         nonkey_engine = StreamEngine(engine.model, FixedInterval(2**31 - 1), input_size=engine.input_size,
-                                     backend=net)
+                                     backend=net, graph_io=engine.graph_io)
         nonkey_engine.process(frames[0])
         common = nonkey_engine.state.cache.common.numpy()  # type: ignore[union-attr]
         runs[name] = (engine, nonkey_engine, net.raw_runner("key"), net.raw_runner("nonkey"), common,
@@ -302,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stages", action="store_true",
                    help="the engine's profiling mode: each frame's stages called and timed one by one "
                         "(default: one fused call per frame on the graph backends)")
+    p.add_argument("--graph-io", action="store_true",
+                   help="engines with the pre/post-processing in the graph (StreamEngine graph_io: uint8 "
+                        "image in, labels out) where the backend can")
     p.add_argument("--overhead", action="store_true",
                    help="instead: StreamEngine's key / non-key frames against the same fused graphs "
                         "called bare (graph backends), interleaved")
@@ -368,7 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             net = make_backend(resolve_backend(name, args.device, args.precision), copy_, args.device,
                                args.precision, input_size=args.size, cache_dir=args.backend_cache_dir)
         engines[name] = StreamEngine(copy_, FixedInterval(1), input_size=args.size, backend=net,
-                                     stages=args.stages)
+                                     stages=args.stages, graph_io=args.graph_io)
     engine = next(iter(engines.values()))
 
     clip = args.clip if args.clip is not None else default_clip()
