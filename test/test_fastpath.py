@@ -327,7 +327,7 @@ def test_graph_io_gives_the_host_path_labels_without_torch_pre_or_post(
     pytest.importorskip(name)
     net = make_backend(name, shipped, "cpu")
     host = StreamEngine(shipped, MotionThreshold(0.1, 1, 30), backend=net)
-    io = StreamEngine(shipped, MotionThreshold(0.1, 1, 30), backend=net, graph_io=True)
+    io = StreamEngine(shipped, MotionThreshold(0.1, 1, 30), backend=net, graph_io=True, labels_at="camera")
     assert io.graph_io
     a = [host.process(f) for f in frames]
     pre = type(io.preprocessor)
@@ -352,7 +352,7 @@ def test_graph_io_at_a_large_camera_and_labels_made_at_the_network_size(frames) 
     net = OnnxRuntimeBackend(model, "cpu", input_size=SMALL)
     big = [cv2.resize(f, (SMALL[1] * 3, SMALL[0] * 3), interpolation=cv2.INTER_AREA) for f in frames[:4]]
     exact = StreamEngine(model, FixedInterval(2), backend=net)
-    io = StreamEngine(model, FixedInterval(2), backend=net, graph_io=True)
+    io = StreamEngine(model, FixedInterval(2), backend=net, graph_io=True, labels_at="camera")
     coarse = StreamEngine(model, FixedInterval(2), backend=net, graph_io=True, labels_at="network")
     a, b, c = ([e.process(f).labels for f in big] for e in (exact, io, coarse))
     assert all(x.shape == big[0].shape[:2] for x in (*b, *c))
@@ -381,3 +381,15 @@ def test_tensorrt_fused_frames_equal_its_stage_path(frames) -> None:
     a = [fused.process(f).labels for f in frames]
     b = [staged.process(f).labels for f in frames]
     assert agreement(a, b) >= 0.99
+
+
+def test_the_fused_per_frame_baseline_equals_its_stages(frames) -> None:
+    """dcfm-bench's per-frame baseline head(enc_hi(enc_lo(x))) as one graph == the three stage calls."""
+    model = small_dcfm()
+    net = OnnxRuntimeBackend(model, "cpu", input_size=SMALL)
+    engine = StreamEngine(model, FixedInterval(1), backend=net)
+    pre = engine.preprocessor
+    with torch.inference_mode():
+        x = pre.normalize(pre.upload(frames[0]))
+        staged = net.head(net.enc_hi(net.enc_lo(x)))
+    np.testing.assert_allclose(net.baseline_logits(x).numpy(), staged.numpy(), rtol=1e-4, atol=1e-4)

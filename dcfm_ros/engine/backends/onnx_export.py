@@ -391,11 +391,18 @@ def baseline_graph(folder: Path, manifest: Manifest) -> bytes:
     import onnx
     from onnx import compose
 
-    p = {n: compose.add_prefix(onnx.load(str(folder / manifest.graphs[n].file)), prefix=f"{n}/")
-         for n in ("enc_lo", "enc_hi", "head")}
+    p = {}
+    for n in ("enc_lo", "enc_hi", "head"):
+        proto = onnx.load(str(folder / manifest.graphs[n].file))
+        del proto.metadata_props[:]  # each names its own graph; merge_models refuses differing values
+        p[n] = compose.add_prefix(proto, prefix=f"{n}/")
     lo_hi = compose.merge_models(p["enc_lo"], p["enc_hi"], io_map=[("enc_lo/f_in", "enc_hi/f_in")])
     g = compose.merge_models(lo_hi, p["head"], io_map=[("enc_hi/f_co", "head/f")])
-    return _rename(g, {"enc_lo/x": "x", "head/logits": "logits"}, ("logits",)).SerializeToString()
+    g = _rename(g, {"enc_lo/x": "x", "head/logits": "logits"}, ("logits",))
+    for k, v in {**manifest.metadata, META_PREFIX + "graph": "baseline"}.items():
+        entry = g.metadata_props.add()
+        entry.key, entry.value = k, v
+    return g.SerializeToString()
 
 
 def _export_one(module: nn.Module, args: tuple[Tensor, ...], input_names: tuple[str, ...],
