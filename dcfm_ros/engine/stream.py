@@ -165,10 +165,11 @@ class StreamEngine:
     on the CPU), the frame's call takes the camera's uint8 image and returns the labels at its size
     and the confidence map (resize, normalise, upsample, argmax, softmax in the graph: no torch op
     on the frame's path); not with a blend (it needs the logits) nor in the profiling mode.
-    labels_at: with graph_io, where the labels are made (engine.specs.LABEL_SIZES): "network"
-    (default: at the network's input size, then nearest-neighbour scaled to the camera's; on the
-    CamVid val clip at 1080x1440 its mIoU was the exact method's +0.06 at 0.42x the time,
-    docs/fast-path.md) or "camera" (exact: the logits upsampled to the camera's size, argmax there).
+    labels_at: with graph_io, where the labels are made (engine.specs.LABEL_SIZES): "camera"
+    (default, exact: the logits upsampled to the camera's size, argmax there: the labels of the
+    host path) or "network" (at the network's input size, then nearest-neighbour scaled to the
+    camera's; on the CamVid val clip at 1080x1440 its mIoU was the exact method's +0.06 at 0.42x the
+    time, docs/fast-path.md).
     Call close() when done with a background schedule (it stops the worker).
     """
 
@@ -177,7 +178,7 @@ class StreamEngine:
                  backend: str | InferenceBackend = "torch", schedule: str | KeyframeSchedule = "sync",
                  spread: int = 3, background_threads: int | None = 1,
                  nonkey_blend: str | None = "auto", stages: bool = False, graph_io: bool = False,
-                 labels_at: str = "network") -> None:
+                 labels_at: str = "camera") -> None:
         self.model = check_network(model)
         self.backend = backend if isinstance(backend, InferenceBackend) else make_backend(
             backend, model, device, precision)
