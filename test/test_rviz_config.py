@@ -1,5 +1,6 @@
-"""config/dcfm.rviz (rviz2 is not installable here): it must show the camera image, the overlay and
-the coloured mask, on the topics the node and the launch file actually use."""
+"""config/dcfm.rviz (rviz2 is not installable here): one enabled display, the compressed overlay (the
+cheapest view that shows camera and classes), the camera and colour mask there but disabled, all on
+topics the node and the launch file actually use, with a QoS that matches the node's viewer topics."""
 
 from __future__ import annotations
 
@@ -22,12 +23,24 @@ def _launch_default(name: str) -> str:
     raise AssertionError(f"launch argument {name} not found")
 
 
-def test_rviz_shows_camera_overlay_and_color() -> None:
+def test_rviz_shows_the_compressed_overlay_and_offers_camera_and_color() -> None:
+    from rclpy.qos import ReliabilityPolicy
+
+    from dcfm_ros.node.outputs import VIEWER_QOS
+
     cfg = yaml.safe_load((ROOT / "config" / "dcfm.rviz").read_text())
-    displays = cfg["Visualization Manager"]["Displays"]
-    images = {d["Topic"]["Value"] for d in displays
-              if d.get("Class") == "rviz_default_plugins/Image" and d.get("Enabled", True)}
-    assert images == {_launch_default("image_topic"), "/segmentation/overlay", "/segmentation/color"}
-    node_src = (ROOT / "dcfm_ros" / "node" / "node.py").read_text()
-    for topic in ("segmentation/overlay", "segmentation/color"):
-        assert f'"{topic}"' in node_src, f"the node no longer publishes {topic}"
+    displays = [d for d in cfg["Visualization Manager"]["Displays"]
+                if d.get("Class") == "rviz_default_plugins/Image"]
+    enabled = {d["Topic"]["Value"] for d in displays if d.get("Enabled", True)}
+    assert enabled == {"/segmentation/overlay/compressed"}
+    topics = {d["Topic"]["Value"] for d in displays}
+    assert topics == {_launch_default("image_topic"), "/segmentation/overlay/compressed",
+                      "/segmentation/color/compressed"}
+    outputs_src = (ROOT / "dcfm_ros" / "node" / "outputs.py").read_text()
+    for topic in ("overlay/compressed", "color/compressed"):
+        assert f'"{topic}"' in outputs_src, f"the node no longer publishes segmentation/{topic}"
+    # A reliable reader matches the node's reliable viewer writers (and best effort would too).
+    assert VIEWER_QOS.reliability == ReliabilityPolicy.RELIABLE
+    for d in displays:
+        if d["Topic"]["Value"].startswith("/segmentation/"):
+            assert d["Topic"]["Reliability Policy"] in ("Reliable", "Best Effort")
