@@ -115,7 +115,7 @@ class NodeUnderTest:
                  topics: dict[str, type], input_size: tuple[int, int] | None = None) -> None:
         from sensor_msgs.msg import CompressedImage, Image
 
-        from dcfm_ros.engine import StreamEngine
+        from dcfm_ros.engine.settings import engine_for
         from dcfm_ros.model import load_checkpoint
         from dcfm_ros.node.params import PARAMETERS, settings_from_values
 
@@ -133,10 +133,12 @@ class NodeUnderTest:
                                     CompressedImage if compressed else Image)
         self.h.wait_discovery((self.pub,))
         model, _ = load_checkpoint(checkpoint)
-        # The reference uses the keyframe settings the node starts with (its defaults + params).
-        keyframe = settings_from_values({**{p.name: p.default for p in PARAMETERS}, **params}).keyframe
-        self.ref = StreamEngine(model, keyframe.make_policy(), "cpu", input_size=input_size,
-                                schedule=keyframe.make_schedule(), backend=params.get("backend", "auto"))
+        # The reference is built as the node builds its engine, from the settings the node starts with
+        # (its defaults + params): same backend, precision (auto: bf16 where the CPU has it), labels_at,
+        # policy and schedule, so the labels are compared pixel for pixel.
+        settings = settings_from_values({**{p.name: p.default for p in PARAMETERS}, **params})
+        assert settings.input_size == input_size, "pass input_size both as a param and to NodeUnderTest"
+        self.ref = engine_for(settings, model)
         # ("frame", key, rgb) / ("policy", None, policy) / ("schedule", None, name)
         self.history: list[tuple[str, Any, Any]] = []
         self.replayed = 0

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 
@@ -162,6 +163,7 @@ def defaults(**changes: Any) -> dict[str, Any]:
     ({"device": "gpu"}, "device"),
     ({"device": "cuda:x"}, "device"),
     ({"precision": "int8"}, "precision"),
+    ({"labels_at": "half"}, "labels_at"),
     ({"keyframe__policy": "adaptive"}, "keyframe.policy"),
     ({"keyframe__interval": 0}, "keyframe.interval"),
     ({"keyframe__interval": True}, "keyframe.interval"),
@@ -270,6 +272,37 @@ def test_engine_is_built_from_a_checkpoint(tiny_checkpoint: Path) -> None:
     assert type(build_engine(settings_from_values(defaults(model=str(tiny_checkpoint)))).policy).__name__ \
         == "MotionThreshold"  # the node's default policy
     assert str(engine.device) == "cpu"
+
+
+def test_label_size_auto_is_network_only_for_cameras_much_larger_than_the_network() -> None:
+    from dcfm_ros.engine.specs import label_size
+
+    net = (360, 480)
+    assert label_size("auto", (1080, 1440), net) == net  # 9x the pixels
+    assert label_size("auto", (480, 640), net) == (480, 640)  # 1.78x: exact
+    assert label_size("auto", (360, 480), net) == (360, 480)
+    assert label_size("camera", (1080, 1440), net) == (1080, 1440)
+    assert label_size("network", (480, 640), net) == net
+    with pytest.raises(ValueError, match="labels_at"):
+        label_size("half", (480, 640), net)
+
+
+def test_labels_at_reaches_the_engine(tiny_checkpoint: Path) -> None:
+    """auto gives the network-size labels for a camera of 4x the network's pixels, the exact ones for
+    a camera of the network's size (against engines built with labels_at network / camera)."""
+    rng = np.random.default_rng(3)
+    big, small = (rng.integers(0, 256, (64, 96, 3), dtype=np.uint8),
+                  rng.integers(0, 256, (32, 48, 3), dtype=np.uint8))
+    engines = {at: build_engine(settings_from_values(defaults(
+        model=str(tiny_checkpoint), device="cpu", backend="onnxruntime", input_size=[32, 48],
+        keyframe__policy="fixed", keyframe__interval=1, labels_at=at)))
+        for at in ("auto", "network", "camera")}
+    assert engines["auto"].labels_at == "auto" and engines["auto"].graph_io
+    labels = {at: (e.process(big).labels, e.process(small).labels) for at, e in engines.items()}
+    assert labels["auto"][0].shape == (64, 96)
+    assert np.array_equal(labels["auto"][0], labels["network"][0])
+    assert np.array_equal(labels["auto"][1], labels["camera"][1])
+    assert not np.array_equal(labels["network"][0], labels["camera"][0])  # the choice is visible
 
 
 @pytest.mark.parametrize(("changes", "words"), [

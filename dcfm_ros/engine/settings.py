@@ -21,10 +21,18 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dcfm_ros.engine.specs import BACKENDS, KEYFRAME_POLICIES, KEYFRAME_SCHEDULES, PRECISIONS
+from dcfm_ros.engine.specs import (
+    BACKENDS,
+    KEYFRAME_POLICIES,
+    KEYFRAME_SCHEDULES,
+    LABEL_SIZES,
+    LABELS_AUTO_AREA,
+    PRECISIONS,
+)
 
 if TYPE_CHECKING:
     from dcfm_ros.engine import KeyframePolicy, StreamEngine
+    from dcfm_ros.engine.network import StreamNetwork
     from dcfm_ros.engine.schedules import KeyframeSchedule
 
 DEFAULT_MODEL_FILE = "camvid_efficientnet_lite0.safetensors"
@@ -77,11 +85,19 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               constraints="path to an existing dcfm_ros checkpoint, or empty"),
     ParamSpec("device", T.STRING, "auto", "Inference device. auto: cuda if available, else cpu.",
               constraints="auto, cpu, cuda or cuda:N"),
-    ParamSpec("precision", T.STRING, "fp32", "Inference precision. auto: the fastest one measured to keep "
+    # default auto: bf16 on OpenVINO was 2x fp32's speed at the same CamVid mIoU (docs/fast-path.md)
+    ParamSpec("precision", T.STRING, "auto", "Inference precision. auto: the fastest one measured to keep "
               "the labels on this backend and CPU/GPU (openvino on a CPU with native bf16: bf16; "
               "tensorrt: fp16; else fp32), logged at start-up with the reason. bf16 on the CPU needs "
               "backend openvino; fp16/bf16 on torch need a CUDA device.",
               constraints="one of " + ", ".join(PRECISIONS)),
+    ParamSpec("labels_at", T.STRING, "auto", "Where the labels are made when the backend runs the pre/post-"
+              "processing in its graph (onnxruntime, openvino on the CPU; elsewhere always camera). camera: "
+              "exact, the logits upsampled to the camera's size and the argmax there. network: at the "
+              "network's input size, then scaled to the camera's with nearest neighbours (at 1080x1440 "
+              "on the CamVid val clip: +0.06 mIoU at 0.42x the time). auto: network where the camera has "
+              f"more than {LABELS_AUTO_AREA:g}x the network input's pixels, else camera.",
+              constraints="one of " + ", ".join(LABEL_SIZES)),
     ParamSpec("backend", T.STRING, "auto", "Inference backend. auto: the fastest available for the device "
               "(CPU: openvino, else onnxruntime, else torch; CUDA: tensorrt, else onnxruntime's GPU "
               "provider, else torch). onnxruntime, openvino and tensorrt export the model to ONNX (and "
@@ -236,6 +252,7 @@ class NodeSettings:
     backend_cache_dir: str = ""
     viewer_rate: float = 0.0
     jpeg_quality: int = 80
+    labels_at: str = "auto"
 
     @property
     def model_path(self) -> Path:
@@ -354,6 +371,7 @@ def settings_from_values(values: Mapping[str, Any]) -> NodeSettings:
         backend_cache_dir=_path_or_empty(values, "backend_cache_dir"),
         viewer_rate=_in_range(values, "viewer_rate", 0.0, 1000.0),
         jpeg_quality=_int(values, "jpeg_quality", 1, 100),
+        labels_at=_choice(values, "labels_at", LABEL_SIZES),
     )
     # Last: the cross-field keyframe rules (threshold < 1, min <= max) come from the engine, whose
     # import loads torch; every other mistake is reported before that.
@@ -372,7 +390,6 @@ def mask_topic_suffix(class_name: str) -> str:
 
 def build_engine(settings: NodeSettings) -> StreamEngine:
     """Load the checkpoint and build the StreamEngine; StartupError with a clear reason otherwise."""
-    from dcfm_ros.engine import StreamEngine, make_backend
     from dcfm_ros.model import CheckpointError, load_checkpoint
 
     path = settings.model_path
@@ -393,6 +410,14 @@ def build_engine(settings: NodeSettings) -> StreamEngine:
     if len(set(suffixes)) != len(suffixes):
         raise StartupError(f"parameter 'mask_classes': classes {list(settings.mask_classes)} give clashing "
                            f"topic names {suffixes}")
+    return engine_for(settings, model)
+
+
+def engine_for(settings: NodeSettings, model: StreamNetwork) -> StreamEngine:
+    """The node's StreamEngine for a loaded model (backend, precision, labels_at, policy, schedule as
+    the settings say); a test's reference engine built with it runs exactly as the node's."""
+    from dcfm_ros.engine import StreamEngine, make_backend
+
     try:
         # Built here (graph export / engine build at start-up, never on a frame).
         net = make_backend(settings.backend, model, settings.device, settings.precision,
@@ -401,11 +426,11 @@ def build_engine(settings: NodeSettings) -> StreamEngine:
         return StreamEngine(model, settings.keyframe.make_policy(), input_size=settings.input_size,
                             backend=net, schedule=settings.keyframe.make_schedule(),
                             nonkey_blend=settings.nonkey_blend,
-                            # graph_io: on onnxruntime/openvino the frame's one call takes the camera
+                            # graph_io: on onnxruntime/openvino the frame's call takes the camera
                             # image and returns the labels (no torch op on the frame's path); the
                             # engine turns it off where it cannot apply
-                            graph_io=True)
+                            graph_io=True, labels_at=settings.labels_at)
     except (RuntimeError, ValueError) as exc:
         raise StartupError(f"cannot run the model with backend={settings.backend!r}, device="
                            f"{settings.device!r}, precision={settings.precision!r}, input_size="
-                           f"{settings.input_size}: {exc}") from exc
+                           f"{settings.input_size}, labels_at={settings.labels_at!r}: {exc}") from exc

@@ -25,8 +25,9 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 KEYFRAME_POLICIES = ("fixed", "motion", "feature")
 # where the labels are made with the I/O in the graph (StreamEngine graph_io): "camera", the exact
 # argmax of the logits upsampled to the camera's size; "network", at the network's input size and
-# then scaled to the camera's with nearest neighbours (cheaper for large cameras; docs/fast-path.md)
-LABEL_SIZES = ("camera", "network")
+# then scaled to the camera's with nearest neighbours (cheaper for large cameras; docs/fast-path.md);
+# "auto": "network" where the camera has more than LABELS_AUTO_AREA times the network input's pixels
+LABEL_SIZES = ("camera", "network", "auto")
 KEYFRAME_SCHEDULES = ("sync", "spread", "background")
 OFFLINE_SCHEDULES = (*KEYFRAME_SCHEDULES, "lag")
 BLEND_TARGETS = ("feature", "logits")
@@ -210,3 +211,19 @@ def parse_blend(text: str | BlendSpec | None, default: str = "none") -> BlendSpe
 def split_list(text: str) -> list[str]:
     """"a, b,,c" -> ["a", "b", "c"] (comma-separated CLI lists)."""
     return [t.strip() for t in str(text).split(",") if t.strip()]
+
+
+# labels_at "auto": at 1080x1440 (4.5x a 360x480 network's pixels) labels made at the network's size
+# were 0.42x the exact method's time for +0.06 mIoU on the CamVid val clip (docs/fast-path.md); at
+# about the network's size the exact labels cost little more, so they stay exact there.
+LABELS_AUTO_AREA = 2.0
+
+
+def label_size(labels_at: str, camera: tuple[int, int], network: tuple[int, int]) -> tuple[int, int]:
+    """(H, W) the labels are made at for a `camera`-sized frame (then scaled to the camera's size)."""
+    if labels_at not in LABEL_SIZES:
+        raise ValueError(f"labels_at must be one of {', '.join(LABEL_SIZES)}; got {labels_at!r}")
+    if labels_at == "auto":
+        big = camera[0] * camera[1] > LABELS_AUTO_AREA * network[0] * network[1]
+        labels_at = "network" if big else "camera"
+    return tuple(network) if labels_at == "network" else tuple(camera)  # type: ignore[return-value]

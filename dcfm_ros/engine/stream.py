@@ -49,7 +49,7 @@ from dcfm_ros.engine.keyframe import KeyframePolicy, check_policy
 from dcfm_ros.engine.network import StreamNetwork, check_network
 from dcfm_ros.engine.preprocess import FramePreprocessor, validate_image, validate_size
 from dcfm_ros.engine.schedules import CommonCache, KeyframeSchedule, make_schedule
-from dcfm_ros.engine.specs import LABEL_SIZES
+from dcfm_ros.engine.specs import LABEL_SIZES, label_size
 
 STAGE_KEYS = ("enc_lo", "enc_hi", "ffm", "head")
 TIMING_KEYS = ("preprocess", *STAGE_KEYS, "network", "postprocess", "total")
@@ -169,7 +169,8 @@ class StreamEngine:
     (default, exact: the logits upsampled to the camera's size, argmax there: the labels of the
     host path) or "network" (at the network's input size, then nearest-neighbour scaled to the
     camera's; on the CamVid val clip at 1080x1440 its mIoU was the exact method's +0.06 at 0.42x the
-    time, docs/fast-path.md).
+    time, docs/fast-path.md) or "auto" ("network" where the camera has more than
+    specs.LABELS_AUTO_AREA times the network input's pixels, else "camera"; decided per frame size).
     Call close() when done with a background schedule (it stops the worker).
     """
 
@@ -358,7 +359,7 @@ class StreamEngine:
     def _graph_io(self, plan: FramePlan) -> GraphIO | None:
         if not self.graph_io:
             return None
-        return GraphIO(plan.shape, plan.shape if self.labels_at == "camera" else self.input_size)
+        return GraphIO(plan.shape, label_size(self.labels_at, plan.shape, self.input_size))
 
     def _key_from_f_in(self, plan: FramePlan, out: FrameOutputs) -> FrameOutputs:
         key = self._net.key_from_f_in(out.f_in, out.sim, plan.outputs, plan.timer)  # type: ignore[arg-type]

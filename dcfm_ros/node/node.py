@@ -138,7 +138,8 @@ class DCFMNode(Node):
         self._worker = threading.Thread(target=self._run, name="dcfm-inference", daemon=True)
         self.get_logger().info(
             f"model {s.model_path} ({engine.num_classes} classes, input {engine.input_size[0]}x"
-            f"{engine.input_size[1]}) on {engine.backend.describe()}; keyframe policy "
+            f"{engine.input_size[1]}) on {engine.backend.describe()}; labels_at {engine.labels_at}"
+            f"{'' if engine.graph_io else ' (exact at the camera size: no graph I/O here)'}; keyframe policy "
             f"{engine.policy!r}, schedule {engine.schedule!r}; subscribed to {self._sub.topic_name} "
             f"({s.image_transport}, "
             f"{self._qos_text()}, depth {s.qos_depth}); drop_policy {s.drop_policy}")
