@@ -113,6 +113,7 @@ class NodeUnderTest:
 
     def __init__(self, ctx: Any, log_dir: Path, ns: str, params: dict[str, Any], checkpoint: Path,
                  topics: dict[str, type], input_size: tuple[int, int] | None = None) -> None:
+        import torch
         from sensor_msgs.msg import CompressedImage, Image
 
         from dcfm_ros.engine.settings import engine_for
@@ -138,7 +139,14 @@ class NodeUnderTest:
         # policy and schedule, so the labels are compared pixel for pixel.
         settings = settings_from_values({**{p.name: p.default for p in PARAMETERS}, **params})
         assert settings.input_size == input_size, "pass input_size both as a param and to NodeUnderTest"
-        self.ref = engine_for(settings, model)
+        # With the node's thread count (conftest.NODE_ENV: OMP_NUM_THREADS=1; OpenVINO takes torch's at
+        # build time): bf16 sums are rounded differently when split over another number of threads.
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            self.ref = engine_for(settings, model)
+        finally:
+            torch.set_num_threads(before)
         # ("frame", key, rgb) / ("policy", None, policy) / ("schedule", None, name)
         self.history: list[tuple[str, Any, Any]] = []
         self.replayed = 0
