@@ -53,15 +53,12 @@ from dcfm_ros.training.config import ConfigError, TrainConfig, load_config
 from dcfm_ros.training.datasets import (
     DatasetSpec,
     LabeledFrames,
-    PairDataset,
     dataset_spec,
-    pair_samples,
     video_frames,
 )
 from dcfm_ros.training.datasets.checks import check_labels
-from dcfm_ros.training.datasets.labeled_pairs import LabeledPairDataset
 from dcfm_ros.training.losses import TrainingObjective
-from dcfm_ros.training.methods import build_training_model, needs_neighbour_labels, training_losses
+from dcfm_ros.training.methods import build_training_model, normalize_frames, training_losses, training_set
 from dcfm_ros.training.optim import DECODER_KEYS, PolyWarmup, build_optimizer
 from dcfm_ros.training.transforms import ColorJitter, PairAugment
 
@@ -198,9 +195,8 @@ class Trainer:
         self.batch_size = distributed.per_rank_batch(cfg.train.batch_size, cfg.train.batch_scope,
                                                      self.dist.world_size)
         self.global_batch = self.batch_size * self.dist.world_size
-        pairs = pair_samples(d.type, d.root, d.train_split, d.neighbour_offsets)
-        dataset = LabeledPairDataset if needs_neighbour_labels(cfg) else PairDataset  # L_sim, TFC
-        self.train_set = dataset(pairs, self.lut, build_augment(cfg, self.mcfg.mean))
+        # pairs (DCFM, TFC) or clips of earlier references (MRCFA, SD-CPC)
+        self.train_set = training_set(cfg, self.model, self.lut, build_augment(cfg, self.mcfg.mean))
         if len(self.train_set) < self.global_batch:
             raise ConfigError(f"global batch {self.global_batch} ({self.dist.world_size} rank(s) x "
                               f"{self.batch_size}) > {len(self.train_set)} training pairs")
@@ -371,8 +367,10 @@ class Trainer:
                 batch = next(batches)
                 mf = self.memory_format
                 x_l = self.model.normalize_input(batch["image"].to(self.device, non_blocking=True))
-                x_u = self.model.normalize_input(batch["neighbour"].to(self.device, non_blocking=True))
-                x_l, x_u = x_l.contiguous(memory_format=mf), x_u.contiguous(memory_format=mf)
+                # (B, 3, H, W) neighbour, or (B, R, 3, H, W) references of a clip
+                x_u = normalize_frames(self.model, batch["neighbour"].to(self.device, non_blocking=True))
+                x_l = x_l.contiguous(memory_format=mf)
+                x_u = x_u.contiguous(memory_format=mf) if x_u.dim() == 4 else x_u
                 y_l = batch["label"].to(self.device, non_blocking=True)
                 y_u = batch["neighbour_label"].to(self.device) if "neighbour_label" in batch else None
                 with self._autocast():
