@@ -36,6 +36,7 @@ from dcfm_ros.engine.confidence import Confidence, frame_confidence
 from dcfm_ros.engine.device import StageTimer
 from dcfm_ros.engine.keyframe import KeyframePolicy, check_policy
 from dcfm_ros.engine.preprocess import FramePreprocessor, validate_image, validate_size
+from dcfm_ros.engine.reference_ring import reference_stream
 from dcfm_ros.engine.schedules import CommonCache, KeyframeSchedule, make_schedule
 
 if TYPE_CHECKING:
@@ -88,9 +89,11 @@ class StreamEngine:
                  precision: str = "fp32", input_size: tuple[int, int] | None = None,
                  backend: str | InferenceBackend = "torch", schedule: str | KeyframeSchedule = "sync",
                  spread: int = 3, background_threads: int | None = 1,
-                 nonkey_blend: str | None = "auto") -> None:
-        self.backend = backend if isinstance(backend, InferenceBackend) else make_backend(
-            backend, model, device, precision)
+                 nonkey_blend: str | None = "auto", reference_stride: int | None = None) -> None:
+        # MRCFA / SD-CPC: every frame through engine/reference_ring.py (None for DCFM / TFC).
+        self._ring = reference_stream(model, backend, device, precision, reference_stride)
+        self.backend = self._ring if self._ring is not None else backend if isinstance(
+            backend, InferenceBackend) else make_backend(backend, model, device, precision)
         self.device = self.backend.device
         self.precision = self.backend.precision
         self.policy = policy  # validated by the setter
@@ -145,6 +148,8 @@ class StreamEngine:
     def reset(self) -> None:
         """Forget the cached keyframe: the next frame is a keyframe."""
         self._schedule.cancel()
+        if self._ring is not None:
+            self._ring.reset()
         self._cache: CommonCache | None = None  # ffm.common_part of a keyframe's F_co, and its frame
         self._key_small: Tensor | None = None
         self._key_ref: KeyReference | None = None  # the keyframe's share of the blend (engine/blend.py)
@@ -168,6 +173,8 @@ class StreamEngine:
         """Segment one (H, W, 3) uint8 RGB frame; labels are returned at (H, W)."""
         # Validate before touching any state: a bad frame raises and the stream carries on.
         validate_image(image_rgb)
+        if self._ring is not None:
+            return FrameResult(**self._ring.process(image_rgb, self._pre))
         t_start = time.perf_counter()
         shape = (int(image_rgb.shape[0]), int(image_rgb.shape[1]))
         timer = StageTimer(self.device)

@@ -1,0 +1,143 @@
+"""P mode for the multi-frame peers (MRCFA, SD-CPC): the whole network on every frame, with the
+memories of earlier frames kept in a ring, as MRCFA's test procedure describes ("the reference frames
+are already processed in previous steps and the corresponding features can be directly used").
+
+A frame's references are the frames `stride`, 2 * stride, ..., R * stride before it (R = the model's
+num_references = T - 1; stride 3 on a 15 Hz video gives both papers' t-3 and t-6), so the ring keeps
+the last R * stride frames' memories (model.memory: MRCFA's keys and values at 1/32, SD-CPC's static
+semantics S at 1/8). Only frames already output are in it: a later frame never changes an earlier
+output. Missing references (the first frames of a stream) are padded as in training
+(model.multiframe.pad_references). The ring is emptied on `reset()` and when the image resolution
+changes (a different camera or mode: its memories describe another scene), like DCFM's common feature.
+
+StreamEngine hands such models to `ReferenceStream` (its only hook) and wraps the returned fields in
+a FrameResult: every frame is a full pass (is_keyframe True, frames_since_key 0); the keyframe policy
+and the blend do not apply; schedules other than sync have nothing to move. Torch backend only: the
+graph backends export the DCFM stage interface, which these models do not have (docs/peers.md).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dcfm_ros.engine.backends.base import InferenceBackend
+from dcfm_ros.engine.confidence import frame_confidence
+from dcfm_ros.engine.device import StageTimer, autocast, resolve_device, resolve_precision
+from dcfm_ros.engine.preprocess import FramePreprocessor
+from dcfm_ros.model.multiframe import Memory, pad_references
+
+_STAGES = ("preprocess", "enc_lo", "enc_hi", "ffm", "head", "postprocess", "total")
+
+
+def uses_reference_ring(model: nn.Module) -> bool:
+    """MRCFA / SD-CPC (dcfm_ros.model.multiframe): models that read earlier frames' memories."""
+    return hasattr(model, "num_references") and hasattr(model, "memory")
+
+
+class ReferenceRing:
+    """The memories of the last `num_references * stride` frames, newest last."""
+
+    def __init__(self, num_references: int, stride: int) -> None:
+        if int(num_references) < 1 or int(stride) < 1:
+            raise ValueError(f"reference ring: num_references and stride must be >= 1, got "
+                             f"{num_references}, {stride}")
+        self.num_references, self.stride = int(num_references), int(stride)
+        self._frames: deque[Memory] = deque(maxlen=self.num_references * self.stride)
+
+    @property
+    def capacity(self) -> int:
+        return self._frames.maxlen or 0
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def references(self) -> list[Memory]:
+        """Memories of the frames stride * R, ..., stride * 1 before the next one (oldest first), those
+        that exist."""
+        n = len(self._frames)
+        return [self._frames[n - self.stride * k] for k in range(self.num_references, 0, -1)
+                if self.stride * k <= n]
+
+    def push(self, memory: Memory) -> None:
+        self._frames.append(memory)
+
+    def reset(self) -> None:
+        self._frames.clear()
+
+
+class ReferenceStream:
+    """Runs a ring model frame by frame for StreamEngine (see the module doc)."""
+
+    name = "torch"
+
+    def __init__(self, model: nn.Module, device: str | torch.device = "auto", precision: str = "fp32",
+                 stride: int | None = None) -> None:
+        self.device = resolve_device(device)
+        self.precision = precision
+        self.amp_dtype = resolve_precision(precision, self.device)
+        self.model = model.to(self.device).eval()
+        self.ring = ReferenceRing(model.num_references, model.default_stride if stride is None else stride)
+        self._shape: tuple[int, int] | None = None
+
+    def describe(self) -> str:
+        return f"torch ({self.model.model_class}, references every {self.ring.stride} frames)"
+
+    def prepare_deep_units(self) -> None:
+        raise ValueError(f"{self.model.model_class} has no keyframes (every frame runs the whole network): "
+                         "the keyframe schedule must be sync")
+
+    def reset(self) -> None:
+        self.ring.reset()
+        self._shape = None
+
+    def process(self, image_rgb: np.ndarray, pre: FramePreprocessor) -> dict[str, Any]:
+        """One frame -> the FrameResult fields. The ring takes the frame's memory only once its
+        output exists (a failing frame leaves the ring as it was)."""
+        t_start = time.perf_counter()
+        shape = (int(image_rgb.shape[0]), int(image_rgb.shape[1]))
+        model, timer = self.model, StageTimer(self.device)
+        refs = self.ring.references() if shape == self._shape else []
+        with torch.inference_mode():
+            timer.start()
+            x = pre.normalize(pre.upload(image_rgb))
+            timer.mark("preprocess")
+            with autocast(self.device, self.amp_dtype):
+                feats, fused = model.backbone(x)
+                timer.mark("enc_hi")
+                own = model.memory(feats, fused)
+                logits = model.decode(feats, fused, pad_references(refs, own, model.num_references))
+            timer.mark("ffm")  # the temporal decoder and the head: one call
+            logits = logits.float()
+            labels = pre.labels(logits, shape)
+            confidence = frame_confidence(logits)
+            timer.mark("postprocess")
+        if shape != self._shape:
+            self.ring.reset()
+        self.ring.push(own)
+        self._shape = shape
+        timings = dict.fromkeys(_STAGES, 0.0)
+        timings.update(timer.read())
+        timings["total"] = (time.perf_counter() - t_start) * 1000.0
+        return {"labels": labels, "is_keyframe": True, "frames_since_key": 0, "motion_score": 0.0,
+                "timings_ms": timings, "confidence": confidence, "common_age": 0,
+                "deep_pass_in_flight": False, "low_similarity": 0.0}
+
+
+def reference_stream(model: nn.Module, backend: str | InferenceBackend, device: str | torch.device,
+                     precision: str, stride: int | None) -> ReferenceStream | None:
+    """The engine's path for a ring model (None for DCFM / TFC)."""
+    if not uses_reference_ring(model):
+        if stride is not None:
+            raise ValueError("reference_stride applies to MRCFA / SD-CPC checkpoints only")
+        return None
+    name = backend if isinstance(backend, str) else getattr(backend, "name", type(backend).__name__)
+    if name not in ("torch", "auto"):
+        raise ValueError(f"{model.model_class} runs on the torch backend only (got {name!r}): the graph "
+                         "backends export DCFM's stage interface, not a reference ring (docs/peers.md)")
+    return ReferenceStream(model, device, precision, stride)
