@@ -281,3 +281,39 @@ def test_one_training_step_on_the_folder_fixture(tmp_path: Path, method: str):
     assert math.isfinite(float(row[2])) and float(row[3]) > 0  # loss, L_I (the target's CE)
     if method == "sdcpc":
         assert float(row[4]) != 0.0  # L_CR was computed
+
+
+# --- dcfm-compare and dcfm-evaluate build them from the checkpoint alone ---------------------------
+
+def test_compare_and_evaluate_run_the_peers_from_their_checkpoints(tmp_path: Path):
+    import json
+
+    from dcfm_ros.evaluation.compare import main as compare_main
+    from dcfm_ros.evaluation.evaluate import main as evaluate_main
+    from dcfm_ros.model import build_model
+
+    root = make_camvid(tmp_path / "camvid")
+    torch.manual_seed(0)
+    size = (32, 48)
+    dcfm, mrcfa, sdcpc = (tmp_path / f"{n}.safetensors" for n in ("dcfm", "mrcfa", "sdcpc"))
+    save_checkpoint(dcfm, build_model(DCFMConfig("efficientnet-lite0", 11, CAMVID_CLASSES, CAMVID_PALETTE,
+                                                 size)))
+    save_checkpoint(mrcfa, build_mrcfa(config(size), sar=False))
+    save_checkpoint(sdcpc, build_sdcpc(config(size)))
+    out = tmp_path / "cmp.json"
+    assert compare_main(["--root", str(root), "--split", "val", "--dcfm", str(dcfm), "--blend", "",
+                         "--policies", "fixed:2", "--peer", f"MRCFA w/o SAR={mrcfa}",
+                         "--peer", f"SD-CPC={sdcpc}", "--json", str(out), "--quiet"]) == 0
+    rows = {r["method"]: r for r in json.loads(out.read_text())["results"]}
+    for name in ("MRCFA w/o SAR", "SD-CPC"):
+        r = rows[name]
+        assert r["policy"] == "fixed:1" and r["keyframe_ratio"] == 1.0 and r["key_ms_p50"] > 0
+        assert r["mVC_8"] is not None and r["wIoU"] is not None and r["params_M"] > 3
+    assert [m for m in rows if m.startswith("MRCFA")] == ["MRCFA w/o SAR"]  # one row, no policies
+    assert compare_main(["--root", str(root), "--dcfm", str(dcfm), "--peer", "nonsense"]) == 2
+    report = tmp_path / "eval.json"
+    assert evaluate_main(["--model", str(mrcfa), "--dataset", "camvid", "--root", str(root), "--split",
+                          "test", "--policies", "fixed:1,fixed:5", "--json", str(report), "--quiet"]) == 0
+    rep = json.loads(report.read_text())
+    assert [(r["mode"], r["policy"]) for r in rep["results"]] == [("p", "fixed:1")]
+    assert any("MRCFA runs the whole network" in n for n in rep["notes"])

@@ -414,6 +414,7 @@ def mask_topic_suffix(class_name: str) -> str:
 def build_engine(settings: NodeSettings) -> StreamEngine:
     """Load the checkpoint and build the StreamEngine; StartupError with a clear reason otherwise."""
     from dcfm_ros.engine import StreamEngine, make_backend
+    from dcfm_ros.engine.reference_ring import uses_reference_ring
     from dcfm_ros.model import CheckpointError, load_checkpoint
 
     path = settings.model_path
@@ -435,6 +436,11 @@ def build_engine(settings: NodeSettings) -> StreamEngine:
         raise StartupError(f"parameter 'mask_classes': classes {list(settings.mask_classes)} give clashing "
                            f"topic names {suffixes}")
     try:
+        if uses_reference_ring(model):  # MRCFA / SD-CPC: the engine's own torch path, a reference ring
+            return StreamEngine(model, settings.keyframe.make_policy(), device=settings.device,
+                                precision=settings.precision, input_size=settings.input_size,
+                                backend=settings.backend, schedule=settings.keyframe.make_schedule(),
+                                nonkey_blend=settings.nonkey_blend)
         # Built here (graph export / engine build at start-up, never on a frame).
         net = make_backend(settings.backend, model, settings.device, settings.precision,
                            input_size=settings.input_size or tuple(model.config.input_size),
