@@ -19,15 +19,15 @@ setup(
     entry_points={
         "console_scripts": [
             "dcfm_node = dcfm_ros.node.main:main",
-            "dcfm-bench = dcfm_ros.engine.bench:main",
-            "dcfm-export = dcfm_ros.engine.backends.onnx_export:main",
-            "dcfm-bench-node = dcfm_ros.node.bench:main",
-            "dcfm-stress = dcfm_ros.node.stress.cli:main",
-            "dcfm-train = dcfm_ros.training.train:main",
-            "dcfm-evaluate = dcfm_ros.evaluation.evaluate:main",
-            "dcfm-compare = dcfm_ros.evaluation.compare:main",
-            "dcfm-bag-eval = dcfm_ros.evaluation.bag_eval:main",
-            "dcfm-make-bag = dcfm_ros.evaluation.make_bag:main",
+            "dcfm-bench = dcfm_ros.tools.bench:main",
+            "dcfm-export = dcfm_ros.tools.export:main",
+            "dcfm-bench-node = dcfm_ros.tools.bench_node:main",
+            "dcfm-stress = dcfm_ros.tools.stress.cli:main",
+            "dcfm-train = dcfm_ros.tools.train:main",
+            "dcfm-evaluate = dcfm_ros.tools.evaluate:main",
+            "dcfm-compare = dcfm_ros.tools.compare:main",
+            "dcfm-bag-eval = dcfm_ros.tools.bag_eval:main",
+            "dcfm-make-bag = dcfm_ros.tools.make_bag:main",
         ]
     },
 )

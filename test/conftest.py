@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from dcfm_ros.evaluation.bag_eval.node_process import stop_process
+from dcfm_ros.data.processes import stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS_FILE = REPO / "config" / "dcfm.yaml"

@@ -16,15 +16,15 @@ import cv2
 import numpy as np
 import pytest
 
+from dcfm_ros.data.metrics import ConfusionMatrix, mean_video_consistency
 from dcfm_ros.evaluation import bagio
-from dcfm_ros.evaluation.bag_eval import main
 from dcfm_ros.evaluation.bag_eval.analysis import analyze, label_classes_warning
 from dcfm_ros.evaluation.bag_eval.errors import BagEvalError
 from dcfm_ros.evaluation.bag_eval.params import effective_params, read_params_file
 from dcfm_ros.evaluation.bagio import BagReader, BagWriter, Frame
-from dcfm_ros.evaluation.make_bag import main as make_bag
-from dcfm_ros.evaluation.metrics import ConfusionMatrix, mean_video_consistency
 from dcfm_ros.evaluation.report import FrameRecord, read_frames_csv
+from dcfm_ros.tools.bag_eval import main
+from dcfm_ros.tools.make_bag import main as make_bag
 
 H, W = 48, 64
 N = 10
@@ -428,7 +428,7 @@ def test_report_metrics_equal_dcfm_evaluate(tmp_path: Path, camvid_checkpoint: P
     void mapping, resizing, argmax or class bookkeeping shows up here."""
     from train_fixtures import make_camvid
 
-    from dcfm_ros.evaluation.evaluate import main as evaluate_main
+    from dcfm_ros.tools.evaluate import main as evaluate_main
 
     # one thread in the node too: the in-process run below uses one (same kernels, same bits)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")

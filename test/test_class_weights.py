@@ -11,9 +11,9 @@ import yaml
 from test_train import _tiny_config
 from train_fixtures import make_camvid, write_grey
 
+from dcfm_ros.data.datasets.camvid import CAMVID_LUT
 from dcfm_ros.training.class_weights import class_pixel_counts, median_frequency_weights
 from dcfm_ros.training.config import ConfigError, load_config
-from dcfm_ros.training.datasets.camvid import CAMVID_LUT
 from dcfm_ros.training.losses import segmentation_ce
 from dcfm_ros.training.train import Trainer
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from train_fixtures import H, W, make_camvid, make_cityscapes, make_vspw, scene, write_grey, write_rgb
 
-from dcfm_ros.training.datasets import (
+from dcfm_ros.data.datasets import (
     LabeledFrames,
     PairDataset,
     dataset_spec,
@@ -19,8 +19,8 @@ from dcfm_ros.training.datasets import (
     pair_samples,
     video_frames,
 )
-from dcfm_ros.training.datasets.pairs import PairSample, read_label
-from dcfm_ros.training.transforms import ColorJitter, PairAugment
+from dcfm_ros.data.datasets.pairs import PairSample, read_label
+from dcfm_ros.data.transforms import ColorJitter, PairAugment
 
 
 @pytest.fixture()
@@ -192,7 +192,7 @@ def test_palette_png_labels_read_as_class_indices(tmp_path: Path) -> None:
     """VSPW masks are palette PNGs: the stored indices are the classes, not the palette colours."""
     from PIL import Image
 
-    from dcfm_ros.training.datasets.pairs import make_lut, read_label
+    from dcfm_ros.data.datasets.pairs import make_lut, read_label
 
     ids = np.array([[0, 1, 2], [3, 124, 255]], np.uint8)
     im = Image.fromarray(ids, mode="P")

@@ -66,7 +66,7 @@ def torchrun(nproc: int, args: list[str], log: Path, timeout: float = TORCHRUN_T
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = log.open("w")
     return subprocess.Popen([*cmd, "--standalone", "--nproc_per_node", str(nproc), "-m",
-                             "dcfm_ros.training.train", *args, "--no-progress"],
+                             "dcfm_ros.tools.train", *args, "--no-progress"],
                             stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
 
 
@@ -120,8 +120,8 @@ def test_one_ddp_step_equals_one_process_on_the_global_batch(fixture):
 
 
 def test_rank0_writes_one_checkpoint_with_user_classes_that_runs_in_the_engine(fixture):
+    from dcfm_ros.data.datasets.pairs import read_rgb
     from dcfm_ros.engine import FixedInterval, StreamEngine
-    from dcfm_ros.training.datasets.pairs import read_rgb
 
     out = fixture["ddp"]
     files = sorted(p.name for p in out.iterdir())

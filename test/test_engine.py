@@ -26,8 +26,8 @@ from dcfm_ros.engine import (
     run_bmode,
     run_pmode,
 )
-from dcfm_ros.engine.bench import main as bench_main
 from dcfm_ros.model import CAMVID_CLASSES, CAMVID_PALETTE, DCFMConfig, build_model
+from dcfm_ros.tools.bench import main as bench_main
 
 SIZE = (64, 96)
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -8,8 +8,9 @@ import pytest
 import torch
 from train_fixtures import make_camvid
 
-from dcfm_ros.evaluation.evaluate import main, parse_policy, parse_size
+from dcfm_ros.engine.specs import parse_policy
 from dcfm_ros.model import CAMVID_CLASSES, CAMVID_PALETTE, DCFMConfig, build_model, save_checkpoint
+from dcfm_ros.tools.evaluate import main, parse_size
 
 ROW_KEYS = {"mode", "policy", "mIoU", "wIoU", "pixel_acc", "per_class_IoU", "mIoU_key", "mIoU_nonkey",
             "keyframe_ratio", "mVC_8", "mVC_16", "frames", "labeled_frames", "keyframes",

@@ -25,10 +25,10 @@ from train_fixtures import (
     write_rgb,
 )
 
+from dcfm_ros.data.datasets import PairDataset, dataset_spec, is_dense, pair_samples, video_frames
+from dcfm_ros.data.datasets.checks import LabelError, check_labels
+from dcfm_ros.data.datasets.pairs import read_label
 from dcfm_ros.training.config import ConfigError, config_from_dict
-from dcfm_ros.training.datasets import PairDataset, dataset_spec, is_dense, pair_samples, video_frames
-from dcfm_ros.training.datasets.checks import LabelError, check_labels
-from dcfm_ros.training.datasets.pairs import read_label
 
 
 def _check(kind: str, root: Path, split: str = "train", **spec_args: object) -> int:

@@ -13,10 +13,10 @@ import torch
 import yaml
 from train_fixtures import FOLDER_CLASSES, FOLDER_PALETTE, make_folder
 
-from dcfm_ros.evaluation import evaluate, make_bag
+from dcfm_ros.data.datasets import pair_samples
 from dcfm_ros.evaluation.bagio import BagReader
 from dcfm_ros.model import DCFMConfig, build_model, save_checkpoint
-from dcfm_ros.training.datasets import pair_samples
+from dcfm_ros.tools import evaluate, make_bag
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -10,10 +10,10 @@ import pytest
 BELOW_NODE = [
     "dcfm_ros.model",
     "dcfm_ros.engine",
-    "dcfm_ros.engine.bench",
+    "dcfm_ros.tools.bench",
     "dcfm_ros.training",
     "dcfm_ros.training.train",
-    "dcfm_ros.evaluation.metrics",
+    "dcfm_ros.data.metrics",
     "dcfm_ros.evaluation.evaluate",
 ]
 

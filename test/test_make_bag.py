@@ -12,7 +12,8 @@ from train_fixtures import make_cityscapes, make_vspw
 
 from dcfm_ros.evaluation import bagio
 from dcfm_ros.evaluation.bagio import BadMessage, BagError, BagReader, BagWriter, Frame
-from dcfm_ros.evaluation.make_bag import DEFAULT_START_S, main
+from dcfm_ros.evaluation.make_bag import DEFAULT_START_S
+from dcfm_ros.tools.make_bag import main
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_BAG = REPO / "demo" / "camvid_val_0016E5"

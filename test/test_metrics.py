@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from dcfm_ros.evaluation.metrics import ConfusionMatrix, mean_video_consistency, video_consistency
+from dcfm_ros.data.metrics import ConfusionMatrix, mean_video_consistency, video_consistency
 
 
 def test_miou_wiou_by_hand_with_ignore_and_absent_class():

@@ -266,7 +266,7 @@ def test_bad_input_logs_are_throttled_per_reason(node_f: Client) -> None:
 
 
 def test_hundred_hostile_messages(node_f: Client) -> None:
-    from dcfm_ros.node.stress.hostile import ANSWERED, REFUSED, raw_messages
+    from dcfm_ros.tools.stress.hostile import ANSWERED, REFUSED, raw_messages
 
     cases = list(raw_messages(np.random.default_rng(1), 100))
     first = node_f.answered(node_f.send(raw_msg(texture(90), "rgb8")))

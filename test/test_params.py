@@ -107,7 +107,7 @@ def test_declared_with_descriptors_and_read_only_flags(node: Any) -> None:
     for spec in PARAMETERS:
         d = node.describe_parameter(spec.name)
         assert d.description and d.read_only == (spec.name not in RUNTIME_PARAMETERS), spec.name
-        assert d.type == int(spec.type), spec.name
+        assert d.type == int(Parameter.Type[spec.type.name]), spec.name
     assert node.describe_parameter("keyframe.interval").integer_range[0].from_value == 1
     assert node.describe_parameter("overlay_alpha").floating_point_range[0].to_value == 1.0
     s = read_settings(node)  # unset arrays read as empty

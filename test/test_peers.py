@@ -11,6 +11,7 @@ import pytest
 import torch
 from train_fixtures import make_camvid, make_folder
 
+from dcfm_ros.data.datasets.clips import clip_samples
 from dcfm_ros.engine import FixedInterval, StreamEngine
 from dcfm_ros.engine.confidence import frame_confidence
 from dcfm_ros.engine.reference_ring import ReferenceRing
@@ -25,7 +26,6 @@ from dcfm_ros.model import (
 from dcfm_ros.model.mrcfa import MRCFA, build_mrcfa
 from dcfm_ros.model.multiframe import MultiFrameModel, pad_references
 from dcfm_ros.model.sdcpc import SDCPC, build_sdcpc
-from dcfm_ros.training.datasets.clips import clip_samples
 from dcfm_ros.training.peer_losses import class_prototypes, prototype_losses
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -262,7 +262,7 @@ def test_clip_references_are_the_earlier_frames_oldest_first(tmp_path: Path):
 
 @pytest.mark.parametrize("method", ["mrcfa", "sdcpc"])
 def test_one_training_step_on_the_folder_fixture(tmp_path: Path, method: str):
-    from dcfm_ros.training.train import main
+    from dcfm_ros.tools.train import main
 
     root = make_folder(tmp_path / "folder")
     out = tmp_path / method
@@ -288,9 +288,9 @@ def test_one_training_step_on_the_folder_fixture(tmp_path: Path, method: str):
 def test_compare_and_evaluate_run_the_peers_from_their_checkpoints(tmp_path: Path):
     import json
 
-    from dcfm_ros.evaluation.compare import main as compare_main
-    from dcfm_ros.evaluation.evaluate import main as evaluate_main
     from dcfm_ros.model import build_model
+    from dcfm_ros.tools.compare import main as compare_main
+    from dcfm_ros.tools.evaluate import main as evaluate_main
 
     root = make_camvid(tmp_path / "camvid")
     torch.manual_seed(0)

@@ -28,9 +28,6 @@ from dcfm_ros.engine.backends.onnx_export import (
     model_sha256,
     read_graph_metadata,
 )
-from dcfm_ros.engine.backends.onnx_export import (
-    main as export_main,
-)
 from dcfm_ros.engine.backends.ort_backend import OnnxRuntimeBackend
 from dcfm_ros.evaluation.bagio import BagReader, Frame
 from dcfm_ros.model import (
@@ -41,6 +38,7 @@ from dcfm_ros.model import (
     load_checkpoint,
     save_checkpoint,
 )
+from dcfm_ros.tools.export import main as export_main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -279,8 +279,8 @@ def test_latency_bench_replays_every_schedule(model: torch.nn.Module, tmp_path, 
 
     import cv2
 
-    from dcfm_ros.engine.bench import main as bench_main
     from dcfm_ros.model import save_checkpoint
+    from dcfm_ros.tools.bench import main as bench_main
 
     ckpt = tmp_path / "tiny.safetensors"
     save_checkpoint(ckpt, model)

@@ -18,8 +18,9 @@ from train_fixtures import make_camvid
 
 from dcfm_ros.engine import FixedInterval, StreamEngine
 from dcfm_ros.engine.blend import KeyReference, NonkeyBlend, parse_blend
-from dcfm_ros.engine.feature_policy import FeatureSimilarity, parse_feature_policy
-from dcfm_ros.evaluation.evaluate import parse_policy
+from dcfm_ros.engine.feature_policy import FeatureSimilarity
+from dcfm_ros.engine.keyframe import build_policy
+from dcfm_ros.engine.specs import parse_policy
 from dcfm_ros.model import (
     CAMVID_CLASSES,
     CAMVID_PALETTE,
@@ -271,11 +272,12 @@ def test_feature_policy_decisions_min_and_max_on_a_synthetic_sequence():
     for bad in ((1.0, 1, 5), (-0.1, 1, 5), (0.2, 0, 5), (0.2, 4, 3), ("0.2", 1, 5)):
         with pytest.raises(ValueError):
             FeatureSimilarity(*bad)  # type: ignore[arg-type]
-    p = parse_feature_policy("feature:0.3:2:9")
+    p = build_policy(parse_policy("feature:0.3:2:9"))
+    assert isinstance(p, FeatureSimilarity)
     assert (p.threshold, p.min_interval, p.max_interval) == (0.3, 2, 9)
-    assert parse_policy("feature:0.3").build().max_interval == 30
+    assert build_policy(parse_policy("feature:0.3")).max_interval == 30
     with pytest.raises(ValueError, match="feature:THR"):
-        parse_feature_policy("feature")
+        parse_policy("feature")
 
 
 def test_feature_policy_in_the_engine_fires_when_the_scene_changes():
@@ -411,9 +413,9 @@ def test_tfc_needs_efficientnet_lite0():
 # --- data and training ---------------------------------------------------------------------------------
 
 def test_labeled_pairs_augment_the_neighbour_label_like_the_label(tmp_path: Path):
-    from dcfm_ros.training.datasets import dataset_spec, pair_samples
-    from dcfm_ros.training.datasets.labeled_pairs import LabeledPairDataset
-    from dcfm_ros.training.transforms import PairAugment
+    from dcfm_ros.data.datasets import dataset_spec, pair_samples
+    from dcfm_ros.data.datasets.labeled_pairs import LabeledPairDataset
+    from dcfm_ros.data.transforms import PairAugment
 
     root = make_camvid(tmp_path / "camvid")
     lut = dataset_spec("camvid").lut
@@ -435,7 +437,7 @@ def test_labeled_pairs_augment_the_neighbour_label_like_the_label(tmp_path: Path
 
 
 def test_dcfm_train_builds_and_trains_tfc_and_dcfm_with_lambda_sim(tmp_path: Path):
-    from dcfm_ros.training.train import main
+    from dcfm_ros.tools.train import main
 
     root = make_camvid(tmp_path / "camvid")
     repo = Path(__file__).resolve().parents[1]
@@ -470,7 +472,7 @@ def test_node_parameter_nonkey_blend_is_validated():
 
 
 def test_dcfm_compare_writes_the_table_with_every_row(tmp_path: Path):
-    from dcfm_ros.evaluation.compare import main
+    from dcfm_ros.tools.compare import main
 
     root = make_camvid(tmp_path / "camvid")
     torch.manual_seed(0)

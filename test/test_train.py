@@ -11,10 +11,11 @@ import yaml
 from train_fixtures import make_camvid
 
 from dcfm_ros.model import CAMVID_CLASSES, CAMVID_PALETTE, DCFMConfig, build_model, load_checkpoint
+from dcfm_ros.tools.train import main
 from dcfm_ros.training.config import ConfigError, config_from_dict, load_config
 from dcfm_ros.training.losses import dcfm_losses
 from dcfm_ros.training.optim import OptimConfig, PolyWarmup, build_optimizer, split_parameters
-from dcfm_ros.training.train import Trainer, main, state_path
+from dcfm_ros.training.train import Trainer, state_path
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,45 +1,34 @@
-"""dcfm_ros.engine: streaming P mode, offline B mode, keyframe policies, device/precision, colouring.
+"""dcfm_ros.engine: streaming P mode, offline B mode, keyframe policies, schedules, backends,
+device/precision, colouring.
 
-Depends on dcfm_ros.model only through the DCFM module interface (enc_lo, enc_hi, ffm, head,
-config); never imports rclpy.
+Depends on dcfm_ros.model only through the network interface (enc_lo, enc_hi, ffm, head, config);
+never imports rclpy. The names below load on first use (PEP 562), so a torch-free submodule
+(`dcfm_ros.engine.specs`: names and spec grammars) imports without torch.
 """
 
-from dcfm_ros.engine.backends import BACKENDS, InferenceBackend, TorchBackend, make_backend
-from dcfm_ros.engine.bmode import fixed_keyframes, run_bmode, run_pmode, select_keyframes
-from dcfm_ros.engine.device import PRECISIONS, resolve_device, resolve_precision
-from dcfm_ros.engine.keyframe import (
-    POLICIES,
-    FixedInterval,
-    KeyframePolicy,
-    MotionThreshold,
-    make_policy,
-)
-from dcfm_ros.engine.preprocess import validate_image
-from dcfm_ros.engine.stream import TIMING_KEYS, FrameResult, StreamEngine
-from dcfm_ros.engine.visualize import class_mask, colorize, overlay
+from __future__ import annotations
 
-__all__ = [
-    "BACKENDS",
-    "POLICIES",
-    "PRECISIONS",
-    "TIMING_KEYS",
-    "FixedInterval",
-    "FrameResult",
-    "InferenceBackend",
-    "KeyframePolicy",
-    "MotionThreshold",
-    "StreamEngine",
-    "TorchBackend",
-    "class_mask",
-    "colorize",
-    "fixed_keyframes",
-    "make_backend",
-    "make_policy",
-    "overlay",
-    "resolve_device",
-    "resolve_precision",
-    "run_bmode",
-    "run_pmode",
-    "select_keyframes",
-    "validate_image",
-]
+import importlib
+from typing import Any
+
+_WHERE = {
+    "BACKENDS": "backends", "InferenceBackend": "backends", "TorchBackend": "backends",
+    "make_backend": "backends",
+    "fixed_keyframes": "bmode", "run_bmode": "bmode", "run_pmode": "bmode", "select_keyframes": "bmode",
+    "PRECISIONS": "device", "resolve_device": "device", "resolve_precision": "device",
+    "POLICIES": "keyframe", "FixedInterval": "keyframe", "KeyframePolicy": "keyframe",
+    "MotionThreshold": "keyframe", "make_policy": "keyframe", "build_policy": "keyframe",
+    "validate_image": "preprocess",
+    "TIMING_KEYS": "stream", "FrameResult": "stream", "StreamEngine": "stream",
+    "class_mask": "visualize", "colorize": "visualize", "overlay": "visualize",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value

@@ -24,18 +24,19 @@ one of the grid tried there whose mIoU is not below the unblended one at K=2 and
 is above the per-frame baseline. TFC's own blend at full strength against the keyframe mixes the
 stale keyframe prediction into moved pixels, because the shipped model's F_in was never trained
 (L_sim) to be dissimilar where labels change.
-DEFAULT_TARGET ("cosine" = "cosine:logits") was chosen on the CamVid val clip with the shipped DCFM
+The default target ("cosine" = "cosine:logits") was chosen on the CamVid val clip with the shipped DCFM
 (README, "TFC and the cosine blend"): at K=2, K=5 and with the motion policy it kept more mIoU and
 gained more mVC_8 than the feature blend.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from dcfm_ros.engine import specs
+from dcfm_ros.engine.specs import BlendSpec
 from dcfm_ros.model.dcfm import l2_normalize
 from dcfm_ros.model.similarity import (
     blend_by_similarity,
@@ -44,62 +45,10 @@ from dcfm_ros.model.similarity import (
     similarity_feature,
 )
 
-TARGETS = ("feature", "logits")
-REFERENCES = ("key", "prev")
-DEFAULT_TARGET = "logits"
-_VALID = ("auto, none, cosine, cosine:feature, cosine:logits, and cosine with :key or :prev and a "
-          "strength in (0, 1], e.g. cosine:prev:0.5")
-
-
-@dataclass(frozen=True)
-class BlendSpec:
-    kind: str = "none"  # none | cosine
-    target: str = DEFAULT_TARGET  # feature | logits (only for cosine)
-    reference: str = "key"  # key | prev
-    strength: float = 1.0  # w = strength * clamp(cos, 0, 1)
-
-    @property
-    def enabled(self) -> bool:
-        return self.kind == "cosine"
-
-    def __str__(self) -> str:
-        if not self.enabled:
-            return "none"
-        text = f"cosine:{self.target}"
-        if self.reference != "key":
-            text += f":{self.reference}"
-        if self.strength != 1.0:
-            text += f":{self.strength:g}"
-        return text
-
-
-def _strength(token: str) -> float | None:
-    try:
-        value = float(token)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) and 0.0 < value <= 1.0 else None
-
 
 def parse_blend(text: str | BlendSpec | None, model: nn.Module | None = None) -> BlendSpec:
-    """Spec string -> BlendSpec; a bad string is a ValueError that lists the valid ones."""
-    if isinstance(text, BlendSpec):
-        return text
-    if text is None or str(text).strip().lower() in ("", "auto"):
-        text = getattr(model, "default_blend", "none")
-    parts = str(text).strip().lower().split(":")
-    if parts == ["none"]:
-        return BlendSpec()
-    options: dict[str, object] = {}
-    for token in parts[1:] if parts[0] == "cosine" else ["<not cosine>"]:
-        strength = _strength(token)
-        key = ("target" if token in TARGETS else "reference" if token in REFERENCES
-               else "strength" if strength is not None else None)
-        if key is None or key in options:
-            raise ValueError(f"nonkey_blend must be {_VALID}; got {text!r} ({token!r} is "
-                             f"{'repeated' if key else 'not an option'})")
-        options[key] = strength if key == "strength" else token
-    return BlendSpec("cosine", **options)  # type: ignore[arg-type]
+    """Spec string -> BlendSpec (grammar in engine/specs.py); "auto" is the model's `default_blend`."""
+    return specs.parse_blend(text, default=getattr(model, "default_blend", "none"))
 
 
 @dataclass(frozen=True)
@@ -154,5 +103,5 @@ class NonkeyBlend:
         return blend_by_similarity(self.weight(sim), ref.logits, logits)
 
 
-__all__ = ["DEFAULT_TARGET", "REFERENCES", "BlendSpec", "KeyReference", "NonkeyBlend", "low_similarity_share",
+__all__ = ["BlendSpec", "KeyReference", "NonkeyBlend", "low_similarity_share",
            "parse_blend"]

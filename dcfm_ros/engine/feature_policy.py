@@ -59,17 +59,3 @@ class FeatureSimilarity:
     def __repr__(self) -> str:
         return (f"FeatureSimilarity(threshold={self.threshold}, min_interval={self.min_interval}, "
                 f"max_interval={self.max_interval})")
-
-
-def parse_feature_policy(text: str) -> FeatureSimilarity:
-    """"feature:THR[:MIN[:MAX]]" -> FeatureSimilarity (ValueError with the reason otherwise)."""
-    parts = text.strip().lower().split(":")
-    if parts[0] != "feature" or not 2 <= len(parts) <= 4:
-        raise ValueError(f"bad policy {text!r}; expected feature:THR[:MIN[:MAX]]")
-    try:
-        thr = float(parts[1])
-        mn = int(parts[2]) if len(parts) > 2 else 1
-        mx = int(parts[3]) if len(parts) > 3 else 30
-    except ValueError as exc:
-        raise ValueError(f"bad policy {text!r}: {exc}") from exc
-    return FeatureSimilarity(thr, mn, mx)

@@ -14,7 +14,9 @@ from __future__ import annotations
 import math
 from typing import Protocol, runtime_checkable
 
-POLICIES = ("fixed", "motion", "feature")
+from dcfm_ros.engine.specs import KEYFRAME_POLICIES, PolicySpec
+
+POLICIES = KEYFRAME_POLICIES
 
 
 @runtime_checkable
@@ -112,6 +114,13 @@ def make_policy(policy: str, interval: int = 2, threshold: float = 0.05, min_int
 
         return FeatureSimilarity(feature_threshold, min_interval, max_interval)
     raise ValueError(f"unknown keyframe policy {policy!r}; expected one of {POLICIES}")
+
+
+def build_policy(spec: PolicySpec) -> KeyframePolicy:
+    """The policy a spec (`dcfm_ros.engine.specs.parse_policy`) describes."""
+    return make_policy(spec.kind, interval=spec.interval, threshold=spec.threshold,
+                       min_interval=spec.min_interval, max_interval=spec.max_interval,
+                       feature_threshold=spec.threshold)
 
 
 def check_policy(policy: object) -> KeyframePolicy:

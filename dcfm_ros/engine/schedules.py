@@ -38,9 +38,10 @@ import torch
 from torch import Tensor
 
 from dcfm_ros.engine.backends.base import InferenceBackend
+from dcfm_ros.engine.specs import KEYFRAME_SCHEDULES, parse_schedule
 from dcfm_ros.model.layers import DeepState
 
-SCHEDULES = ("sync", "spread", "background")
+SCHEDULES = KEYFRAME_SCHEDULES
 
 
 @dataclass(frozen=True)
@@ -436,22 +437,11 @@ def make_schedule(schedule: str | KeyframeSchedule, spread: int = 3,
         return schedule
     if not isinstance(schedule, str):
         raise ValueError(f"keyframe schedule must be one of {SCHEDULES}, got {schedule!r}")
-    name, _, arg = schedule.strip().lower().partition(":")
-    if name == "sync" and not arg:
+    spec = parse_schedule(schedule, spread=spread, offline=True)
+    if spec.name == "sync":
         return SyncSchedule()
-    if name == "spread":
-        if arg:
-            try:
-                spread = int(arg)
-            except ValueError:
-                raise ValueError(f"spread:N needs an integer N >= 1, got {schedule!r}") from None
-        return SpreadSchedule(spread)
-    if name == "background" and not arg:
+    if spec.name == "spread":
+        return SpreadSchedule(int(spec.arg or spread))
+    if spec.name == "background":
         return BackgroundSchedule(threads)
-    if name == "lag" and arg:
-        try:
-            return LagSchedule(int(arg))
-        except ValueError:
-            raise ValueError(f"lag:L needs an integer L >= 0, got {schedule!r}") from None
-    raise ValueError(f"unknown keyframe schedule {schedule!r}; expected one of {', '.join(SCHEDULES)} "
-                     f"(or spread:N)")
+    return LagSchedule(int(spec.arg or 0))

@@ -18,7 +18,6 @@ and of non-key frames. Times are measured in the same run for every row; compare
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -30,10 +29,12 @@ from typing import Any
 
 import numpy as np
 
-from dcfm_ros.evaluation.evaluate import MVC_LENGTHS, PolicySpec, parse_policy, reference_stride
-from dcfm_ros.evaluation.metrics import ConfusionMatrix, mean_video_consistency
-from dcfm_ros.training.datasets import dataset_spec, is_dense, video_frames
-from dcfm_ros.training.datasets.pairs import read_label, read_rgb
+from dcfm_ros.data.datasets import dataset_spec, is_dense, video_frames
+from dcfm_ros.data.datasets.pairs import read_label, read_rgb
+from dcfm_ros.data.metrics import ConfusionMatrix, mean_video_consistency
+from dcfm_ros.engine.keyframe import build_policy
+from dcfm_ros.engine.specs import PolicySpec, parse_policy
+from dcfm_ros.evaluation.evaluate import MVC_LENGTHS, reference_stride
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ def run_method(model: Any, blend: str, policy: PolicySpec, videos: dict[str, lis
     def engine_for(video: str) -> Any:
         stride = strides.get(video)
         if stride not in engines:
-            engines[stride] = StreamEngine(model, policy.build(), device=device, nonkey_blend=blend,
+            engines[stride] = StreamEngine(model, build_policy(policy), device=device, nonkey_blend=blend,
                                            reference_stride=stride)
         return engines[stride]
     cm_all, cm_nonkey = ConfusionMatrix(num_classes, ignore_index), ConfusionMatrix(num_classes, ignore_index)
@@ -167,43 +168,13 @@ def markdown_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _write_atomic(path: str, text: str) -> None:
+def write_atomic(path: str, text: str) -> None:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(tmp, target)
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="dcfm-compare", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--root", required=True, help="CamVid root (SegNet layout)")
-    p.add_argument("--split", default="val", help="val (dense 15 Hz clip) or test (1 Hz)")
-    p.add_argument("--dcfm", required=True, help="DCFM checkpoint (rows DCFM and DCFM + cosine blend)")
-    p.add_argument("--tfc", help="TFC checkpoint (row TFC)")
-    p.add_argument("--reuse", help="DCFM trained without L_B (row feature reuse)")
-    p.add_argument("--dcfm-label", default="DCFM",
-                   help="name of the --dcfm rows, e.g. 'DCFM (700 it)' next to the shipped model's")
-    p.add_argument("--blend", default="cosine",
-                   help="nonkey_blend of the DCFM + blend rows; a comma list gives one row each")
-    p.add_argument("--peer", action="append", default=[], metavar="LABEL=CKPT",
-                   help="a multi-frame peer's checkpoint (MRCFA / SD-CPC, e.g. 'MRCFA=runs/mrcfa/model."
-                        "safetensors'), one row each; repeatable (ablations)")
-    p.add_argument("--tfc-untrained", action="store_true",
-                   help="the TFC checkpoint is not trained: report only its times (accuracy n/t)")
-    p.add_argument("--policies", default="fixed:2,fixed:5,motion:0.1,feature:0.75",
-                   help="comma list: fixed:K, motion:THR[:MIN[:MAX]], feature:THR[:MIN[:MAX]]")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, help="torch.set_num_threads")
-    p.add_argument("--json", help="write the report here")
-    p.add_argument("--markdown", help="write the markdown table here")
-    p.add_argument("--no-per-frame", action="store_true", help="leave out the per-frame rows")
-    p.add_argument("--merge", nargs="+", metavar="JSON",
-                   help="only join the rows of earlier --json reports (one split) into one table")
-    p.add_argument("--quiet", action="store_true")
-    return p.parse_args(argv)
 
 
 def merge_reports(paths: Sequence[str]) -> dict[str, Any]:
@@ -220,48 +191,3 @@ def merge_reports(paths: Sequence[str]) -> dict[str, Any]:
         order.setdefault(row["policy"], len(order))
     rows = sorted(rows, key=lambda row: (row["policy"] != "fixed:1", order[row["policy"]]))
     return {**reports[0], "results": rows, "merged_from": list(paths)}
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        if args.threads is not None:
-            import torch
-
-            torch.set_num_threads(max(1, args.threads))
-        policies = [parse_policy(t) for t in args.policies.split(",") if t.strip()]
-        methods = []
-        if args.reuse:
-            methods.append(Method("feature reuse (DCFM without L_B)", args.reuse, "none"))
-        methods.append(Method(args.dcfm_label, args.dcfm, "none"))
-        for blend in (b.strip() for b in args.blend.split(",") if b.strip()):
-            methods.append(Method(f"{args.dcfm_label} + {blend} blend", args.dcfm, blend))
-        if args.tfc:
-            methods.append(Method("TFC", args.tfc, "auto", trained=not args.tfc_untrained))
-        for text in args.peer:
-            label, sep, ckpt = text.partition("=")
-            if not sep or not label.strip() or not ckpt.strip():
-                raise ValueError(f"--peer expects LABEL=CKPT, got {text!r}")
-            methods.append(Method(label.strip(), ckpt.strip(), "none"))
-        if args.merge:
-            report = merge_reports(args.merge)
-        else:
-            def save(partial: dict[str, Any]) -> None:
-                if args.json:
-                    _write_atomic(args.json, json.dumps(partial, indent=2))
-            report = compare(methods, policies, args.root, args.split, device=args.device,
-                             progress=not args.quiet, per_frame_rows=not args.no_per_frame, on_row=save)
-    except (ValueError, FileNotFoundError) as exc:  # CheckpointError is a ValueError
-        print(f"dcfm-compare: error: {exc}", file=sys.stderr)
-        return 2
-    table = markdown_table(report)
-    print(table)
-    if args.json:
-        _write_atomic(args.json, json.dumps(report, indent=2))
-    if args.markdown:
-        _write_atomic(args.markdown, table + "\n")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

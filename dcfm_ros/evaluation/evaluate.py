@@ -26,101 +26,22 @@ val, but 1 s apart for train/test (keyframe reuse across 1 s is much harder than
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dcfm_ros.evaluation.metrics import ConfusionMatrix, mean_video_consistency
-from dcfm_ros.training.datasets import dataset_spec, is_dense, video_frames
-from dcfm_ros.training.datasets.pairs import FrameSample, read_label, read_rgb
+from dcfm_ros.data.datasets import is_dense
+from dcfm_ros.data.datasets.pairs import FrameSample, read_label, read_rgb
+from dcfm_ros.data.metrics import ConfusionMatrix, mean_video_consistency
+from dcfm_ros.engine.keyframe import build_policy
+from dcfm_ros.engine.specs import PolicySpec, parse_policy
 
 MVC_LENGTHS = (8, 16)
 MODES = ("p", "b")
-
-
-@dataclass(frozen=True)
-class PolicySpec:
-    text: str  # as given, e.g. "fixed:2", "motion:0.05:1:30"
-    kind: str  # fixed | motion
-    interval: int = 1
-    threshold: float = 0.0
-    min_interval: int = 1
-    max_interval: int = 30
-
-    def build(self) -> Any:
-        from dcfm_ros.engine import make_policy
-
-        if self.kind == "feature":
-            from dcfm_ros.engine.feature_policy import FeatureSimilarity
-
-            return FeatureSimilarity(self.threshold, self.min_interval, self.max_interval)
-
-        return make_policy(self.kind, interval=self.interval, threshold=self.threshold,
-                           min_interval=self.min_interval, max_interval=self.max_interval)
-
-
-def parse_policy(text: str) -> PolicySpec:
-    parts = text.strip().lower().split(":")
-    if parts[0] == "feature":
-        from dcfm_ros.engine.feature_policy import parse_feature_policy
-
-        p = parse_feature_policy(text)
-        return PolicySpec(text.strip().lower(), "feature", threshold=p.threshold,
-                          min_interval=p.min_interval, max_interval=p.max_interval)
-    try:
-        if parts[0] == "fixed" and len(parts) == 2:
-            k = int(parts[1])
-            if k < 1:
-                raise ValueError
-            return PolicySpec(f"fixed:{k}", "fixed", interval=k)
-        if parts[0] == "motion" and 2 <= len(parts) <= 4:
-            thr = float(parts[1])
-            mn = int(parts[2]) if len(parts) > 2 else 1
-            mx = int(parts[3]) if len(parts) > 3 else 30
-            spec = PolicySpec(text.strip().lower(), "motion", threshold=thr, min_interval=mn, max_interval=mx)
-            spec.build()  # validates ranges with the engine's own checks
-            return spec
-    except ValueError as exc:
-        raise ValueError(f"bad policy {text!r}: {exc or 'expected fixed:K with K >= 1'}") from exc
-    raise ValueError(f"bad policy {text!r}; expected fixed:K or motion:THR[:MIN[:MAX]]")
-
-
-def parse_schedules(text: str) -> list[str]:
-    """"sync,spread:3,lag:2" -> the names; `background` is refused (its timing-dependent result is
-    what lag:L prices exactly)."""
-    from dcfm_ros.engine.schedules import make_schedule
-
-    out = []
-    for item in (t.strip().lower() for t in text.split(",") if t.strip()):
-        if item.startswith("background"):
-            raise ValueError("--schedule background depends on timing; use lag:L for a cache L frames late")
-        if item == "spread":
-            raise ValueError("--schedule spread needs N: spread:N")
-        make_schedule(item)  # validates
-        out.append(item)
-    if not out:
-        raise ValueError("--schedule must name at least one schedule")
-    return out
-
-
-def parse_size(text: str | None) -> tuple[int, int] | None:
-    if text is None:
-        return None
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError as exc:
-        raise ValueError(f"--size must be HxW, e.g. 360x480, got {text!r}") from exc
-    if h < 1 or w < 1:
-        raise ValueError(f"--size must be positive, got {text!r}")
-    return h, w
 
 
 class _Accumulator:
@@ -202,7 +123,7 @@ def evaluate(model: Any, videos: dict[str, list[FrameSample]], lut: np.ndarray, 
     size = tuple(input_size) if input_size is not None else tuple(cfg.input_size)
     ring = hasattr(model, "num_references")  # MRCFA / SD-CPC: one P-mode row, every frame a full pass
     if ring:
-        modes, policies, schedules = ["p"], [parse_policy("fixed:1")], ("sync",)
+        modes, policies, schedules = ["p"], [parse_policy("fixed:1")], ("sync",)  # type: ignore[assignment]
     per_frame = [p.kind == "fixed" and p.interval == 1 for p in policies]
     jobs = [(m, p, sc) for p, pf in zip(policies, per_frame, strict=True) for m in modes
             for sc in (schedules if m == "p" else ("sync",)) if not (m == "b" and pf)]
@@ -211,8 +132,8 @@ def evaluate(model: Any, videos: dict[str, list[FrameSample]], lut: np.ndarray, 
     # One backend for every engine and B mode: the same weights, graphs and sessions throughout.
     net = None if ring else make_backend(backend, model, device, precision, input_size=size,
                                          cache_dir=backend_cache_dir)
-    engines = {} if ring else {(p.text, sc): StreamEngine(model, p.build(), input_size=size, backend=net,
-                                                          schedule=sc, nonkey_blend=nonkey_blend)
+    engines = {} if ring else {(p.text, sc): StreamEngine(model, build_policy(p), input_size=size,
+                                                          backend=net, schedule=sc, nonkey_blend=nonkey_blend)
                                for m, p, sc in jobs if m == "p"}
     total_frames = sum(len(f) for f in videos.values())
     done = 0
@@ -226,7 +147,7 @@ def evaluate(model: Any, videos: dict[str, list[FrameSample]], lut: np.ndarray, 
             if mode == "p":
                 stride = reference_stride(dataset, frames, model)
                 if ring and (pol.text, stride) not in engines:
-                    engines[(pol.text, stride)] = StreamEngine(model, pol.build(), device=device,
+                    engines[(pol.text, stride)] = StreamEngine(model, build_policy(pol), device=device,
                                                                precision=precision, input_size=size,
                                                                backend=backend, reference_stride=stride)
                 eng = engines[(pol.text, stride if ring else sched)]
@@ -236,7 +157,7 @@ def evaluate(model: Any, videos: dict[str, list[FrameSample]], lut: np.ndarray, 
                 keys = [r.is_keyframe for r in results]
                 fresh = [r.common_age == 0 for r in results]
             else:
-                key_idx = select_keyframes(images, pol.build(), size, device=device)
+                key_idx = select_keyframes(images, build_policy(pol), size, device=device)
                 preds = run_bmode(model, images, key_idx, input_size=size, backend=net)
                 key_set = set(key_idx)
                 keys = [i in key_set for i in range(len(images))]
@@ -296,90 +217,3 @@ def format_table(report: dict[str, Any]) -> str:
                      f"{_pct(r['mIoU_key'])} {_pct(r['mIoU_nonkey'])} {_pct(r['keyframe_ratio'])} "
                      f"{_pct(r['mVC_8'])} {_pct(r['mVC_16'])} {spf:>8}")
     return "\n".join(lines)
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="dcfm-evaluate", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="checkpoint (.safetensors) written by dcfm-train")
-    p.add_argument("--dataset", required=True, choices=("camvid", "cityscapes", "vspw", "folder"),
-                   help="folder: your own recordings (ROOT/classes.yaml; dcfm-train's dataset.type folder)")
-    p.add_argument("--root", required=True, help="dataset root folder")
-    p.add_argument("--split", default="val", help="split name (val, test, ...)")
-    p.add_argument("--modes", default="p,b", help="comma list of p (causal) and b (bidirectional)")
-    p.add_argument("--policies", default="fixed:1,fixed:2,fixed:5",
-                   help="comma list of fixed:K, motion:THR[:MIN[:MAX]] and feature:THR[:MIN[:MAX]]")
-    p.add_argument("--schedule", default="sync",
-                   help="comma list of keyframe schedules for P mode: sync, spread:N (deep pass in N "
-                        "pieces over the following frames), lag:L (cache used L frames late: what "
-                        "background amounts to); all exact and deterministic")
-    p.add_argument("--blend", default="auto",
-                   help="P mode's non-key blend: none | auto (the model's own: none for DCFM, cosine "
-                        "for TFC) | cosine[:feature|logits][:key|prev][:strength], e.g. cosine:prev:0.5")
-    p.add_argument("--size", help="network input HxW (default: the checkpoint's input_size)")
-    p.add_argument("--device", default="auto", help="cpu | cuda | auto")
-    p.add_argument("--precision", default="fp32", help="fp32 | fp16 | bf16 (engine precisions)")
-    p.add_argument("--backend", default="auto",
-                   help="auto | torch | onnxruntime | openvino | tensorrt (inference backend)")
-    p.add_argument("--backend-cache-dir", default=None,
-                   help="exported graphs / engines (default: $XDG_CACHE_HOME/dcfm_ros or ~/.cache/dcfm_ros)")
-    p.add_argument("--videos", help="comma list of video names to restrict to (default: all)")
-    p.add_argument("--max-frames", type=int, help="use at most the first N frames of each video")
-    p.add_argument("--threads", type=int, help="torch.set_num_threads (CPU)")
-    p.add_argument("--json", help="write the report here")
-    p.add_argument("--quiet", action="store_true", help="no per-video progress")
-    return p.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        from dcfm_ros.model import load_checkpoint
-
-        modes = [m.strip().lower() for m in args.modes.split(",") if m.strip()]
-        policies = [parse_policy(t) for t in args.policies.split(",") if t.strip()]
-        if not modes or not policies:
-            raise ValueError("--modes and --policies must name at least one entry each")
-        size = parse_size(args.size)
-        schedules = parse_schedules(args.schedule)
-        if args.threads is not None:
-            import torch
-
-            torch.set_num_threads(max(1, args.threads))
-        model, meta = load_checkpoint(args.model)
-        spec = dataset_spec(args.dataset, args.root)
-        if model.config.num_classes != len(spec.class_names):
-            raise ValueError(f"checkpoint predicts {model.config.num_classes} classes but {args.dataset} "
-                             f"has {len(spec.class_names)}")
-        videos = video_frames(args.dataset, args.root, args.split)
-        if args.videos:
-            wanted = [v.strip() for v in args.videos.split(",") if v.strip()]
-            unknown = [v for v in wanted if v not in videos]
-            if unknown:
-                raise ValueError(f"unknown video(s) {unknown}; available: {sorted(videos)[:20]}")
-            videos = {v: videos[v] for v in wanted}
-        if args.max_frames is not None:
-            if args.max_frames < 1:
-                raise ValueError("--max-frames must be >= 1")
-            videos = {k: v[: args.max_frames] for k, v in videos.items()}
-        report = evaluate(model, videos, spec.lut, args.dataset, modes, policies, input_size=size,
-                          device=args.device, precision=args.precision, progress=not args.quiet,
-                          schedules=schedules, backend=args.backend,
-                          backend_cache_dir=args.backend_cache_dir, nonkey_blend=args.blend)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:  # CheckpointError is a ValueError
-        print(f"dcfm-evaluate: error: {exc}", file=sys.stderr)
-        return 2
-    report = {"checkpoint": str(args.model), "split": args.split,
-              "checkpoint_extra": {k: v for k, v in meta["extra"].items() if k != "train_config"}, **report}
-    print(format_table(report))
-    for n in report["notes"]:
-        print(f"note: {n}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2))
-        print(f"wrote {args.json}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -33,7 +33,7 @@ report.json (all times in milliseconds unless the key says otherwise; null where
                        frames_dropped, bad_inputs}
   metrics              null without ground truth, else {frames, ignore_index, miou, wiou, pixel_acc,
                        per_class_iou {class name: IoU or null}, mvc8, mvc16, mvc_runs} computed with
-                       dcfm_ros.evaluation.metrics over the frames that have both labels and GT
+                       dcfm_ros.data.metrics over the frames that have both labels and GT
   node_params          the parameters the node ran with (params file + overrides)
   model                {path, backbone, num_classes, input_size, class_names}
   classes              [{id, name, color: [r, g, b]}]: the legend of the colours in the pictures

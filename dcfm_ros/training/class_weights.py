@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dcfm_ros.training.datasets.pairs import read_label
+from dcfm_ros.data.datasets.pairs import read_label
 
 
 def class_pixel_counts(labels: Sequence[Path], lut: np.ndarray,

@@ -1,6 +1,6 @@
 """`dcfm-train` under torchrun: PyTorch DistributedDataParallel, one process (rank) per device.
 
-    torchrun --nproc_per_node N -m dcfm_ros.training.train --config X.yaml  # N GPUs (NCCL) / CPU procs (gloo)
+    torchrun --nproc_per_node N -m dcfm_ros.tools.train --config X.yaml  # N GPUs (NCCL) / CPU procs (gloo)
 
 torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; without them nothing here is used and `dcfm-train`
 runs as it always did on one device (no process group, plain BatchNorm). Under torchrun:

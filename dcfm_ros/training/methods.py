@@ -12,17 +12,17 @@ import numpy as np
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from dcfm_ros.data.datasets import PairDataset, pair_samples
+from dcfm_ros.data.datasets.clips import ClipDataset, clip_samples
+from dcfm_ros.data.datasets.labeled_pairs import LabeledPairDataset
+from dcfm_ros.data.transforms import PairAugment
 from dcfm_ros.model import CheckpointError, DCFMConfig, build_model, load_checkpoint, read_checkpoint_meta
 from dcfm_ros.model.mrcfa import build_mrcfa
 from dcfm_ros.model.sdcpc import build_sdcpc
 from dcfm_ros.model.tfc import build_tfc
 from dcfm_ros.training.config import TrainConfig
-from dcfm_ros.training.datasets import PairDataset, pair_samples
-from dcfm_ros.training.datasets.clips import ClipDataset, clip_samples
-from dcfm_ros.training.datasets.labeled_pairs import LabeledPairDataset
 from dcfm_ros.training.losses import LossTerms, MeanFn, dcfm_losses, tfc_losses
 from dcfm_ros.training.peer_losses import mrcfa_losses, sdcpc_losses
-from dcfm_ros.training.transforms import PairAugment
 
 CLIP_METHODS = {"mrcfa": build_mrcfa, "sdcpc": build_sdcpc}  # T - 1 = model.num_references references
 

@@ -2,7 +2,7 @@
 
     dcfm-train --config config/train/camvid_efficientnet_lite0.yaml [--set key=value ...]
                [--out DIR] [--resume CKPT] [--ablate-lb] [--iterations N]
-    torchrun --nproc_per_node N -m dcfm_ros.training.train --config ...    # DDP (distributed.py)
+    torchrun --nproc_per_node N -m dcfm_ros.tools.train --config ...    # DDP (distributed.py)
 
 Each iteration takes a batch of pairs (labeled frame x_l, label y_l, neighbour x_u) and minimises
 L = L_I + lambda_B L_B + lambda_C L_C (losses.py), optionally with per-class weights on the
@@ -20,13 +20,10 @@ Every train/val label is checked at start-up (datasets/checks.py). Output direct
 
 from __future__ import annotations
 
-import argparse
 import csv
 import functools
 import importlib.resources
 import json
-import math
-import os
 import random
 import sys
 import time
@@ -38,29 +35,28 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from torch.distributed.elastic.multiprocessing.errors import record
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from dcfm_ros.evaluation.metrics import ConfusionMatrix
-from dcfm_ros.model import DCFM, DCFMConfig, load_checkpoint, save_checkpoint, upsample_logits
-from dcfm_ros.model.checkpoint import init_from_checkpoint
-from dcfm_ros.training import distributed
-from dcfm_ros.training.class_weights import class_pixel_counts, median_frequency_weights
-from dcfm_ros.training.config import ConfigError, TrainConfig, load_config
-from dcfm_ros.training.datasets import (
+from dcfm_ros.data.datasets import (
     DatasetSpec,
     LabeledFrames,
     dataset_spec,
     video_frames,
 )
-from dcfm_ros.training.datasets.checks import check_labels
+from dcfm_ros.data.datasets.checks import check_labels
+from dcfm_ros.data.metrics import ConfusionMatrix
+from dcfm_ros.data.transforms import ColorJitter, PairAugment
+from dcfm_ros.model import DCFM, DCFMConfig, load_checkpoint, save_checkpoint, upsample_logits
+from dcfm_ros.model.checkpoint import init_from_checkpoint
+from dcfm_ros.training import distributed
+from dcfm_ros.training.class_weights import class_pixel_counts, median_frequency_weights
+from dcfm_ros.training.config import ConfigError, TrainConfig
 from dcfm_ros.training.losses import TrainingObjective
 from dcfm_ros.training.methods import build_training_model, normalize_frames, training_losses, training_set
 from dcfm_ros.training.optim import DECODER_KEYS, PolyWarmup, build_optimizer
-from dcfm_ros.training.transforms import ColorJitter, PairAugment
 
 SHIPPED, SHIPPED_FILE = "shipped", "camvid_efficientnet_lite0.safetensors"
 LOG_FIELDS = ("iter", "lr", "loss", "L_I", "L_B", "L_C", "mask_ratio", "time", "L_sim")
@@ -432,55 +428,3 @@ class Trainer:
             miou = val["mIoU"]
             tqdm.write(f"[eval @ {step}] key-frame mIoU {'n/a' if miou is None else f'{100 * miou:.2f}'}"
                        f" (val split {self.cfg.dataset.val_split})")
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="dcfm-train", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help="training YAML (config/train/*.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, dotted, value parsed as YAML (repeatable), "
-                        "e.g. --set train.iterations=100 --set optim.lr_encoder=0.005")
-    p.add_argument("--out", help="output directory (default: train.out_dir from the config)")
-    p.add_argument("--resume", help="checkpoint written by dcfm-train (its .state.pt must sit next to it)")
-    p.add_argument("--ablate-lb", action="store_true",
-                   help="train without L_B (lambda_B = 0; the Table VI ablation)")
-    p.add_argument("--iterations", type=int, help="shortcut for --set train.iterations=N")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still written)")
-    return p.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    if distributed.launched_by_torchrun():
-        # A rank's uncaught exception goes, with its traceback, into torchrun's failure summary.
-        return record(_main)(argv)
-    return _main(argv)
-
-
-def _main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    overrides = list(args.overrides)
-    if args.ablate_lb:
-        overrides.append("loss.lambda_b=0")
-    if args.iterations is not None:
-        overrides.append(f"train.iterations={args.iterations}")
-    try:
-        cfg = load_config(args.config, overrides)
-        trainer = Trainer(cfg, args.out, args.resume, progress=not args.no_progress)
-        final = trainer.run()
-    except (ConfigError, FileNotFoundError, ValueError) as exc:  # DistributedError, LabelError: ValueErrors
-        if torch.distributed.is_initialized():  # a start-up error after joining the process group
-            torch.distributed.destroy_process_group()
-        rank = os.environ.get("RANK")
-        print(f"dcfm-train: {f'rank {rank}: ' if rank is not None else ''}error: {exc}", file=sys.stderr)
-        return 2
-    if not trainer.is_main:
-        return 0
-    best = trainer.best_miou
-    note = f" (best val mIoU {100 * best:.2f})" if best >= 0 and math.isfinite(best) else ""
-    print(f"dcfm-train: wrote {final}{note}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

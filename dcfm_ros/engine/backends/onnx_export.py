@@ -22,13 +22,11 @@ Files are written to a temporary name and renamed; the manifest goes last.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import hashlib
 import io
 import json
 import os
-import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Sequence
@@ -373,43 +371,3 @@ def read_graph_metadata(path: str | Path) -> dict[str, str]:
 
     proto = onnx.load(str(path), load_external_data=False)
     return {p.key: p.value for p in proto.metadata_props}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dcfm-export", description="Export a DCFM checkpoint's stages "
-                                "(enc_lo, enc_hi, deep units, common, fuse, head, key, nonkey) to ONNX.")
-    p.add_argument("model", type=Path, help="checkpoint (.safetensors)")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--size", default=None, help="network input HxW (default: the checkpoint's)")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from dcfm_ros.engine.bench import parse_size
-    from dcfm_ros.model import CheckpointError, load_checkpoint
-
-    try:
-        size = parse_size(args.size) if args.size else None
-    except argparse.ArgumentTypeError as exc:
-        print(f"dcfm-export: --size: {exc}", file=sys.stderr)
-        return 2
-    try:
-        model, _ = load_checkpoint(args.model)
-    except CheckpointError as exc:
-        print(f"dcfm-export: {exc}", file=sys.stderr)
-        return 1
-    try:
-        manifest = export_onnx(model, args.out, size, source_sha256=file_sha256(args.model),
-                               progress=lambda line: print(f"dcfm-export: {line}", flush=True))
-    except ExportError as exc:
-        print(f"dcfm-export: {exc}", file=sys.stderr)
-        return 1
-    h, w = manifest.input_size
-    print(f"dcfm-export: {len(manifest.graphs)} graphs ({manifest.num_deep_units} deep units) at {h}x{w}, "
-          f"opset {OPSET}, model {manifest.model_hash[:12]} -> {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

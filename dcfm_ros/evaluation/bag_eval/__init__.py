@@ -7,12 +7,7 @@ a report. One module per job:
   analysis      match outputs to frames and ground truth by stamp; metrics, video, contact sheet
   stopping      SIGINT/SIGTERM: stop the run, keep what it had
   runner        one run, start to end
-  cli           the command line (`dcfm-bag-eval`, main)
 
-Only `main` is imported here, and cli keeps its imports light, so the signal handlers are in place
-before numpy, OpenCV, torch or rclpy load.
+The command line is dcfm_ros/tools/bag_eval.py (`dcfm-bag-eval`). Nothing is imported here, so the
+tool's signal handlers are in place before numpy, OpenCV, torch or rclpy load.
 """
-
-from dcfm_ros.evaluation.bag_eval.cli import main
-
-__all__ = ["main"]

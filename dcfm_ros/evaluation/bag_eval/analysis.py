@@ -1,5 +1,5 @@
 """The report pass: match the recorded labels to the input frames and ground truth by header stamp,
-compute the metrics (dcfm_ros.evaluation.metrics, the same code as dcfm-evaluate), and draw the
+compute the metrics (dcfm_ros.data.metrics, the same code as dcfm-evaluate), and draw the
 overlay video and the contact sheet, streaming through both bags once."""
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ class _VC:
         self.run_count = 0
 
     def add(self, gt: np.ndarray, pred: np.ndarray) -> None:
-        from dcfm_ros.evaluation.metrics import video_consistency
+        from dcfm_ros.data.metrics import video_consistency
 
         if self.window and self.window[-1][0].shape != gt.shape:
             self.end()
@@ -134,9 +134,9 @@ def analyze(in_bag: Path, out_bag: Path, records: Sequence[FrameRecord], *, imag
     `sliced`: the records are a slice of the bag, so unusable GT messages outside it are not listed.
     `should_stop()` true ends the pass at the current frame: metrics, video and sheet then cover the
     frames gone through (`analysed`)."""
+    from dcfm_ros.data.metrics import ConfusionMatrix
     from dcfm_ros.evaluation import pictures as pic
     from dcfm_ros.evaluation import report as rp
-    from dcfm_ros.evaluation.metrics import ConfusionMatrix
 
     warnings: list[str] = []
     cm = ConfusionMatrix(len(class_names), ignore_index=IGNORE_INDEX)

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
+from dcfm_ros.data.processes import stop_process
 from dcfm_ros.evaluation.bag_eval.errors import BagEvalError, NodeFailedError
 
 LOG_TAIL_LINES = 40
@@ -74,18 +75,6 @@ def _parent_death_signal() -> Callable[[], None] | None:
     return setup
 
 
-
-def stop_process(proc: subprocess.Popen, sig: int, timeout: float) -> int:
-    """Send `sig` to a still running `proc` and wait; SIGKILL it if it has not exited after `timeout`
-    s. Returns the exit status (negative for a signal)."""
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return int(proc.returncode)
 
 class NodeProcess:
     """dcfm_node as a subprocess; stdout+stderr in a log file."""

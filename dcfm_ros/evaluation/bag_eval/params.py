@@ -79,7 +79,7 @@ def parse_param(text: str) -> tuple[str, Any]:
 
 def node_defaults() -> dict[str, Any]:
     """The node's declared parameters with their defaults (None = declared without a value)."""
-    from dcfm_ros.node.params import PARAMETERS
+    from dcfm_ros.engine.settings import PARAMETERS
 
     return {p.name: p.default for p in PARAMETERS}
 
@@ -114,8 +114,8 @@ def write_params_file(values: Mapping[str, Any], path: Path) -> None:
 
 def model_info(values: Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
     """(report entry, DCFMConfig) of the checkpoint the node will load; BagEvalError if unusable."""
+    from dcfm_ros.engine.settings import default_model_path
     from dcfm_ros.model import CheckpointError, read_checkpoint_meta
-    from dcfm_ros.node.params import default_model_path
 
     model = str(values.get("model") or "").strip()
     path = Path(model) if model else default_model_path()

@@ -25,10 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dcfm_ros.engine.bench import clip_paths, cpu_name, default_clip, load_clip
-from dcfm_ros.engine.keyframe import KeyframePolicy, make_policy
+from dcfm_ros.engine.keyframe import KeyframePolicy, build_policy, make_policy
 from dcfm_ros.engine.schedules import make_schedule
+from dcfm_ros.engine.specs import parse_policy
 from dcfm_ros.engine.stream import StreamEngine
+from dcfm_ros.tools.clips import clip_paths, cpu_name, default_clip, load_clip
 
 
 def replay(engine: StreamEngine, frames: Sequence[np.ndarray], rate: float) -> dict:
@@ -99,17 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _policy(text: str) -> KeyframePolicy:
-    """fixed:K | motion:THR[:MIN[:MAX]] (the engine does not import the evaluation's parser)."""
-    kind, *rest = text.strip().lower().split(":")
-    try:
-        if kind == "fixed" and len(rest) == 1:
-            return make_policy("fixed", interval=int(rest[0]))
-        if kind == "motion" and 1 <= len(rest) <= 3:
-            ints = [int(v) for v in rest[1:]] + [1, 30][len(rest) - 1:]
-            return make_policy("motion", threshold=float(rest[0]), min_interval=ints[0], max_interval=ints[1])
-    except ValueError as exc:
-        raise ValueError(f"bad --policy {text!r}: {exc}") from exc
-    raise ValueError(f"bad --policy {text!r}; expected fixed:K or motion:THR[:MIN[:MAX]]")
+    return build_policy(parse_policy(text))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from dcfm_ros.evaluation.bag_eval.node_process import stop_process
+from dcfm_ros.data.processes import stop_process
 
 START_TIMEOUT_S = 120.0
 NS = "/stress"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dcfm_ros.training.datasets.pairs import ColorLabels, LabelMap, read_label, read_raw_label
+from dcfm_ros.data.datasets.pairs import ColorLabels, LabelMap, read_label, read_raw_label
 
 _LISTED = 8
 

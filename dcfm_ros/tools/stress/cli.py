@@ -25,9 +25,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from dcfm_ros.engine.bench import parse_size
-from dcfm_ros.node.stress.hostile import ANSWERED, REFUSED, compressed_messages, raw_messages
-from dcfm_ros.node.stress.session import NodeSession, demo_frames, image_msg
+from dcfm_ros.tools.args import size_type
+from dcfm_ros.tools.stress.hostile import ANSWERED, REFUSED, compressed_messages, raw_messages
+from dcfm_ros.tools.stress.session import NodeSession, demo_frames, image_msg
 
 
 def _domain() -> int:
@@ -201,7 +201,7 @@ def faults(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     while a node runs on it and while another one starts."""
     import subprocess
 
-    from dcfm_ros.node.stress.session import node_command
+    from dcfm_ros.tools.stress.session import node_command
 
     frames = [image_msg(f) for f in demo_frames(tuple(args.size))]
     n = args.frames
@@ -332,8 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="what", required=True)
     ps = sub.add_parser("soak", help="many frames at the engine's pace: memory, losses, latency drift")
     ps.add_argument("--frames", type=int, default=10_000)
-    ps.add_argument("--size", type=parse_size, default=(360, 480), help="frame HxW (default 360x480)")
-    ps.add_argument("--input-size", type=parse_size, default=None,
+    ps.add_argument("--size", type=size_type, default=(360, 480), help="frame HxW (default 360x480)")
+    ps.add_argument("--input-size", type=size_type, default=None,
                     help="network input HxW (default: the model's)")
     ps.add_argument("--in-flight", type=int, default=2, help="unanswered frames allowed (default 2)")
     ps.add_argument("--mark", type=int, default=1000,
@@ -344,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     pf.add_argument("--seed", type=int, default=0)
     pe = sub.add_parser("faults", help="injected engine faults; a model file rewritten in place")
     pe.add_argument("--frames", type=int, default=30)
-    pe.add_argument("--size", type=parse_size, default=(360, 480))
+    pe.add_argument("--size", type=size_type, default=(360, 480))
     sub.add_parser("confidence", help="mean confidence on the demo drive and on out-of-domain scenes")
     args = p.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix=f"dcfm-stress-{args.what}-"))

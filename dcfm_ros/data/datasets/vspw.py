@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from dcfm_ros.training.datasets.pairs import FrameSample, PairSample, make_lut, neighbours_of
+from dcfm_ros.data.datasets.pairs import DatasetSpec, FrameSample, PairSample, make_lut, neighbours_of
 
 NUM_CLASSES = 124
 VSPW_LUT: np.ndarray = make_lut({v: v - 1 for v in range(1, NUM_CLASSES + 1)})  # 0, 255 -> ignore
@@ -52,7 +52,7 @@ def vspw_class_names(root: str | Path | None = None) -> tuple[str, ...]:
 
 def vspw_palette(n: int = NUM_CLASSES) -> tuple[tuple[int, int, int], ...]:
     """A fixed, well-spread palette (VSPW ships none): golden-ratio hues at two brightness levels."""
-    from dcfm_ros.training.datasets.folder import golden_palette
+    from dcfm_ros.data.datasets.folder import golden_palette
 
     return golden_palette(n)
 
@@ -60,8 +60,6 @@ def vspw_palette(n: int = NUM_CLASSES) -> tuple[tuple[int, int, int], ...]:
 def vspw_spec(root: str | Path | None, class_names: Sequence[str] | None = None,
               zero_label: str | None = None) -> Any:
     """The DatasetSpec of this layout: VSPW's own 124 classes, or the config's names (module doc)."""
-    from dcfm_ros.training.datasets import DatasetSpec
-
     if not class_names:
         if zero_label == "class":
             raise ValueError("dataset.zero_label: class needs your own dataset.class_names (VSPW's 124 "

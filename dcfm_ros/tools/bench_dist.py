@@ -1,10 +1,10 @@
 """Training throughput under torchrun for several process counts, side by side in one run.
 
-    python -m dcfm_ros.training.bench_dist --config config/train/camvid_efficientnet_lite0.yaml \\
+    python -m dcfm_ros.tools.bench_dist --config config/train/camvid_efficientnet_lite0.yaml \\
         --set dataset.root=../shared/data/camvid --nprocs 1,2 --iterations 12 --warmup 2 --rounds 2 \\
         [--threads-total 2] [--device cpu|cuda] [--json OUT]
 
-Each (round, N) runs `torchrun --standalone --nproc_per_node N -m dcfm_ros.training.train` on the same
+Each (round, N) runs `torchrun --standalone --nproc_per_node N -m dcfm_ros.tools.train` on the same
 config with the same GLOBAL batch (train.batch_scope: global), no evaluation, into a temporary
 folder, and reads rank 0's log.csv: the wall time of each global step (data, forward, backward,
 gradient all-reduce, optimiser). Rounds alternate the process counts so that a change in the load
@@ -37,7 +37,7 @@ def run_one(config: str, overrides: list[str], nproc: int, iterations: int, thre
     if threads is not None:
         sets.append(f"threads={threads}")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-           "-m", "dcfm_ros.training.train", "--config", config, "--out", str(out), "--no-progress"]
+           "-m", "dcfm_ros.tools.train", "--config", config, "--out", str(out), "--no-progress"]
     for s in sets:
         cmd += ["--set", s]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads or 1)}

@@ -24,7 +24,7 @@ How it runs:
    go into DIR/bag with the input frame's record time and the node's header stamps (copied from the
    input), so they line up with the input bag.
 5. The report pass reads the input bag and DIR/bag, matches labels to frames and ground truth by
-   header stamp, and computes the metrics with dcfm_ros.evaluation.metrics (the same code as
+   header stamp, and computes the metrics with dcfm_ros.data.metrics (the same code as
    dcfm-evaluate). Image messages that cannot be decoded are never sent and are listed as skipped;
    unusable ground-truth messages are listed and leave their frame out of the metrics. The overlay
    video and the contact sheet carry the class legend; the video is H.264 (VP9, then MPEG-4 Part 2

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dcfm_ros.training.datasets.pairs import PairDataset, PairSample, read_label, read_rgb
-from dcfm_ros.training.transforms import PairAugment, image_to_tensor, label_to_tensor
+from dcfm_ros.data.datasets.pairs import PairDataset, PairSample, read_label, read_rgb
+from dcfm_ros.data.transforms import PairAugment, image_to_tensor, label_to_tensor
 
 
 def neighbour_label(sample: PairSample, neighbour: Path) -> Path:

@@ -20,84 +20,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
 from dcfm_ros.engine.device import PRECISIONS, StageTimer
 from dcfm_ros.engine.keyframe import FixedInterval, MotionThreshold
 from dcfm_ros.engine.stream import StreamEngine
+from dcfm_ros.tools.args import size_type
+from dcfm_ros.tools.clips import clip_paths, cpu_name, default_clip, load_clip
 
 BACKBONE_CHOICES = ("mit-b0", "mit-b1", "mit-b2", "mit-b3", "mit-b4", "mit-b5",
                     "resnet18", "resnet50", "resnet101", "efficientnet-lite0")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 NETWORK_STAGES = ("enc_lo", "enc_hi", "ffm", "head")
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """"480x853" -> (480, 853)."""
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"size must be HxW, e.g. 480x853, got {text!r}") from exc
-    if h <= 0 or w <= 0:
-        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
-    return h, w
-
-
-def default_clip() -> Path | None:
-    """The densely labelled CamVid val clip, next to the repository (../shared/data/camvid/val)."""
-    repo = Path(__file__).resolve().parents[2]
-    candidate = repo.parent / "shared" / "data" / "camvid" / "val"
-    return candidate if candidate.is_dir() else None
-
-
-def clip_paths(clip: Path) -> list[Path]:
-    """The clip's image files sorted by name (CamVid names order frames in time)."""
-    if not clip.is_dir():
-        raise SystemExit(f"dcfm-bench: --clip {clip} is not a directory")
-    paths = sorted(p for p in clip.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not paths:
-        raise SystemExit(f"dcfm-bench: no images ({', '.join(IMAGE_SUFFIXES)}) in {clip}")
-    return paths
-
-
-def load_clip(clip: Path | None, count: int, seed: int = 0) -> tuple[list[np.ndarray], str]:
-    """`count` RGB frames of `clip` sorted by name (cycled if shorter); synthetic without a clip."""
-    if clip is not None:
-        paths = clip_paths(clip)
-        frames = []
-        for path in paths[:count]:
-            bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if bgr is None:
-                raise SystemExit(f"dcfm-bench: cannot read image {path}")
-            frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-        while len(frames) < count:
-            frames.append(frames[len(frames) % len(paths)])
-        return frames, str(clip)
-    # No clip: a smooth random texture panning sideways, so the motion score sees real motion.
-    rng = np.random.default_rng(seed)
-    base = cv2.resize(rng.integers(0, 256, (45, 80, 3), dtype=np.uint8), (960, 360),
-                      interpolation=cv2.INTER_CUBIC)
-    frames = [np.ascontiguousarray(np.roll(base, 8 * i, axis=1)[:, :480]) for i in range(count)]
-    return frames, "synthetic"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _median(values: Sequence[float]) -> float:
@@ -280,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dcfm-bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--backbone", default="mit-b2", choices=BACKBONE_CHOICES)
-    p.add_argument("--size", type=parse_size, default=(480, 853), help="network input HxW")
+    p.add_argument("--size", type=size_type, default=(480, 853), help="network input HxW")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS)
     p.add_argument("--frames", type=int, default=20, help="timed frames per measurement")
@@ -314,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--latency" in argv:  # the replay mode: latency per keyframe schedule (engine/latency.py)
-        from dcfm_ros.engine.latency import main as latency_main
+        from dcfm_ros.tools.latency import main as latency_main
 
         return latency_main([a for a in argv if a != "--latency"])
     args = build_parser().parse_args(argv)

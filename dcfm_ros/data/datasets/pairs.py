@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dcfm_ros.training.transforms import PairAugment, image_to_tensor, label_to_tensor, resize_for_eval
+from dcfm_ros.data.transforms import PairAugment, image_to_tensor, label_to_tensor, resize_for_eval
 
 
 @dataclass(frozen=True)
@@ -212,3 +212,15 @@ class LabeledFrames(Dataset):
 def neighbours_of(i: int, n: int, offsets: Sequence[int] = (-1, 1)) -> tuple[int, ...]:
     """Indices u = i + offset inside [0, n): all of them inside a sequence, fewer near its ends."""
     return tuple(i + o for o in offsets if 0 <= i + o < n)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What a dataset layout is: its classes, colours and how raw label values map to train ids."""
+
+    name: str
+    class_names: tuple[str, ...]
+    palette: tuple[tuple[int, int, int], ...]
+    lut: LabelMap  # raw label value -> train id (255 = ignore), or a colour palette (folder)
+    ignore_values: tuple[int, ...] = ()  # raw values that mean "not labeled"; other non-classes are errors
+    convention: str = ""  # how raw values map to classes, for error messages

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dcfm_ros.data.datasets.pairs import FrameSample, PairSample, make_lut, neighbours_of
 from dcfm_ros.model.config import CAMVID_CLASSES
-from dcfm_ros.training.datasets.pairs import FrameSample, PairSample, make_lut, neighbours_of
 
 CAMVID_VOID = 11
 CAMVID_LUT: np.ndarray = make_lut({i: i for i in range(len(CAMVID_CLASSES))})  # 11 and above -> 255

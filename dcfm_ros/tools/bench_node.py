@@ -36,7 +36,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from dcfm_ros.engine.bench import IMAGE_SUFFIXES, default_clip, parse_size
+from dcfm_ros.tools.args import size_type
+from dcfm_ros.tools.clips import IMAGE_SUFFIXES, default_clip
 
 START_TIMEOUT_S = 120.0
 
@@ -142,7 +143,7 @@ def run_node(checkpoint: Path, frames: list[np.ndarray], warmup: int, interval: 
                f"keyframe.interval:={interval}", "-r", "__ns:=/bench"]
         log = log_dir / f"node_{transport}.log"
     else:
-        cmd = [sys.executable, "-m", "dcfm_ros.node.bench", "--echo-node",
+        cmd = [sys.executable, "-m", "dcfm_ros.tools.bench_node", "--echo-node",
                ",".join(f"{d:.3f}" for d in echo_delays_ms)]
         log = log_dir / f"echo_{transport}.log"
     with open(log, "wb") as out:
@@ -267,8 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="dcfm-bench-node", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", type=Path, help="model file (default: packaged model, else a random "
                    "EfficientNet-Lite0 at --size)")
-    p.add_argument("--size", type=parse_size, default=(480, 853), help="frame size HxW (default 480x853)")
-    p.add_argument("--input-size", type=parse_size, default=None,
+    p.add_argument("--size", type=size_type, default=(480, 853), help="frame size HxW (default 480x853)")
+    p.add_argument("--input-size", type=size_type, default=None,
                    help="network input HxW of the random model (default: --size)")
     p.add_argument("--frames", type=int, default=40, help="timed frames (default 40)")
     p.add_argument("--warmup", type=int, default=5, help="untimed frames first (default 5)")

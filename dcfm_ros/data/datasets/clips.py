@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from dcfm_ros.training.datasets import video_frames
-from dcfm_ros.training.datasets.pairs import LabelMap, _WorkerRng, read_label, read_rgb
-from dcfm_ros.training.transforms import PairAugment, image_to_tensor, label_to_tensor
+from dcfm_ros.data.datasets import video_frames
+from dcfm_ros.data.datasets.pairs import LabelMap, _WorkerRng, read_label, read_rgb
+from dcfm_ros.data.transforms import PairAugment, image_to_tensor, label_to_tensor
 
 
 @dataclass(frozen=True)

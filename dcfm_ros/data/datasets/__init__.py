@@ -12,24 +12,19 @@ Each dataset type provides, through this registry:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 
+from dcfm_ros.data.datasets.pairs import (
+    DatasetSpec,
+    FrameSample,
+    LabeledFrames,
+    PairDataset,
+    PairSample,
+)
 from dcfm_ros.model.config import CAMVID_CLASSES, CAMVID_PALETTE
-from dcfm_ros.training.datasets.pairs import FrameSample, LabeledFrames, LabelMap, PairDataset, PairSample
 
 TYPES = ("camvid", "cityscapes", "vspw", "folder")
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    name: str
-    class_names: tuple[str, ...]
-    palette: tuple[tuple[int, int, int], ...]
-    lut: LabelMap  # raw label value -> train id (255 = ignore), or a colour palette (folder)
-    ignore_values: tuple[int, ...] = ()  # raw values that mean "not labeled"; other non-classes are errors
-    convention: str = ""  # how raw values map to classes, for error messages
 
 
 def _check(kind: str) -> str:
@@ -48,23 +43,23 @@ def dataset_spec(kind: str, root: str | Path | None = None, class_names: Sequenc
     """
     kind = _check(kind)
     if kind == "camvid":
-        from dcfm_ros.training.datasets import camvid as m
+        from dcfm_ros.data.datasets import camvid as m
         return DatasetSpec(kind, _names(class_names, CAMVID_CLASSES), CAMVID_PALETTE, m.CAMVID_LUT,
                            (m.CAMVID_VOID,), "CamVid: 0..10 are the classes, 11 is void")
     if kind == "cityscapes":
-        from dcfm_ros.training.datasets import cityscapes as c
+        from dcfm_ros.data.datasets import cityscapes as c
         ignored = (*(v for v in range(c.MAX_LABEL_ID + 1) if v not in c.LABEL_TO_TRAIN), 255)
         return DatasetSpec(kind, _names(class_names, c.CITYSCAPES_CLASSES), c.CITYSCAPES_PALETTE,
                            c.CITYSCAPES_LUT, ignored,
                            f"Cityscapes labelIds 0..{c.MAX_LABEL_ID} (19 of them are train classes), 255")
     if kind == "folder":
-        from dcfm_ros.training.datasets.folder import read_classes
+        from dcfm_ros.data.datasets.folder import read_classes
         if root is None:
             raise ValueError("the folder dataset needs its root (ROOT/classes.yaml)")
         fc = read_classes(root)
         return DatasetSpec(kind, fc.names, fc.palette, fc.label_map(),
                            (fc.ignore_index,) if fc.labels == "index" else (), fc.convention())
-    from dcfm_ros.training.datasets import vspw as v
+    from dcfm_ros.data.datasets import vspw as v
     return v.vspw_spec(root, class_names, zero_label)
 
 
@@ -77,30 +72,30 @@ def pair_samples(kind: str, root: str | Path, split: str,
     """neighbour_offsets: folder only (frames around the labeled one that may be its x_u)."""
     kind = _check(kind)
     if kind == "folder":
-        from dcfm_ros.training.datasets.folder import folder_pairs
+        from dcfm_ros.data.datasets.folder import folder_pairs
         return folder_pairs(root, split, neighbour_offsets)
     if kind == "camvid":
-        from dcfm_ros.training.datasets.camvid import camvid_pairs
+        from dcfm_ros.data.datasets.camvid import camvid_pairs
         return camvid_pairs(root, split)
     if kind == "cityscapes":
-        from dcfm_ros.training.datasets.cityscapes import cityscapes_pairs
+        from dcfm_ros.data.datasets.cityscapes import cityscapes_pairs
         return cityscapes_pairs(root, split)
-    from dcfm_ros.training.datasets.vspw import vspw_pairs
+    from dcfm_ros.data.datasets.vspw import vspw_pairs
     return vspw_pairs(root, split)
 
 
 def video_frames(kind: str, root: str | Path, split: str) -> dict[str, list[FrameSample]]:
     kind = _check(kind)
     if kind == "camvid":
-        from dcfm_ros.training.datasets.camvid import camvid_sequences
+        from dcfm_ros.data.datasets.camvid import camvid_sequences
         return camvid_sequences(root, split)
     if kind == "cityscapes":
-        from dcfm_ros.training.datasets.cityscapes import cityscapes_snippets
+        from dcfm_ros.data.datasets.cityscapes import cityscapes_snippets
         return cityscapes_snippets(root, split)
     if kind == "folder":
-        from dcfm_ros.training.datasets.folder import folder_videos
+        from dcfm_ros.data.datasets.folder import folder_videos
         return folder_videos(root, split)
-    from dcfm_ros.training.datasets.vspw import vspw_videos
+    from dcfm_ros.data.datasets.vspw import vspw_videos
     return vspw_videos(root, split)
 
 
@@ -116,7 +111,7 @@ def is_dense(kind: str, frames: list[FrameSample]) -> bool:
     if len(frames) < 2 or any(f.label is None for f in frames) or kind == "cityscapes":
         return False
     if kind == "camvid":
-        from dcfm_ros.training.datasets.camvid import frame_number
+        from dcfm_ros.data.datasets.camvid import frame_number
         nums = [frame_number(f.name) for f in frames]
         steps = [b - a for a, b in pairwise(nums)]
         return max(steps) <= 3

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from dcfm_ros.training.datasets.pairs import ColorLabels, FrameSample, PairSample, neighbours_of
+from dcfm_ros.data.datasets.pairs import ColorLabels, FrameSample, PairSample, neighbours_of
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DEFAULT_OFFSETS = (-1, 1)

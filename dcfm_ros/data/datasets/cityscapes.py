@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dcfm_ros.training.datasets.pairs import FrameSample, PairSample, make_lut
+from dcfm_ros.data.datasets.pairs import FrameSample, PairSample, make_lut
 
 CITYSCAPES_CLASSES: tuple[str, ...] = (
     "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
