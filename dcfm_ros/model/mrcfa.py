@@ -54,7 +54,7 @@ from dcfm_ros.model.config import DCFMConfig
 from dcfm_ros.model.dcfm import build_head
 from dcfm_ros.model.efficientnet import FUSE_WIDTH
 from dcfm_ros.model.layers import init_new_layers
-from dcfm_ros.model.multiframe import STAGE_CHANNELS, Memory, MultiFrameModel
+from dcfm_ros.model.multiframe import STAGE_CHANNELS, Memory, MultiFrameModel, pad_to
 
 LEVELS = (1, 2, 3)  # indices into Lite0's stages: F^2 @1/8, F^3 @1/16, F^4 @1/32 (paper l = 1, 2, 3)
 LEVEL_CHANNELS = tuple(STAGE_CHANNELS[i] for i in LEVELS)
@@ -82,12 +82,6 @@ class AffinityConv(nn.Module):
         b, s, h, w = a.shape
         x = a.reshape(b * s, 1, h, w)
         return a + self.conv2(F.relu(self.conv1(x))).view(b, s, h, w)
-
-
-def _pad_to(x: Tensor, h: int, w: int) -> Tensor:
-    """Replicate-pad (B, C, h0, w0) at the bottom/right to (h, w) (SAME padding rounds sizes up)."""
-    dh, dw = h - x.shape[-2], w - x.shape[-1]
-    return x if dh == 0 and dw == 0 else F.pad(x, (0, dw, 0, dh), mode="replicate")
 
 
 def _gather_tokens(x: Tensor, idx: Tensor) -> Tensor:
@@ -132,21 +126,22 @@ class MRCFA(MultiFrameModel):
         """A frame as a reference: (K-hat^1, K-hat^2, K^3, F-hat), each (B, C, H_L, W_L)."""
         assert fused is not None
         xs = [feats[i] for i in LEVELS]
-        h_l, w_l = xs[-1].shape[-2:]
+        h_l, w_l = (int(v) for v in xs[-1].shape[-2:])  # plain ints: constants in an exported graph
         keys = []
         for i, x in enumerate(xs[:-1]):
             r = self.key_down[i].stride[0]
-            keys.append(self.key_down[i](_pad_to(self.key[i](x), r * h_l, r * w_l)))
+            keys.append(self.key_down[i](pad_to(self.key[i](x), r * h_l, r * w_l)))
         keys.append(self.key[-1](xs[-1]))
-        f_small = F.adaptive_avg_pool2d(fused, (h_l, w_l))  # F-hat "downsampled to H_L x W_L"
+        # F-hat "downsampled to H_L x W_L": the mean of each 8 x 8 cell (1/4 -> 1/32), padded like the keys
+        f_small = F.avg_pool2d(pad_to(fused, 8 * h_l, 8 * w_l), 8)
         return (*keys, f_small)
 
     def select_tokens(self, q_deep: Tensor, k_deep: Tensor) -> tuple[Tensor, Tensor]:
         """Eqs. 3, 10, 11 at l = L: (A^L (B, N_L, N_L) scaled, indices (B, S) of the kept key tokens)."""
         c = q_deep.shape[1]
         a = torch.bmm(q_deep.flatten(2).transpose(1, 2), k_deep.flatten(2)) / math.sqrt(c)
-        n_tok = a.shape[-1]
-        top = a.topk(min(self.bmg_top_n, a.shape[1]), dim=1).values  # top-n of every column (keys)
+        n_tok = int(a.shape[-1])  # a plain int: S is a constant of an exported graph (fixed input size)
+        top = a.topk(min(self.bmg_top_n, n_tok), dim=1).values  # top-n of every column (keys)
         importance = top.sum(1)  # M_i, (B, N_L)
         idx = importance.topk(num_selected(n_tok, self.token_ratio), dim=1).indices
         return a, idx

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dcfm_ros.model.config import DCFMConfig
@@ -34,6 +35,13 @@ from dcfm_ros.model.efficientnet import build_efficientnet_lite0
 
 Memory = tuple[Tensor, ...]  # one frame's tensors a later target reads, each (B, C, h, w)
 STAGE_CHANNELS = (24, 40, 112, 320)
+
+
+def pad_to(x: Tensor, h: int, w: int) -> Tensor:
+    """Replicate-pad (B, C, h0, w0) at the bottom/right to (h, w): Lite0's SAME padding rounds every
+    stage's size up, so a k x k pooling from one stage to a deeper one needs k * (deeper size)."""
+    dh, dw = h - x.shape[-2], w - x.shape[-1]
+    return x if dh == 0 and dw == 0 else F.pad(x, (0, dw, 0, dh), mode="replicate")
 
 
 def pad_references(refs: Sequence[Memory], own: Memory, n: int) -> list[Memory]:

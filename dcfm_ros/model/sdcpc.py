@@ -52,7 +52,7 @@ from torch import Tensor, nn
 
 from dcfm_ros.model.config import DCFMConfig
 from dcfm_ros.model.layers import init_new_layers
-from dcfm_ros.model.multiframe import STAGE_CHANNELS, Memory, MultiFrameModel
+from dcfm_ros.model.multiframe import STAGE_CHANNELS, Memory, MultiFrameModel, pad_to
 
 WIDTH = 128  # C
 POINTS = 4  # P, attention points per pixel (a 2 x 2 window)
@@ -189,8 +189,8 @@ class SSEA(nn.Module):
         self.la = LinearAttention(channels)
 
     def forward(self, feats: list[Tensor]) -> Tensor:
-        size = feats[1].shape[-2:]
-        ds = F.adaptive_avg_pool2d(feats[0], size)
+        size = tuple(int(v) for v in feats[1].shape[-2:])  # plain ints: constants in an exported graph
+        ds = F.avg_pool2d(pad_to(feats[0], 2 * size[0], 2 * size[1]), 2)  # 2 x 2 means, 1/4 -> 1/8
         us = [F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in feats[2:]]
         return self.la(self.dcn(self.fuse(torch.cat([ds, feats[1], *us], 1))))
 
