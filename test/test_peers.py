@@ -144,9 +144,9 @@ def test_a_resolution_change_empties_the_ring(peer: MultiFrameModel):
     assert len(eng._ring.ring) == 0
 
 
-def test_ring_models_refuse_graph_backends_and_schedules(peer: MultiFrameModel):
-    with pytest.raises(ValueError, match="torch backend only"):
-        StreamEngine(peer, FixedInterval(1), device="cpu", backend="onnxruntime")
+def test_ring_models_refuse_other_graph_backends_and_schedules(peer: MultiFrameModel):
+    with pytest.raises(ValueError, match="torch or onnxruntime"):
+        StreamEngine(peer, FixedInterval(1), device="cpu", backend="openvino")
     with pytest.raises(ValueError, match="schedule must be sync"):
         StreamEngine(peer, FixedInterval(1), device="cpu", schedule="spread")
 
@@ -317,3 +317,16 @@ def test_compare_and_evaluate_run_the_peers_from_their_checkpoints(tmp_path: Pat
     rep = json.loads(report.read_text())
     assert [(r["mode"], r["policy"]) for r in rep["results"]] == [("p", "fixed:1")]
     assert any("MRCFA runs the whole network" in n for n in rep["notes"])
+
+
+@torch.no_grad()
+def test_onnxruntime_runs_the_ring_as_graph_inputs_like_torch(peer: MultiFrameModel):
+    pytest.importorskip("onnxruntime")
+    imgs = frames(5, seed=7)
+    torch_eng = engine(peer, 1)
+    ort_eng = StreamEngine(peer, FixedInterval(1), device="cpu", backend="onnxruntime", reference_stride=1)
+    assert ort_eng.backend.describe().startswith("onnxruntime")
+    for f in imgs:
+        a, b = torch_eng.process(f), ort_eng.process(f)
+        assert abs(a.confidence.mean - b.confidence.mean) < 1e-4
+        assert (a.labels == b.labels).mean() > 0.99

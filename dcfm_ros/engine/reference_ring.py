@@ -12,19 +12,27 @@ changes (a different camera or mode: its memories describe another scene), like 
 
 StreamEngine hands such models to `ReferenceStream` (its only hook) and wraps the returned fields in
 a FrameResult: every frame is a full pass (is_keyframe True, frames_since_key 0); the keyframe policy
-and the blend do not apply; schedules other than sync have nothing to move. Torch backend only: the
-graph backends export the DCFM stage interface, which these models do not have (docs/peers.md).
+and the blend do not apply; schedules other than sync have nothing to move.
+
+Backends: "torch" (eager, the default and "auto") or "onnxruntime": one ONNX graph per model and
+input size, exported at start-up, `forward_stream` with the ring as graph inputs
+    x (1, 3, H, W), ref{i}_{j} (memory tensor j of reference i, oldest first) -> logits, mem_{j}
+The graph takes exactly R references; with none yet (a stream's first frame) it runs once for the
+frame's own memory (which does not depend on the references) and again with it as the references,
+as pad_references does in torch. The other graph backends export DCFM's stage interface only.
 """
 
 from __future__ import annotations
 
+import io
 import time
+import warnings
 from collections import deque
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from dcfm_ros.engine.backends.base import InferenceBackend
 from dcfm_ros.engine.confidence import frame_confidence
@@ -71,22 +79,79 @@ class ReferenceRing:
         self._frames.clear()
 
 
+class _StepGraph(nn.Module):
+    """forward_stream with the references' memories as flat tensor arguments (for the export)."""
+
+    def __init__(self, model: nn.Module, n_mem: int) -> None:
+        super().__init__()
+        self.model, self.n_mem = model, n_mem
+
+    def forward(self, x: Tensor, *flat: Tensor) -> tuple[Tensor, ...]:
+        n, r = self.n_mem, self.model.num_references
+        logits, own = self.model.forward_stream(x, [tuple(flat[i * n:(i + 1) * n]) for i in range(r)])
+        return (logits, *own)
+
+
+class OrtStep:
+    """The ONNX Runtime session of one model's step graph at one input size (module doc)."""
+
+    def __init__(self, model: nn.Module, input_size: tuple[int, int], threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        x = torch.zeros(1, 3, *input_size)
+        with torch.no_grad():
+            own = model.forward_stream(x, [])[1]
+        self.n_mem, r = len(own), model.num_references
+        names = ["x"] + [f"ref{i}_{j}" for i in range(r) for j in range(self.n_mem)]
+        buf = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tracer warns on every shape-dependent branch
+            torch.onnx.export(_StepGraph(model, self.n_mem).eval(), (x, *own * r), buf, input_names=names,
+                              output_names=["logits"] + [f"mem_{j}" for j in range(self.n_mem)],
+                              opset_version=17, do_constant_folding=True, dynamo=False)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or torch.get_num_threads()
+        self.session = ort.InferenceSession(buf.getvalue(), sess_options=opts,
+                                            providers=["CPUExecutionProvider"])
+        self.names, self.num_references = names, r
+
+    def run(self, x: Tensor, refs: list[Memory]) -> tuple[Tensor, Memory]:
+        def call(memories: list[Memory]) -> list[np.ndarray]:
+            arrays = [x.cpu().numpy()] + [t.cpu().numpy() for m in memories for t in m]
+            return self.session.run(None, dict(zip(self.names, arrays, strict=True)))
+
+        if not refs:  # the frame's own memory first (independent of the references), then as references
+            own = tuple(torch.from_numpy(a) for a in call([self._zeros()] * self.num_references)[1:])
+            refs = [own] * self.num_references
+        out = call(pad_references(refs, refs[0], self.num_references))
+        return torch.from_numpy(out[0]), tuple(torch.from_numpy(a) for a in out[1:])
+
+    def _zeros(self) -> Memory:
+        shapes = [i.shape for i in self.session.get_inputs()[1:1 + self.n_mem]]
+        return tuple(torch.zeros(*s) for s in shapes)
+
+
 class ReferenceStream:
     """Runs a ring model frame by frame for StreamEngine (see the module doc)."""
 
-    name = "torch"
-
     def __init__(self, model: nn.Module, device: str | torch.device = "auto", precision: str = "fp32",
-                 stride: int | None = None) -> None:
+                 stride: int | None = None, backend: str = "torch",
+                 input_size: tuple[int, int] | None = None) -> None:
         self.device = resolve_device(device)
         self.precision = precision
         self.amp_dtype = resolve_precision(precision, self.device)
         self.model = model.to(self.device).eval()
         self.ring = ReferenceRing(model.num_references, model.default_stride if stride is None else stride)
         self._shape: tuple[int, int] | None = None
+        self.name = "torch" if backend in ("torch", "auto") else backend
+        self._ort: OrtStep | None = None
+        if self.name == "onnxruntime":
+            if self.device.type != "cpu" or precision != "fp32":
+                raise ValueError(f"{model.model_class} on onnxruntime: CPU fp32 only")
+            self._ort = OrtStep(self.model, tuple(input_size or model.config.input_size))
 
     def describe(self) -> str:
-        return f"torch ({self.model.model_class}, references every {self.ring.stride} frames)"
+        return f"{self.name} ({self.model.model_class}, references every {self.ring.stride} frames)"
 
     def prepare_deep_units(self) -> None:
         raise ValueError(f"{self.model.model_class} has no keyframes (every frame runs the whole network): "
@@ -107,12 +172,16 @@ class ReferenceStream:
             timer.start()
             x = pre.normalize(pre.upload(image_rgb))
             timer.mark("preprocess")
-            with autocast(self.device, self.amp_dtype):
-                feats, fused = model.backbone(x)
+            if self._ort is not None:  # one graph: backbone, memory, temporal decoder, head
+                logits, own = self._ort.run(x, refs)
                 timer.mark("enc_hi")
-                own = model.memory(feats, fused)
-                logits = model.decode(feats, fused, pad_references(refs, own, model.num_references))
-            timer.mark("ffm")  # the temporal decoder and the head: one call
+            else:
+                with autocast(self.device, self.amp_dtype):
+                    feats, fused = model.backbone(x)
+                    timer.mark("enc_hi")
+                    own = model.memory(feats, fused)
+                    logits = model.decode(feats, fused, pad_references(refs, own, model.num_references))
+                timer.mark("ffm")  # the temporal decoder and the head: one call
             logits = logits.float()
             labels = pre.labels(logits, shape)
             confidence = frame_confidence(logits)
@@ -130,14 +199,16 @@ class ReferenceStream:
 
 
 def reference_stream(model: nn.Module, backend: str | InferenceBackend, device: str | torch.device,
-                     precision: str, stride: int | None) -> ReferenceStream | None:
+                     precision: str, stride: int | None,
+                     input_size: tuple[int, int] | None = None) -> ReferenceStream | None:
     """The engine's path for a ring model (None for DCFM / TFC)."""
     if not uses_reference_ring(model):
         if stride is not None:
             raise ValueError("reference_stride applies to MRCFA / SD-CPC checkpoints only")
         return None
     name = backend if isinstance(backend, str) else getattr(backend, "name", type(backend).__name__)
-    if name not in ("torch", "auto"):
-        raise ValueError(f"{model.model_class} runs on the torch backend only (got {name!r}): the graph "
-                         "backends export DCFM's stage interface, not a reference ring (docs/peers.md)")
-    return ReferenceStream(model, device, precision, stride)
+    if name not in ("torch", "auto", "onnxruntime"):
+        raise ValueError(f"{model.model_class} runs on the torch or onnxruntime backend (got {name!r}): the "
+                         "other graph backends export DCFM's stage interface, not a reference ring "
+                         "(docs/peers.md)")
+    return ReferenceStream(model, device, precision, stride, name, input_size)

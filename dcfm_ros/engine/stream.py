@@ -91,7 +91,7 @@ class StreamEngine:
                  spread: int = 3, background_threads: int | None = 1,
                  nonkey_blend: str | None = "auto", reference_stride: int | None = None) -> None:
         # MRCFA / SD-CPC: every frame through engine/reference_ring.py (None for DCFM / TFC).
-        self._ring = reference_stream(model, backend, device, precision, reference_stride)
+        self._ring = reference_stream(model, backend, device, precision, reference_stride, input_size)
         self.backend = self._ring if self._ring is not None else backend if isinstance(
             backend, InferenceBackend) else make_backend(backend, model, device, precision)
         self.device = self.backend.device
