@@ -27,7 +27,7 @@ from dcfm_ros.model.config import DCFMConfig
 from dcfm_ros.model.dcfm import DCFM
 from dcfm_ros.model.mrcfa import build_mrcfa
 from dcfm_ros.model.sdcpc import build_sdcpc
-from dcfm_ros.model.tfc import TFC, build_tfc
+from dcfm_ros.model.tfc import build_tfc
 
 FORMAT = "dcfm_ros"
 FORMAT_VERSION = "1"
@@ -174,10 +174,11 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
-                    expected_num_classes: int | None = None) -> tuple[DCFM | TFC, dict[str, Any]]:
+                    expected_num_classes: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model from the stored config and load its weights strictly; never unpickles.
 
-    Returns (model in eval mode on `map_location`, meta) with meta as in `read_checkpoint_meta`.
+    Returns (model in eval mode on `map_location`: DCFM, TFC, MRCFA or SDCPC, as `model_class` says;
+    meta as in `read_checkpoint_meta`).
     expected_num_classes: fail if the checkpoint predicts a different number of classes.
     Raises CheckpointError naming the file for every kind of bad file; nothing half-loaded is
     ever returned.
