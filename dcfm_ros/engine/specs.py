@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino", "tensorrt")
 # "auto": the fastest precision this backend and CPU/GPU have among those measured to keep the labels
 # (engine/backends/__init__.py, pick_precision; docs/fast-path.md)
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 KEYFRAME_POLICIES = ("fixed", "motion", "feature")
+# the score a keyframe policy decides on (KeyframePolicy.score): what the engine must compute for it
+PolicyScore = Literal["none", "motion", "similarity"]
+POLICY_SCORES: tuple[str, ...] = ("none", "motion", "similarity")
 # where the labels are made with the I/O in the graph (StreamEngine graph_io): "camera", the exact
 # argmax of the logits upsampled to the camera's size; "network", at the network's input size and
 # then scaled to the camera's with nearest neighbours (cheaper for large cameras; docs/fast-path.md)
