@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from dcfm_ros.engine import FixedInterval, MotionThreshold, StreamEngine, make_backend
-from dcfm_ros.engine.multistream import MultiStreamEngine, check_camera_names
+from dcfm_ros.engine.multistream import MultiStreamEngine
+from dcfm_ros.engine.specs import check_camera_names
 from dcfm_ros.model import CAMVID_CLASSES, CAMVID_PALETTE, DCFMConfig, build_model
 
 SIZE = (64, 96)

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 import numpy as np
 
 from dcfm_ros.engine.keyframe import KeyframePolicy
+from dcfm_ros.engine.specs import check_camera_names
 from dcfm_ros.engine.stream import FrameResult, StreamEngine
 
 if TYPE_CHECKING:
@@ -39,22 +40,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 DROP_POLICIES = ("latest", "none")
-
-
-def check_camera_names(names: Sequence[str]) -> tuple[str, ...]:
-    """Camera names as ROS topic tokens (they prefix the camera's topics): letters, digits and _, not
-    starting with a digit, each once. ValueError naming the bad one."""
-    out: list[str] = []
-    for name in names:
-        text = str(name)
-        if not text or not (text[0].isalpha() or text[0] == "_") or not all(
-                c.isascii() and (c.isalnum() or c == "_") for c in text):
-            raise ValueError(f"camera name {text!r} is not a ROS name token (letters, digits, _; not "
-                             "starting with a digit)")
-        if text in out:
-            raise ValueError(f"camera {text!r} is listed twice")
-        out.append(text)
-    return tuple(out)
 
 
 @dataclass
