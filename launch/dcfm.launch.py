@@ -11,11 +11,15 @@ publishes segmentation/{labels,color,overlay,confidence,info,classes,masks/<clas
 params_file or model that is not a file is an error before the node starts (launch itself would
 only warn and run the node on built-in defaults). respawn:=true restarts the node when it exits
 (after respawn_delay seconds); a node that cannot start exits 1 and would be restarted too.
+Without respawn, a node that exits with a non-zero status before launch was asked to shut down (a bad
+parameter, a missing model, a crash) ends the launch with exit status 1, so that a script or a
+supervisor sees the failure (launch alone logs "process has died" and exits 0).
 """
 
 import os
 
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, RegisterEventHandler
+from launch.event_handlers import OnProcessExit
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
@@ -39,6 +43,23 @@ def check_file(name, path):
     return path
 
 
+def node_failure(returncode, shutting_down, respawn):
+    """Why the launch must fail when the node exited with `returncode`, or None: only a non-zero exit
+    that launch did not cause (a Ctrl-C makes the node exit during launch's shutdown) and that no
+    respawn will retry."""
+    if returncode in (0, None) or shutting_down or respawn:
+        return None
+    return (f"dcfm_node exited with status {returncode} (see its log above); the launch fails with it")
+
+
+def _on_node_exit(event, context):
+    # Raised from an event handler, the error ends LaunchService.run() with a non-zero return, which
+    # `ros2 launch` passes on as its exit status.
+    why = node_failure(event.returncode, bool(getattr(context, "is_shutdown", False)), False)
+    if why is not None:
+        raise RuntimeError(why)
+
+
 def _node(context, *args, **kwargs):
     image_topic = LaunchConfiguration("image_topic").perform(context)
     params_file = check_file("params_file", LaunchConfiguration("params_file").perform(context))
@@ -48,21 +69,23 @@ def _node(context, *args, **kwargs):
     if model:
         # Only when given: an empty value must not override the params file's model.
         overrides["model"] = check_file("model", os.path.expanduser(model))
-    return [
-        Node(
-            package="dcfm_ros",
-            executable="dcfm_node",
-            name="dcfm_node",
-            namespace=LaunchConfiguration("namespace"),
-            parameters=[params_file, overrides],
-            # Raw and compressed input (image_transport names the compressed topic <base>/compressed).
-            remappings=[("image", image_topic), ("image/compressed", image_topic + "/compressed")],
-            respawn=parse_bool("respawn", LaunchConfiguration("respawn").perform(context)),
-            respawn_delay=float(LaunchConfiguration("respawn_delay").perform(context)),
-            output="screen",
-            emulate_tty=True,
-        )
-    ]
+    respawn = parse_bool("respawn", LaunchConfiguration("respawn").perform(context))
+    node = Node(
+        package="dcfm_ros",
+        executable="dcfm_node",
+        name="dcfm_node",
+        namespace=LaunchConfiguration("namespace"),
+        parameters=[params_file, overrides],
+        # Raw and compressed input (image_transport names the compressed topic <base>/compressed).
+        remappings=[("image", image_topic), ("image/compressed", image_topic + "/compressed")],
+        respawn=respawn,
+        respawn_delay=float(LaunchConfiguration("respawn_delay").perform(context)),
+        output="screen",
+        emulate_tty=True,
+    )
+    if respawn:  # the node is restarted: its exit is not the launch's failure
+        return [node]
+    return [node, RegisterEventHandler(OnProcessExit(target_action=node, on_exit=_on_node_exit))]
 
 
 def generate_launch_description():

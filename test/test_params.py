@@ -382,3 +382,24 @@ def test_launch_refuses_a_missing_params_file_or_model(tmp_path: Path) -> None:
     # both are checked in the node's OpaqueFunction, before the Node action exists
     text = LAUNCH.read_text()
     assert 'check_file("params_file"' in text and 'check_file("model"' in text
+
+
+def test_launch_fails_when_the_node_fails_at_start_up() -> None:
+    """`ros2 launch` exits 0 when its only node dies; the launch file's exit handler turns a non-zero
+    exit of the node (not caused by launch's own shutdown, not respawned) into an error in launch,
+    which makes LaunchService.run() return 1. launch cannot be installed here: the decision is run as
+    written, the handler's wiring is read from the file."""
+    node_failure = _launch_helpers()["node_failure"]
+    assert "status 1" in node_failure(1, False, False)
+    assert "status -11" in node_failure(-11, False, False)  # a crash (SIGSEGV)
+    assert node_failure(0, False, False) is None  # a clean exit
+    assert node_failure(-2, True, False) is None  # Ctrl-C: launch was shutting down already
+    assert node_failure(1, False, True) is None  # respawn:=true restarts it instead
+    tree = ast.parse(LAUNCH.read_text())
+    (handler,) = _calls(tree, "OnProcessExit")
+    kw = {k.arg: ast.unparse(k.value) for k in handler.keywords}
+    assert kw == {"target_action": "node", "on_exit": "_on_node_exit"}
+    assert len(_calls(tree, "RegisterEventHandler")) == 1
+    on_exit = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "_on_node_exit")
+    assert any(isinstance(n, ast.Raise) for n in ast.walk(on_exit))
+    assert "node_failure(event.returncode" in ast.unparse(on_exit)
