@@ -58,7 +58,8 @@ def test_cmake_install_gives_messages_python_package_and_executable(tmp_path: Pa
     assert os.access(exe, os.X_OK)
     # The Python the build was configured with, not `env python3` (whatever is first on PATH).
     assert exe.read_text().splitlines()[0] == f"#!{sys.executable}"
-    for rel in ("launch/dcfm.launch.py", "config/dcfm.yaml", "config/dcfm.rviz", "msg/SegmentationInfo.msg"):
+    for rel in ("launch/dcfm.launch.py", "config/dcfm.yaml", "config/dcfm.rviz", "config/dcfm_multi.rviz",
+                "msg/SegmentationInfo.msg"):
         assert (prefix / "share" / "dcfm_ros" / rel).is_file(), rel
     pyver = f"python{sys.version_info.major}.{sys.version_info.minor}"
     site = prefix / "lib" / pyver / "site-packages"

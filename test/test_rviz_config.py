@@ -31,3 +31,21 @@ def test_rviz_shows_camera_overlay_and_color() -> None:
     node_src = (ROOT / "dcfm_ros" / "node" / "node.py").read_text()
     for topic in ("segmentation/overlay", "segmentation/color"):
         assert f'"{topic}"' in node_src, f"the node no longer publishes {topic}"
+
+
+MULTI_CAMERAS = ("front", "left", "right")  # the README's and the launch file's example
+
+
+def test_multi_camera_rviz_shows_each_cameras_overlay() -> None:
+    """config/dcfm_multi.rviz: one enabled Image display per camera of the example, on the topic a
+    camera of a multi-camera node publishes its overlay on (<c>/segmentation/overlay), with the
+    reliable QoS the node's outputs use."""
+    cfg = yaml.safe_load((ROOT / "config" / "dcfm_multi.rviz").read_text())
+    displays = [d for d in cfg["Visualization Manager"]["Displays"]
+                if d.get("Class") == "rviz_default_plugins/Image" and d.get("Enabled", True)]
+    assert sorted(d["Topic"]["Value"] for d in displays) == sorted(
+        f"/{c}/segmentation/overlay" for c in MULTI_CAMERAS)
+    assert {d["Topic"]["Reliability Policy"] for d in displays} == {"Reliable"}
+    assert len({d["Name"] for d in displays}) == len(displays)  # rviz keys panels by display name
+    assert {f"{c} overlay" for c in MULTI_CAMERAS} <= set(cfg["Window Geometry"])
+    assert "cameras:=[front,left,right]" in (ROOT / "config" / "dcfm_multi.rviz").read_text()
