@@ -321,7 +321,7 @@ def test_launch_file_arguments_are_declared_used_and_passed_to_real_parameters()
     declared = [_str_arg(c) for c in _calls(tree, "DeclareLaunchArgument")]
     used = {_str_arg(c) for c in _calls(tree, "LaunchConfiguration")}
     assert sorted(declared) == sorted({"image_topic", "params_file", "namespace", "use_sim_time", "model",
-                                       "respawn", "respawn_delay"})
+                                       "respawn", "respawn_delay", "cameras", "image_topics"})
     assert set(declared) == used, f"unused: {set(declared) - used}, undeclared: {used - set(declared)}"
     # every key put into the parameters dict is a node parameter (or rclpy's use_sim_time)
     keys = set()
@@ -332,7 +332,7 @@ def test_launch_file_arguments_are_declared_used_and_passed_to_real_parameters()
         if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) \
                 and isinstance(node.value, ast.Name) and node.value.id == "overrides":
             keys.add(node.slice.value)
-    assert keys == {"use_sim_time", "model"}
+    assert keys == {"use_sim_time", "model", "cameras"}
     assert keys <= set(PARAMETER_NAMES) | RCLPY_BUILTIN
     (node_call,) = _calls(tree, "Node")
     kw = {k.arg: k.value for k in node_call.keywords}
@@ -340,6 +340,7 @@ def test_launch_file_arguments_are_declared_used_and_passed_to_real_parameters()
     assert {"namespace", "parameters", "remappings", "respawn", "respawn_delay"} <= set(kw)
     text = LAUNCH.read_text()
     assert '"config", "dcfm.yaml"' in text and '("image", image_topic)' in text
+    assert ast.unparse(kw["remappings"]) == "remappings"
 
 
 def _launch_helpers() -> dict[str, Any]:
@@ -403,3 +404,22 @@ def test_launch_fails_when_the_node_fails_at_start_up() -> None:
     on_exit = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "_on_node_exit")
     assert any(isinstance(n, ast.Raise) for n in ast.walk(on_exit))
     assert "node_failure(event.returncode" in ast.unparse(on_exit)
+
+
+def test_launch_cameras_and_their_topics() -> None:
+    helpers = _launch_helpers()
+    parse_names, remap = helpers["parse_names"], helpers["camera_remappings"]
+    assert parse_names("cameras", "[front,left,right]") == ["front", "left", "right"]
+    assert parse_names("cameras", "[ 'front', \"left\" ]") == ["front", "left"]
+    assert parse_names("cameras", "[]") == parse_names("cameras", "") == []
+    for bad in ("[front,,left]", "[front", "front]"):
+        with pytest.raises(ValueError, match="cameras"):
+            parse_names("cameras", bad)
+    assert remap(["front", "left"], ["/a/image_raw", "/b/image_raw"]) == [
+        ("front/image", "/a/image_raw"), ("front/image/compressed", "/a/image_raw/compressed"),
+        ("left/image", "/b/image_raw"), ("left/image/compressed", "/b/image_raw/compressed")]
+    assert remap(["front", "left"], []) == []
+    with pytest.raises(ValueError, match="one topic per camera"):
+        remap(["front", "left"], ["/a/image_raw"])
+    # the camera names the launch file passes are the node's own parameter, checked by the node
+    assert "cameras" in PARAMETER_NAMES
