@@ -220,3 +220,21 @@ def test_one_diagnostics_status_per_camera(node: MultiCameraNode) -> None:
     assert rear["bad_inputs"] == "1" and front["bad_inputs"] == "0"
     assert int(front["frames_processed"]) > 0 and int(rear["frames_processed"]) > 0
     assert front["cameras"] == "front,rear"
+
+
+def test_stress_soak_with_four_cameras(tiny_checkpoint: Path, capsys: pytest.CaptureFixture[str],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """dcfm-stress soak --cameras 4 (short): every camera's frames answered, none lost, clean exit."""
+    import json
+
+    from dcfm_ros.tools.stress.cli import main
+
+    for var in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "FASTDDS_BUILTIN_TRANSPORTS"):
+        monkeypatch.setenv(var, "")  # the tool sets them for its run; restored afterwards
+    assert main(["--model", str(tiny_checkpoint), "--json", "soak", "--cameras", "4", "--frames", "40",
+                 "--size", "60x80", "--mark", "20"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["setup"] == "one node, 4 cameras" and r["exit_codes"] == [0]
+    assert (r["frames_sent"], r["frames_answered"], r["frames_lost"]) == (40, 40, 0)
+    assert sorted(r["per_camera"]) == ["cam0", "cam1", "cam2", "cam3"]
+    assert all(c["answered"] == 10 for c in r["per_camera"].values())
