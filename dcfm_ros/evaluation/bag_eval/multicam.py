@@ -26,6 +26,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from dcfm_ros.evaluation import bagio
@@ -90,10 +91,10 @@ def _pair_gt(image_topics: Sequence[str], gt_topics: Sequence[str]) -> list[str 
     return [None if g.lower() in ("none", "-", "") else g for g in gt_topics]
 
 
-def run_multi(args: argparse.Namespace, stop: StopRequest | None = None) -> dict[str, Any]:
-    """Like runner.run for several cameras (see the module docstring); returns the overall report."""
+def run_multi(args: argparse.Namespace, out_dir: Path, stop: StopRequest | None = None) -> dict[str, Any]:
+    """Like runner.run for several cameras (see the module docstring), writing into `out_dir`; returns
+    the overall report."""
     from dcfm_ros.evaluation import report as rp
-    from dcfm_ros.evaluation.bag_eval.runner import frame_slice, output_dir
 
     stop = stop or StopRequest()
     rate = 1.0 if args.rate is None else float(args.rate)
@@ -102,8 +103,7 @@ def run_multi(args: argparse.Namespace, stop: StopRequest | None = None) -> dict
     if args.frame_timeout <= 0 or args.startup_timeout <= 0:
         raise BagEvalError("timeouts must be positive")
     domain_id = default_domain_id() if args.domain_id is None else args.domain_id
-    frames = frame_slice(args)
-    if not frames.whole:
+    if args.start is not None or args.max_frames is not None:
         raise BagEvalError("--start / --max-frames are single-camera options for now")
     dds_transport = choose_transport(args.transport)
     image_topics = list(args.image_topic)
@@ -130,7 +130,6 @@ def run_multi(args: argparse.Namespace, stop: StopRequest | None = None) -> dict
     model, cfg = model_info(values)
     if stop.requested:
         raise Interrupted(f"stopped by {stop.name} before the node started; nothing written")
-    out_dir = output_dir(args)
     out_bag = out_dir / "bag"
     if out_bag.exists():
         if not args.overwrite:

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace, stop: StopRequest | None = None) -> dict[str, 
         from dcfm_ros.evaluation.bag_eval.multicam import run_multi
 
         return run_multi(argparse.Namespace(**{**vars(args), "image_topic": _listed(args.image_topic),
-                                               "gt_topic": _listed(args.gt_topic)}), stop)
+                                               "gt_topic": _listed(args.gt_topic)}), output_dir(args), stop)
     gt_topics = _listed(args.gt_topic)
     if len(gt_topics) > 1:
         raise BagEvalError(f"{len(gt_topics)} --gt-topic for one camera")
