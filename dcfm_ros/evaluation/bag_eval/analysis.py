@@ -73,7 +73,7 @@ def topic_stamps(bag: BagReader, topic: str, start_ns: int | None = None) -> set
     return stamps
 
 
-class _VC:
+class StreamingVC:
     """mVC_l streaming over runs of consecutive frames with labels and GT, with metrics.video_consistency
     on each window (so the numbers are those of mean_video_consistency over the runs)."""
 
@@ -143,7 +143,7 @@ def analyze(in_bag: Path, out_bag: Path, records: Sequence[FrameRecord], *, imag
 
     warnings: list[str] = []
     cm = ConfusionMatrix(len(class_names), ignore_index=IGNORE_INDEX)
-    vc = _VC(MVC_LENGTHS)
+    vc = StreamingVC(MVC_LENGTHS)
     gt_bad: list[BadMessage] = []
     metric_frames = 0
     ok = [r for r in records if r.status == "ok"]
