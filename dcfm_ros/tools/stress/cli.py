@@ -111,7 +111,8 @@ def soak_cameras(args: argparse.Namespace, tmp: Path, one_node: bool) -> dict[st
                               "qos.depth": 50}
     if args.input_size:
         params["input_size"] = list(args.input_size)
-    s = StreamsSession(params, tmp, _domain(), args.cameras, one_node=one_node, env=_threads(args))
+    s = StreamsSession(params, tmp, _domain(), args.cameras, one_node=one_node, env=_threads(args),
+                       transport=args.transport)
     order: dict[str, list[tuple[int, int]]] = {n: [] for n in s.names}
     sent: dict[tuple[str, tuple[int, int]], float] = {}
     rss: dict[int, float] = {}
@@ -159,13 +160,14 @@ def soak_cameras(args: argparse.Namespace, tmp: Path, one_node: bool) -> dict[st
             "latency_ms": {"p50": _pct(lat_all, 0.5), "p99": _pct(lat_all, 0.99)},
             "rss_mb_total": rss, "rss_mb_idle": rss[0], "rss_mb_end": rss[marks[-1]] if marks else rss[0],
             "exit_codes": codes, "size": list(args.size), "input_size": params.get("input_size", "model's"),
-            "model": params["model"], "in_flight": args.in_flight, "threads_per_node": args.threads}
+            "model": params["model"], "in_flight": args.in_flight, "threads_per_node": args.threads,
+            "transport": args.transport}
 
 
 def print_soak_cameras(r: dict[str, Any]) -> None:
     print(f"soak ({r['setup']}): {r['frames_sent']} demo frames {r['size'][0]}x{r['size'][1]} rgb8, network "
           f"input {r['input_size']}, drop_policy none, reliable, {r['in_flight']} in flight per camera, "
-          f"OMP_NUM_THREADS {r['threads_per_node']} per node")
+          f"OMP_NUM_THREADS {r['threads_per_node']} per node, Fast DDS {r['transport']}")
     print(f"  answered {r['frames_answered']}, lost {r['frames_lost']}; aggregate {r['fps']:.2f} fps over "
           f"{r['wall_s']:.0f} s; per camera {r['per_camera_fps_min']:.2f} .. {r['per_camera_fps_max']:.2f} "
           f"fps; latency p50 {r['latency_ms']['p50']:.1f} p99 {r['latency_ms']['p99']:.1f} ms")
@@ -414,6 +416,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="RSS every N frames; the latency windows' length (default 1000)")
     ps.add_argument("--cameras", type=int, default=0, help="N camera streams through one node with the "
                     "parameter cameras (--frames in all, served in turn); 0: the single-camera soak")
+    ps.add_argument("--transport", default="UDPv4", choices=("UDPv4", "SHM", "LARGE_DATA", "DEFAULT"),
+                    help="with --cameras: Fast DDS builtin transport of the run (default UDPv4)")
     ps.add_argument("--separate-nodes", action="store_true", help="with --cameras N: N single-camera "
                     "nodes instead (the comparison: same client, same frames)")
     pf = sub.add_parser("fuzz", help="malformed and hostile messages")

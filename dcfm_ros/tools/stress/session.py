@@ -189,9 +189,10 @@ class StreamsSession:
     the two set-ups are measured alike. A stream is (input topic, labels topic, info topic)."""
 
     def __init__(self, params: Mapping[str, Any], log_dir: Path, domain_id: int, streams: int, *,
-                 one_node: bool, env: Mapping[str, str] | None = None, depth: int = 100) -> None:
+                 one_node: bool, env: Mapping[str, str] | None = None, depth: int = 100,
+                 transport: str = "UDPv4") -> None:
         ros_env = {"ROS_DOMAIN_ID": str(domain_id), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
-                   "FASTDDS_BUILTIN_TRANSPORTS": "UDPv4"}
+                   "FASTDDS_BUILTIN_TRANSPORTS": transport}
         os.environ.update(ros_env)
         child_env = {**os.environ, **ros_env, "PYTHONUNBUFFERED": "1", "RCUTILS_COLORIZED_OUTPUT": "0",
                      **(env or {})}
