@@ -11,7 +11,8 @@ for n in 1 2 4; do
   for mode in one separate; do
     extra=(); [ "$mode" = separate ] && extra=(--separate-nodes)
     echo "== $n camera(s), $mode node(s)" >&2
-    "$py" -m dcfm_ros.tools.stress.cli --threads "$threads" --json soak --transport "$transport" --cameras "$n" "${extra[@]}" --frames $((per * n)) \
-        --size "$size" --mark $((per * n)) --in-flight 1 > "$out/n${n}_${mode}.json"
+    "$py" -m dcfm_ros.tools.stress.cli --threads "$threads" --json soak --transport "$transport" \
+        --cameras "$n" "${extra[@]}" --frames $((per * n)) --size "$size" --mark $((per * n)) \
+        --in-flight 1 > "$out/n${n}_${mode}.json"
   done
 done
