@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Generic, TypeVar
 
@@ -207,7 +207,13 @@ class MultiStreamEngine(Generic[T]):
         `process(engine, image)` replaces the plain `engine.process(image)` (e.g. fault injection).
         An exception on one frame is that frame's Outcome.error; the other frames still run, and
         after anything but a bad image (ValueError) that camera's engine is reset."""
-        out: list[Outcome[T]] = []
+        return list(self.run_each(frames, process))
+
+    def run_each(self, frames: Iterable[Pending[T]],
+                 process: Callable[[StreamEngine, np.ndarray], FrameResult] | None = None
+                 ) -> Iterator[Outcome[T]]:
+        """run(), each frame's outcome handed out as soon as it is done (a camera's outputs need not
+        wait for the rest of the round)."""
         for p in frames:
             stream = self._stream(p.camera)
             try:
@@ -217,13 +223,12 @@ class MultiStreamEngine(Generic[T]):
                     stream.engine.reset()  # the cache is not trusted after e.g. an out of memory
                 with self._cond:
                     stream.counters.failed += 1
-                out.append(Outcome(p.camera, p.tag, None, exc, p.seq))
+                yield Outcome(p.camera, p.tag, None, exc, p.seq)
                 continue
             with self._cond:
                 stream.counters.processed += 1
                 stream.counters.keyframes += int(result.is_keyframe)
-            out.append(Outcome(p.camera, p.tag, result, None, p.seq))
-        return out
+            yield Outcome(p.camera, p.tag, result, None, p.seq)
 
     def step(self, timeout: float | None = None) -> list[Outcome[T]]:
         """take() and run() one round."""

@@ -258,7 +258,7 @@ class Cameras:
             cam.last_shape = shape
             ready.append(dataclasses.replace(p, image=rgb))
         images = {(p.camera, p.seq): p.image for p in ready}
-        for outcome in self.engine.run(ready, self._process):
+        for outcome in self.engine.run_each(ready, self._process):  # published as each is done
             self._publish(outcome, images[(outcome.camera, outcome.seq)])
 
     def _publish(self, outcome: Outcome, rgb: np.ndarray) -> None:
