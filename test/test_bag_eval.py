@@ -402,8 +402,34 @@ def test_rate_mode_compressed_with_params_file(tmp_path: Path, camvid_root: Path
     with BagReader(bag) as r:
         in_stamps = [f.stamp_ns for f in r.frames("/camera/image/compressed")]
     color = _read_topic(out / "bag", "/segmentation/color", "image")
-    assert [f.stamp_ns for f in color] == [f.log_ns for f in color] == in_stamps
+    # Viewer outputs are latest-only in the node: a subset of the frames, in order, at their frames'
+    # record times, and always the last frame's.
+    stamps = [f.stamp_ns for f in color]
+    assert stamps == [f.log_ns for f in color] and stamps == sorted(stamps)
+    assert set(stamps) <= set(in_stamps) and stamps[-1] == in_stamps[-1]
     assert color[0].image.shape == (H, W, 3)
+
+
+@pytest.mark.ros
+def test_viewer_mode_runs_both_cases_side_by_side(tmp_path: Path, camvid_root: Path,
+                                                  camvid_checkpoint: Path) -> None:
+    bag = _bag_from_camvid(camvid_root, tmp_path / "bag", "--compressed", "--max-frames", "4")
+    out = tmp_path / "eval"
+    assert main([str(bag), "--max", "--model", str(camvid_checkpoint), "--viewer", "compressed",
+                 "--no-video", "--out", str(out), "-q"]) == 0
+    rows = json.loads((out / "viewers.json").read_text())
+    assert [r["run"] for r in rows] == ["no viewer", "compressed"]
+    assert all(r["frames"] == 4 for r in rows)
+    assert rows[0]["viewer"] is None and rows[0]["fps_ratio"] is None
+    assert rows[1]["fps_ratio"] is not None and rows[1]["p99_ratio"] is not None
+    topics = rows[1]["viewer"]
+    assert set(topics) == {"/segmentation/color/compressed", "/segmentation/overlay/compressed"}
+    for counts in topics.values():  # the viewer process received them; the newest frame always comes
+        assert counts["messages"] >= 1 and 0 < counts["bytes_per_message"] < H * W * 3
+    table = (out / "viewers.md").read_text()
+    assert "| no viewer | 4 |" in table and "| compressed | 4 |" in table
+    for case in ("no_viewer", "compressed"):
+        assert json.loads((out / case / "report.json").read_text())["frames_out"] == 4
 
 
 @pytest.mark.ros

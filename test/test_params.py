@@ -102,7 +102,7 @@ def test_declared_with_descriptors_and_read_only_flags(node: Any) -> None:
     runtime = {"keyframe.policy", "keyframe.interval", "keyframe.threshold", "keyframe.feature_threshold",
                "keyframe.min_interval",
                "keyframe.max_interval", "keyframe.schedule", "keyframe.spread", "overlay_alpha",
-               "confidence.warn_below", "confidence.window"}
+               "confidence.warn_below", "confidence.window", "viewer_rate", "jpeg_quality"}
     assert runtime == RUNTIME_PARAMETERS
     for spec in PARAMETERS:
         d = node.describe_parameter(spec.name)

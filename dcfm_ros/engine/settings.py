@@ -139,6 +139,14 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               constraints="names from the model's class list"),
     ParamSpec("overlay_alpha", T.DOUBLE, 0.5, "Weight of the class colours in segmentation/overlay (0: "
               "camera image only, 1: colours only).", read_only=False, float_range=(0.0, 1.0)),
+    ParamSpec("viewer_rate", T.DOUBLE, 0.0, "Viewer outputs (color, overlay, their /compressed topics, "
+              "confidence, masks) at most this many times a second; 0: every frame the viewer worker "
+              "keeps up with. They are made off the inference thread, newest frame only, and only "
+              "while someone subscribes, so they never delay segmentation/labels.", read_only=False,
+              constraints="0 <= viewer_rate <= 1000", float_range=(0.0, 1000.0)),
+    ParamSpec("jpeg_quality", T.INTEGER, 80, "JPEG quality of segmentation/overlay/compressed (1-100, "
+              "as image_transport's compressed plugin; segmentation/color/compressed is lossless PNG).",
+              read_only=False, int_range=(1, 100)),
     ParamSpec("image_transport", T.STRING, "raw", "raw: subscribe to image (sensor_msgs/Image). "
               "compressed: subscribe to image/compressed (sensor_msgs/CompressedImage, jpeg/png).",
               constraints="one of " + ", ".join(TRANSPORTS)),
@@ -232,6 +240,8 @@ class NodeSettings:
     backend: str = "auto"
     backend_cache_dir: str = ""
     cameras: tuple[str, ...] = ()
+    viewer_rate: float = 0.0
+    jpeg_quality: int = 80
 
     @property
     def model_path(self) -> Path:
@@ -361,6 +371,8 @@ def settings_from_values(values: Mapping[str, Any]) -> NodeSettings:
         backend=_choice(values, "backend", BACKENDS),
         backend_cache_dir=_path_or_empty(values, "backend_cache_dir"),
         cameras=cameras,
+        viewer_rate=_in_range(values, "viewer_rate", 0.0, 1000.0),
+        jpeg_quality=_int(values, "jpeg_quality", 1, 100),
     )
     # Last: the cross-field keyframe rules (threshold < 1, min <= max) come from the engine, whose
     # import loads torch; every other mistake is reported before that.

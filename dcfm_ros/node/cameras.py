@@ -24,11 +24,12 @@ from rclpy.event_handler import SubscriptionEventCallbacks
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
-from dcfm_ros.msg import SegmentationClasses, SegmentationInfo
+from dcfm_ros.msg import SegmentationClasses
 from dcfm_ros.node import convert
 from dcfm_ros.node.diagnostics import NodeStats, diagnostics_msg
 from dcfm_ros.node.inputqos import input_qos, match_publishers
-from dcfm_ros.node.params import NodeSettings, mask_topic_suffix
+from dcfm_ros.node.outputs import CameraOutputs
+from dcfm_ros.node.params import NodeSettings
 
 if TYPE_CHECKING:
     from rclpy.node import Node
@@ -44,8 +45,8 @@ TAKE_TIMEOUT_S = 0.5  # the worker looks at the stop flag this often while no ca
 class CameraIO:
     """One camera's subscription, publishers, buffers and counters on the node."""
 
-    def __init__(self, node: Node, name: str, settings: NodeSettings, engine: StreamEngine,
-                 on_image: Any, output_qos: QoSProfile, latched_qos: QoSProfile) -> None:
+    def __init__(self, node: Node, viewer_node: Node, name: str, settings: NodeSettings, engine: StreamEngine,
+                 on_image: Any, latched_qos: QoSProfile, on_viewer_error: Any) -> None:
         self.node, self.name, self.engine = node, name, engine
         self.stats = NodeStats()
         self.last_shape: tuple[int, int] | None = None
@@ -63,20 +64,12 @@ class CameraIO:
                 node.get_publishers_info_by_topic(self.in_topic))
         self.sub = self._subscribe()
 
-        out = f"{name}/segmentation"
-        self.pub_labels = node.create_publisher(Image, f"{out}/labels", output_qos)
-        self.pub_color = node.create_publisher(Image, f"{out}/color", output_qos)
-        self.pub_overlay = node.create_publisher(Image, f"{out}/overlay", output_qos)
-        self.pub_info = node.create_publisher(SegmentationInfo, f"{out}/info", output_qos)
-        self.pub_confidence = node.create_publisher(Image, f"{out}/confidence", output_qos)
-        self.pub_classes = node.create_publisher(SegmentationClasses, f"{out}/classes", latched_qos)
-        self.masks = []  # (class id, topic suffix, publisher, buffer)
-        for cls in s.mask_classes:
-            suffix = mask_topic_suffix(cls)
-            pub = node.create_publisher(Image, f"{out}/masks/{suffix}", output_qos)
-            self.masks.append((engine.class_names.index(cls), suffix, pub, convert.ImageBuffer()))
-        self.buf_labels, self.buf_color, self.buf_overlay, self.buf_confidence = (
-            convert.ImageBuffer() for _ in range(4))
+        # The per-camera output path of node/outputs.py: labels and info at once on the node, the
+        # viewer outputs on the viewer participant's worker, all under <c>/segmentation/.
+        self.outputs = CameraOutputs(node, viewer_node, self.stats, engine.palette, list(engine.class_names),
+                                     s.mask_classes, on_viewer_error, prefix=f"{name}/segmentation")
+        self.pub_classes = node.create_publisher(SegmentationClasses, f"{name}/segmentation/classes",
+                                                 latched_qos)
         header = Header(stamp=node.get_clock().now().to_msg(), frame_id=name)
         self.pub_classes.publish(convert.classes_msg(engine.class_names, engine.palette, header))
 
@@ -103,62 +96,28 @@ class CameraIO:
         self.node.get_logger().info(f"input QoS {old} -> {reliability} on {self.in_topic} ({why})")
 
     def publish(self, msg: Image | CompressedImage, rgb: np.ndarray, result: FrameResult, t_received: float,
-                settings: NodeSettings, colorize: Any, overlay: Any) -> None:
-        """This camera's outputs of one frame (only those somebody subscribes to)."""
+                settings: NodeSettings) -> None:
+        """This camera's outputs of one frame (node/outputs.py: only those somebody subscribes to)."""
         confidence = result.confidence.mean if result.confidence is not None else float("nan")
         counters = self.stats.processed(result.is_keyframe, result.timings_ms.get("total", 0.0), confidence,
                                         settings.confidence_window)
-        header, labels = msg.header, result.labels
-        shape = (int(rgb.shape[0]), int(rgb.shape[1]))
-        published = []
-        if self.pub_labels.get_subscription_count() > 0:
-            self.pub_labels.publish(convert.labels_to_msg(labels, header, self.buf_labels))
-            published.append("labels")
-        stamp_ns = int(header.stamp.sec) * 10**9 + int(header.stamp.nanosec)
-        e2e = (self.node.get_clock().now().nanoseconds - stamp_ns) / 1e6 if stamp_ns else float("nan")
-        self.stats.latency((time.perf_counter() - t_received) * 1000.0, e2e)
-        if self.pub_info.get_subscription_count() > 0:
-            self.pub_info.publish(convert.info_msg(header, result, e2e, *counters))
-            published.append("info")
-        if self.pub_confidence.get_subscription_count() > 0 and result.confidence is not None:
-            self.pub_confidence.publish(convert.confidence_to_msg(result.confidence.map_u8, shape, header,
-                                                                  self.buf_confidence))
-            published.append("confidence")
-        want_color = self.pub_color.get_subscription_count() > 0
-        want_overlay = self.pub_overlay.get_subscription_count() > 0
-        if want_color or want_overlay:
-            color = colorize(labels, self.engine.palette)
-            if want_color:
-                self.pub_color.publish(convert.rgb_to_msg(color, header, self.buf_color))
-                published.append("color")
-            if want_overlay:
-                blended = overlay(np.ascontiguousarray(rgb), color, settings.overlay_alpha)
-                self.pub_overlay.publish(convert.rgb_to_msg(blended, header, self.buf_overlay))
-                published.append("overlay")
-        for class_id, suffix, pub, buf in self.masks:
-            if pub.get_subscription_count() > 0:
-                pub.publish(convert.mask_to_msg(labels, class_id, header, buf))
-                published.append(f"mask_{suffix}")
-        self.stats.published(published)
+        self.outputs.publish(msg.header, rgb, result, t_received, counters, settings)
 
 
 class Cameras:
     """Every camera of the node, the shared MultiStreamEngine and the worker thread."""
 
-    def __init__(self, node: Node, settings: NodeSettings, engine: MultiStreamEngine,
-                 output_qos: QoSProfile, latched_qos: QoSProfile, process: Any, log_throttled: Any) -> None:
-        from dcfm_ros.engine import colorize, overlay
-
+    def __init__(self, node: Node, viewer_node: Node, settings: NodeSettings, engine: MultiStreamEngine,
+                 latched_qos: QoSProfile, process: Any, log_throttled: Any) -> None:
         self.node, self.engine, self.settings = node, engine, settings
-        self._colorize, self._overlay = colorize, overlay
         self._process = process  # the engine call, maybe with fault injection (node/faults.py)
         self._log = log_throttled
         self._stopping = threading.Event()
         self._pending_lock = threading.Lock()
         self._pending_policy: Any = None
         self._pending_schedule: Any = None
-        self.io = {name: CameraIO(node, name, settings, engine.engine(name), self._on_image, output_qos,
-                                  latched_qos) for name in engine.cameras}
+        self.io = {name: CameraIO(node, viewer_node, name, settings, engine.engine(name), self._on_image,
+                                  latched_qos, self._viewer_failed(name)) for name in engine.cameras}
         self._pub_diag = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
         if settings.qos_reliability == "auto":
             self._qos_timer = node.create_timer(QOS_CHECK_PERIOD_S, self._check_input_qos,
@@ -173,6 +132,14 @@ class Cameras:
     def _on_image(self, cam: CameraIO, msg: Image | CompressedImage) -> None:
         # The conversion waits for the worker; the engine's slot holds the message until then.
         cam.stats.received(self.engine.submit(cam.name, None, (msg, time.perf_counter())))  # type: ignore[arg-type]
+
+    def _viewer_failed(self, name: str) -> Any:
+        def failed(exc: Exception) -> None:  # from the viewer worker
+            n = self.io[name].stats.error()
+            self._log("error", f"{name} viewer {type(exc).__name__}",
+                      f"viewer output of {name} failed ({n} so far): {type(exc).__name__}: {exc}")
+
+        return failed
 
     def _check_input_qos(self) -> None:
         for cam in self.io.values():
@@ -193,7 +160,7 @@ class Cameras:
         for cam in self.io.values():
             totals, window = cam.stats.take_window()
             values = dict(static, camera=cam.name, input_topic=cam.in_topic, input_qos=cam.qos_text(),
-                          keyframe_schedule=repr(cam.engine.schedule))
+                          keyframe_schedule=repr(cam.engine.schedule), **cam.outputs.counters())
             msg = diagnostics_msg(self.node.get_clock().now().to_msg(), f"{fqn}: {cam.name} segmentation",
                                   str(self.engine.device), totals, window, values,
                                   self.engine.waiting(cam.name), settings.confidence_warn_below,
@@ -205,6 +172,8 @@ class Cameras:
     # -- lifecycle ---------------------------------------------------------------------------------
 
     def start(self) -> None:
+        for cam in self.io.values():
+            cam.outputs.start()
         self._worker.start()
 
     def stop(self, timeout: float) -> bool:
@@ -212,8 +181,9 @@ class Cameras:
         self.engine.close()  # wakes the worker's take(); stops each camera's schedule worker
         if self._worker.is_alive():
             self._worker.join(timeout)
-            return not self._worker.is_alive()
-        return True
+        for cam in self.io.values():
+            cam.outputs.stop()
+        return not self._worker.is_alive()
 
     # -- worker thread -----------------------------------------------------------------------------
 
@@ -276,4 +246,4 @@ class Cameras:
                           f"engine failed on a frame of {cam.name} ({n} so far), frame skipped, that "
                           f"camera's next frame is a keyframe: {type(exc).__name__}: {exc}")
             return
-        cam.publish(msg, rgb, outcome.result, t_received, self.settings, self._colorize, self._overlay)
+        cam.publish(msg, rgb, outcome.result, t_received, self.settings)

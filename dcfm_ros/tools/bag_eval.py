@@ -20,7 +20,8 @@ How it runs:
    lost to a full queue, and the run is as fast as the node. --rate R: recorded timing scaled by R,
    with the node's own drop policy; whatever comes back is recorded. --start S / --max-frames N
    play a slice: from S seconds after the bag's start (record time), at most N frames.
-4. Outputs (segmentation/labels, info, classes; color/overlay with --record-color/--record-overlay)
+4. Outputs (segmentation/labels, info, classes; color/overlay with --record-color/--record-overlay,
+   received on a thread and ROS context of their own so they do not delay the labels being timed)
    go into DIR/bag with the input frame's record time and the node's header stamps (copied from the
    input), so they line up with the input bag.
 5. The report pass reads the input bag and DIR/bag, matches labels to frames and ground truth by
@@ -29,6 +30,8 @@ How it runs:
    unusable ground-truth messages are listed and leave their frame out of the metrics. The overlay
    video and the contact sheet carry the class legend; the video is H.264 (VP9, then MPEG-4 Part 2
    as fallbacks: dcfm_ros.evaluation.video).
+6. --viewer [CASES]: the run without a viewer, then one per case with a viewer process subscribed
+   (color+overlay, all, compressed), side by side in DIR/viewers.md (bag_eval/viewer_runs.py).
 
 Several cameras: `--image-topic` given more than once plays every one of those topics through one node
 with the parameter `cameras` (names from the topics: /front/image -> front) and writes a report per
@@ -53,6 +56,7 @@ from pathlib import Path
 
 from dcfm_ros.evaluation.bag_eval.params import parse_param
 from dcfm_ros.evaluation.bag_eval.stopping import StopRequest
+from dcfm_ros.evaluation.bag_eval.viewer_runs import parse_cases
 
 # The rest (numpy, OpenCV, rosbags, torch, rclpy) is imported in main() once the signal handlers are
 # in place: a Ctrl-C during those imports must not end in a KeyboardInterrupt traceback.
@@ -96,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "$FASTDDS_BUILTIN_TRANSPORTS, else UDPv4; see README for the measured choices)")
     p.add_argument("--video-codec", choices=("auto", "h264", "vp9", "mpeg4"), default="auto",
                    help="overlay video codec (default auto: H.264, else VP9, else MPEG-4 Part 2)")
+    p.add_argument("--viewer", nargs="?", const=["color+overlay"], type=parse_cases, metavar="CASES",
+                   help="run the bag without a viewer, then with a viewer process for each case "
+                   "(comma-separated: color+overlay (default), all, compressed), and report the runs "
+                   "side by side (DIR/viewers.md); each run's report in DIR/<case>/")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     return p
 
@@ -116,6 +124,10 @@ def _main(argv: list[str] | None, stop: StopRequest) -> int:
     from dcfm_ros.evaluation.bagio import BagError
 
     try:
+        if args.viewer:
+            from dcfm_ros.evaluation.bag_eval.viewer_runs import run_cases
+
+            return run_cases(args, stop)
         report = run(args, stop)
     except Interrupted as exc:
         print(f"dcfm-bag-eval: {exc}", file=sys.stderr)
