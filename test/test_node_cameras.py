@@ -155,10 +155,13 @@ def test_each_camera_equals_its_own_engine_on_its_own_topics(node: MultiCameraNo
     node.h.spin_until(lambda: all(node.out(c, "classes") for c in CAMERAS), WAIT_S, "both class maps")
     assert all(list(node.out(c, "classes")[-1].names) == list(TINY_CLASSES) for c in CAMERAS)
     # the topic layout: per camera, nothing on the single-camera names
-    topics = {name for name, _types in node.h.node.get_topic_names_and_types()}
-    for cam in CAMERAS:
-        assert f"{NS}/{cam}/segmentation/overlay" in topics
-    assert f"{NS}/segmentation/labels" not in topics and f"{NS}/image" not in topics
+    def topics() -> set[str]:
+        return {name for name, _types in node.h.node.get_topic_names_and_types()}
+
+    # the viewer topics come from the node's viewer participant: discovered on their own
+    wanted = {f"{NS}/{cam}/segmentation/{t}" for cam in CAMERAS for t in ("overlay", "overlay/compressed")}
+    node.h.spin_until(lambda: wanted <= topics(), WAIT_S, "every camera's viewer topics")
+    assert f"{NS}/segmentation/labels" not in topics() and f"{NS}/image" not in topics()
 
 
 def test_a_bad_frame_counts_for_its_camera_only(node: MultiCameraNode) -> None:
