@@ -423,3 +423,15 @@ def test_launch_cameras_and_their_topics() -> None:
         remap(["front", "left"], ["/a/image_raw"])
     # the camera names the launch file passes are the node's own parameter, checked by the node
     assert "cameras" in PARAMETER_NAMES
+
+
+def test_cameras_parameter() -> None:
+    """cameras: unset or [] is the single-camera node; names are ROS name tokens, each once."""
+    assert settings_from_values(defaults()).cameras == ()
+    assert settings_from_values(defaults(cameras=[])).cameras == ()
+    assert settings_from_values(defaults(cameras=["front", "left_2"])).cameras == ("front", "left_2")
+    for bad, word in ((["front", "front"], "twice"), (["2nd"], "name token"), (["a/b"], "name token"),
+                      ("front", "list")):
+        with pytest.raises(ParameterError, match=f"cameras.*{word}"):
+            settings_from_values(defaults(cameras=bad))
+    assert next(p for p in PARAMETERS if p.name == "cameras").read_only  # topics are made at start-up
