@@ -63,7 +63,9 @@ class Pending(Generic[T]):
     message header), handed back with the result."""
 
     camera: str
-    image: np.ndarray
+    # The RGB frame; a caller that converts its messages on the worker (the node) submits None and
+    # puts the image in (dataclasses.replace) before run().
+    image: np.ndarray | None
     tag: T
     seq: int  # the camera's arrival number, 0-based
 
@@ -162,7 +164,7 @@ class MultiStreamEngine(Generic[T]):
 
     # --- frames in ----------------------------------------------------------------------------------
 
-    def submit(self, camera: str, image: np.ndarray, tag: T) -> bool:
+    def submit(self, camera: str, image: np.ndarray | None, tag: T) -> bool:
         """Queue a frame of `camera` (any thread; never blocks). Returns True when it replaced a
         waiting frame of the same camera (drop_policy latest; counted as that camera's drop)."""
         stream = self._stream(camera)
@@ -217,6 +219,8 @@ class MultiStreamEngine(Generic[T]):
         for p in frames:
             stream = self._stream(p.camera)
             try:
+                if p.image is None:
+                    raise ValueError(f"frame {p.seq} of camera {p.camera} has no image")
                 result = process(stream.engine, p.image) if process else stream.engine.process(p.image)
             except Exception as exc:  # this frame of this camera only
                 if not isinstance(exc, ValueError):

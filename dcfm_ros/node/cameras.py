@@ -131,7 +131,7 @@ class Cameras:
 
     def _on_image(self, cam: CameraIO, msg: Image | CompressedImage) -> None:
         # The conversion waits for the worker; the engine's slot holds the message until then.
-        cam.stats.received(self.engine.submit(cam.name, None, (msg, time.perf_counter())))  # type: ignore[arg-type]
+        cam.stats.received(self.engine.submit(cam.name, None, (msg, time.perf_counter())))
 
     def _viewer_failed(self, name: str) -> Any:
         def failed(exc: Exception) -> None:  # from the viewer worker
@@ -241,6 +241,10 @@ class Cameras:
                 self._log("warning", f"{cam.name} engine refused",
                           f"bad input on {cam.in_topic} ({n} so far): {exc}")
             else:
+                if "cuda" in str(self.engine.device):  # as the single-camera node after a failed frame
+                    import torch
+
+                    torch.cuda.empty_cache()
                 n = cam.stats.engine_error()
                 self._log("error", f"{cam.name} engine {type(exc).__name__}",
                           f"engine failed on a frame of {cam.name} ({n} so far), frame skipped, that "
