@@ -103,8 +103,13 @@ def run_multi(args: argparse.Namespace, out_dir: Path, stop: StopRequest | None 
     if args.frame_timeout <= 0 or args.startup_timeout <= 0:
         raise BagEvalError("timeouts must be positive")
     domain_id = default_domain_id() if args.domain_id is None else args.domain_id
-    if args.start is not None or args.max_frames is not None:
-        raise BagEvalError("--start / --max-frames are single-camera options for now")
+    single_only = [flag for flag, on in (("--start", args.start is not None),
+                                         ("--max-frames", args.max_frames is not None),
+                                         ("--record-color", args.record_color),
+                                         ("--record-overlay", args.record_overlay),
+                                         ("--viewer", bool(getattr(args, "viewer", None)))) if on]
+    if single_only:
+        raise BagEvalError(f"{', '.join(single_only)}: single-camera options for now (one --image-topic)")
     dds_transport = choose_transport(args.transport)
     image_topics = list(args.image_topic)
     if len(set(image_topics)) != len(image_topics):
