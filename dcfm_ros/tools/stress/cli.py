@@ -106,13 +106,15 @@ def soak_cameras(args: argparse.Namespace, tmp: Path, one_node: bool) -> dict[st
     from dcfm_ros.tools.stress.session import StreamsSession
 
     frames = demo_frames(args.size)
-    msgs = [image_msg(f) for f in frames]
+    msgs = [_jpeg_msg(f) if args.compressed else image_msg(f) for f in frames]
     params: dict[str, Any] = {"model": _model(args), "device": args.device, "drop_policy": "none",
                               "qos.depth": 50}
+    if args.compressed:
+        params["image_transport"] = "compressed"
     if args.input_size:
         params["input_size"] = list(args.input_size)
     s = StreamsSession(params, tmp, _domain(), args.cameras, one_node=one_node, env=_threads(args),
-                       transport=args.transport)
+                       transport=args.transport, compressed=args.compressed)
     order: dict[str, list[tuple[int, int]]] = {n: [] for n in s.names}
     sent: dict[tuple[str, tuple[int, int]], float] = {}
     rss: dict[int, float] = {}
@@ -161,11 +163,25 @@ def soak_cameras(args: argparse.Namespace, tmp: Path, one_node: bool) -> dict[st
             "rss_mb_total": rss, "rss_mb_idle": rss[0], "rss_mb_end": rss[marks[-1]] if marks else rss[0],
             "exit_codes": codes, "size": list(args.size), "input_size": params.get("input_size", "model's"),
             "model": params["model"], "in_flight": args.in_flight, "threads_per_node": args.threads,
-            "transport": args.transport}
+            "transport": args.transport, "input": "jpeg" if args.compressed else "rgb8"}
+
+
+def _jpeg_msg(rgb: np.ndarray) -> Any:
+    """sensor_msgs/CompressedImage, JPEG quality 85 (as a camera driver's compressed transport)."""
+    from sensor_msgs.msg import CompressedImage
+
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    msg = CompressedImage(format="rgb8; jpeg compressed bgr8")
+    msg.data = buf.tobytes()
+    msg.header.frame_id = "camera"
+    return msg
 
 
 def print_soak_cameras(r: dict[str, Any]) -> None:
-    print(f"soak ({r['setup']}): {r['frames_sent']} demo frames {r['size'][0]}x{r['size'][1]} rgb8, network "
+    print(f"soak ({r['setup']}): {r['frames_sent']} demo frames {r['size'][0]}x{r['size'][1]} {r['input']}, "
+          f"network "
           f"input {r['input_size']}, drop_policy none, reliable, {r['in_flight']} in flight per camera, "
           f"OMP_NUM_THREADS {r['threads_per_node']} per node, Fast DDS {r['transport']}")
     print(f"  answered {r['frames_answered']}, lost {r['frames_lost']}; aggregate {r['fps']:.2f} fps over "
@@ -418,6 +434,8 @@ def main(argv: list[str] | None = None) -> int:
                     "parameter cameras (--frames in all, served in turn); 0: the single-camera soak")
     ps.add_argument("--transport", default="UDPv4", choices=("UDPv4", "SHM", "LARGE_DATA", "DEFAULT"),
                     help="with --cameras: Fast DDS builtin transport of the run (default UDPv4)")
+    ps.add_argument("--compressed", action="store_true", help="with --cameras: JPEG CompressedImage input "
+                    "(image_transport compressed) instead of raw rgb8")
     ps.add_argument("--separate-nodes", action="store_true", help="with --cameras N: N single-camera "
                     "nodes instead (the comparison: same client, same frames)")
     pf = sub.add_parser("fuzz", help="malformed and hostile messages")

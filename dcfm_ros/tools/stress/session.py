@@ -190,7 +190,7 @@ class StreamsSession:
 
     def __init__(self, params: Mapping[str, Any], log_dir: Path, domain_id: int, streams: int, *,
                  one_node: bool, env: Mapping[str, str] | None = None, depth: int = 100,
-                 transport: str = "UDPv4") -> None:
+                 transport: str = "UDPv4", compressed: bool = False) -> None:
         ros_env = {"ROS_DOMAIN_ID": str(domain_id), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
                    "FASTDDS_BUILTIN_TRANSPORTS": transport}
         os.environ.update(ros_env)
@@ -216,13 +216,14 @@ class StreamsSession:
         from rclpy.context import Context
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import QoSProfile, ReliabilityPolicy
-        from sensor_msgs.msg import Image
+        from sensor_msgs.msg import CompressedImage, Image
 
         from dcfm_ros.msg import SegmentationInfo
 
         self.ctx = Context()
         rclpy.init(context=self.ctx, domain_id=domain_id)
         self.node = rclpy.create_node("dcfm_stress_client", context=self.ctx)
+        in_type, in_topic = (CompressedImage, "image/compressed") if compressed else (Image, "image")
         self.executor = SingleThreadedExecutor(context=self.ctx)
         self.executor.add_node(self.node)
         qos = QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE)
@@ -238,7 +239,7 @@ class StreamsSession:
             self._subs.append(self.node.create_subscription(
                 SegmentationInfo, f"{pre}/segmentation/info",
                 lambda m, n=n: self.infos[n].__setitem__(stamp_key(m.header), m), qos))
-            self.pubs[n] = self.node.create_publisher(Image, f"{pre}/image", qos)
+            self.pubs[n] = self.node.create_publisher(in_type, f"{pre}/{in_topic}", qos)
         self._last_stamp = (0, 0)
 
     def spin_until(self, done: Callable[[], bool], timeout: float, what: str) -> None:
