@@ -79,7 +79,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               constraints="path to an existing dcfm_ros checkpoint, or empty"),
     ParamSpec("device", T.STRING, "auto", "Inference device. auto: cuda if available, else cpu.",
               constraints="auto, cpu, cuda or cuda:N"),
-    ParamSpec("precision", T.STRING, "fp32", "Inference precision; fp16/bf16 need a CUDA device.",
+    ParamSpec("precision", T.STRING, "fp32", "Inference precision. auto: the fastest one measured to keep "
+              "the labels on this backend and CPU/GPU (openvino on a CPU with native bf16: bf16; "
+              "tensorrt: fp16; else fp32), logged at start-up with the reason. bf16 on the CPU needs "
+              "backend openvino; fp16/bf16 on torch need a CUDA device.",
               constraints="one of " + ", ".join(PRECISIONS)),
     ParamSpec("backend", T.STRING, "auto", "Inference backend. auto: the fastest available for the device "
               "(CPU: openvino, else onnxruntime, else torch; CUDA: tensorrt, else onnxruntime's GPU "
@@ -435,7 +438,11 @@ def build_engine(settings: NodeSettings) -> StreamEngine:
     try:
         return StreamEngine(model, settings.keyframe.make_policy(), input_size=settings.input_size,
                             backend=net, schedule=settings.keyframe.make_schedule(),
-                            nonkey_blend=settings.nonkey_blend)
+                            nonkey_blend=settings.nonkey_blend,
+                            # graph_io: on onnxruntime/openvino the frame's one call takes the camera
+                            # image and returns the labels (no torch op on the frame's path); the
+                            # engine turns it off where it cannot apply
+                            graph_io=True)
     except (RuntimeError, ValueError) as exc:
         raise StartupError(_cannot_run(settings, exc)) from exc
 

@@ -21,8 +21,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "bf16")
+# "auto": the fastest precision this backend and CPU/GPU have among those measured to keep the labels
+# (engine/backends/__init__.py, pick_precision; docs/fast-path.md)
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 KEYFRAME_POLICIES = ("fixed", "motion", "feature")
+# where the labels are made with the I/O in the graph (StreamEngine graph_io): "camera", the exact
+# argmax of the logits upsampled to the camera's size; "network", at the network's input size and
+# then scaled to the camera's with nearest neighbours (cheaper for large cameras; docs/fast-path.md)
+LABEL_SIZES = ("camera", "network")
 KEYFRAME_SCHEDULES = ("sync", "spread", "background")
 OFFLINE_SCHEDULES = (*KEYFRAME_SCHEDULES, "lag")
 BLEND_TARGETS = ("feature", "logits")

@@ -154,6 +154,10 @@ def build_head(kind: str, channels: int, num_classes: int, dropout: float) -> nn
 class DCFM(nn.Module):
     """The DCFM network. Modules: `enc_lo`, `enc_hi`, `ffm`, `head` (each callable on its own)."""
 
+    model_class = "DCFM"  # written into checkpoints (dcfm_ros.model.checkpoint)
+    default_blend = "none"  # what nonkey_blend "auto" stands for: DCFM does not blend
+    unit_feature = True  # F leaves the FFM L2-normalised (Norm)
+
     def __init__(self, config: DCFMConfig, encoder: SplitEncoder) -> None:
         super().__init__()
         self.config = config
@@ -203,6 +207,10 @@ class DCFM(nn.Module):
             raise ValueError(f"forward_nonkey: f_co batch {f_co.shape[0]} != input batch {f_in.shape[0]}")
         f = self.ffm(f_co, f_in)
         return self.head(f), f
+
+    def similarity_feature(self, f_in: Tensor) -> Tensor:
+        """The feature the cosine blend and the feature policy compare: F_in itself."""
+        return f_in
 
     def deep_units(self) -> list[DeepUnit]:
         """`enc_hi` cut into its blocks, for engines that spread a keyframe's deep pass over time:
