@@ -99,12 +99,14 @@ class MultiStreamEngine(Generic[T]):
     backend: a ready InferenceBackend shared by every camera (build it once with make_backend).
     schedule: a spec ("sync", "spread", "background", ...) or a factory giving each camera its own
     KeyframeSchedule (a schedule holds a camera's deep pass in flight, so it is never shared).
+    graph_io, labels_at: as StreamEngine's, for every camera.
     """
 
     def __init__(self, model: DCFM, cameras: Sequence[str], policy: KeyframePolicy, *,
                  backend: InferenceBackend, input_size: tuple[int, int] | None = None,
                  schedule: str | Callable[[], KeyframeSchedule] = "sync", spread: int = 3,
-                 nonkey_blend: str | None = "auto", drop_policy: str = "latest") -> None:
+                 nonkey_blend: str | None = "auto", drop_policy: str = "latest", graph_io: bool = False,
+                 labels_at: str = "camera") -> None:
         names = check_camera_names(cameras)
         if not names:
             raise ValueError("MultiStreamEngine needs at least one camera")
@@ -120,7 +122,8 @@ class MultiStreamEngine(Generic[T]):
         for name in names:
             sched = schedule() if callable(schedule) else schedule
             engine = StreamEngine(model, policy, input_size=input_size, backend=backend, schedule=sched,
-                                  spread=spread, nonkey_blend=nonkey_blend)
+                                  spread=spread, nonkey_blend=nonkey_blend, graph_io=graph_io,
+                                  labels_at=labels_at)
             self.streams[name] = CameraStream(name, engine)
         first = self.streams[names[0]].engine
         self.device = first.device

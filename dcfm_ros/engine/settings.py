@@ -455,6 +455,7 @@ def build_multi_engine(settings: NodeSettings) -> MultiStreamEngine:
     try:
         return MultiStreamEngine(model, settings.cameras, settings.keyframe.make_policy(), backend=net,
                                  input_size=settings.input_size, schedule=settings.keyframe.make_schedule,
-                                 nonkey_blend=settings.nonkey_blend, drop_policy=settings.drop_policy)
+                                 nonkey_blend=settings.nonkey_blend, drop_policy=settings.drop_policy,
+                                 graph_io=True)  # as the single-camera node's engine
     except (RuntimeError, ValueError) as exc:
         raise StartupError(_cannot_run(settings, exc)) from exc
