@@ -14,8 +14,10 @@ setup(
         ("share/ament_index/resource_index/packages", ["resource/dcfm_ros"]),
         ("share/dcfm_ros", ["package.xml"]),
         ("share/dcfm_ros/launch", ["launch/dcfm.launch.py"]),
-        ("share/dcfm_ros/config", ["config/dcfm.yaml", "config/dcfm.rviz"]),
+        ("share/dcfm_ros/config", ["config/dcfm.yaml", "config/dcfm.rviz", "config/dcfm_multi.rviz"]),
     ],
+    # pip install '.[fleet]': Ray for dcfm-fleet-eval --ray (the serial and --workers runs need nothing more)
+    extras_require={"fleet": ["ray>=2.40"]},
     entry_points={
         "console_scripts": [
             "dcfm_node = dcfm_ros.node.main:main",
@@ -28,6 +30,7 @@ setup(
             "dcfm-compare = dcfm_ros.tools.compare:main",
             "dcfm-bag-eval = dcfm_ros.tools.bag_eval:main",
             "dcfm-make-bag = dcfm_ros.tools.make_bag:main",
+            "dcfm-fleet-eval = dcfm_ros.tools.fleet_eval:main",
         ]
     },
 )

@@ -178,7 +178,7 @@ def select_keyframes(frames: Sequence[np.ndarray], policy: KeyframePolicy,
     since = 0
     with torch.inference_mode():
         for t, frame in enumerate(frames):
-            small = pre.motion_copy(pre.upload(frame)) if policy.needs_motion else None
+            small = pre.motion_copy(pre.upload(frame)) if policy.score == "motion" else None
             if t == 0 or frame.shape != last_shape:
                 is_key = True
             else:

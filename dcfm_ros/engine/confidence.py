@@ -28,3 +28,9 @@ def frame_confidence(logits: Tensor) -> Confidence:
     mean = float(top.mean().item())
     map_u8 = (top * 255.0).round_().to(torch.uint8).cpu().numpy()
     return Confidence(mean=mean, map_u8=map_u8)
+
+
+def confidence_from_top(top: np.ndarray) -> Confidence:
+    """Confidence from the top softmax probability map (h, w) a graph computed (graph I/O)."""
+    top = np.asarray(top, dtype=np.float32)
+    return Confidence(mean=float(top.mean()), map_u8=np.rint(top * 255.0).astype(np.uint8))

@@ -17,7 +17,9 @@ import time
 
 import torch
 
-PRECISIONS = ("fp32", "fp16", "bf16")
+from dcfm_ros.engine.specs import PRECISIONS  # one list of names
+
+# torch's autocast dtypes; "auto" is resolved by the backend factory (backends.pick_precision)
 _DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 

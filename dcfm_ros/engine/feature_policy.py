@@ -7,14 +7,16 @@ the last one), or after MAX frames. On a moving vehicle, raw pixel differences (
 fire on ego-motion over texture that the network maps to the same classes; the similarity of F_in
 measures what the network sees. enc_lo runs on every frame anyway, so the score costs one cosine map.
 
-The policy declares `needs_similarity`; the engine then computes the map after enc_lo and passes the
-score as `decide`'s second argument (the motion score's place in the KeyframePolicy protocol).
+The policy's `score` is "similarity" (engine/keyframe.py, KeyframePolicy); the engine then asks the
+frame's network call for the similarity feature, computes the map and passes the share as `decide`'s
+second argument (the motion score's place in the protocol).
 """
 
 from __future__ import annotations
 
 import math
 
+from dcfm_ros.engine.specs import PolicyScore
 from dcfm_ros.model.similarity import LOW_SIMILARITY
 
 
@@ -28,6 +30,8 @@ class FeatureSimilarity:
     """Keyframe when `(share > threshold and frames_since_key >= min_interval)` or
     `frames_since_key >= max_interval`; share = fraction of pixels with similarity < 0.8."""
 
+    score: PolicyScore = "similarity"
+    # what `score` says, for callers that asked before the protocol had it
     needs_motion = False
     needs_similarity = True
     low_similarity = LOW_SIMILARITY
@@ -53,7 +57,7 @@ class FeatureSimilarity:
         if frames_since_key < self.min_interval:
             return False
         if score is None:
-            raise ValueError("FeatureSimilarity.decide needs the low-similarity share (needs_similarity)")
+            raise ValueError("FeatureSimilarity.decide needs the low-similarity share (score 'similarity')")
         return score > self.threshold
 
     def __repr__(self) -> str:

@@ -14,16 +14,25 @@ from __future__ import annotations
 import math
 from typing import Protocol, runtime_checkable
 
-from dcfm_ros.engine.specs import KEYFRAME_POLICIES, PolicySpec
+from dcfm_ros.engine.specs import KEYFRAME_POLICIES, POLICY_SCORES, PolicyScore, PolicySpec
 
 POLICIES = KEYFRAME_POLICIES
+
+# The score a policy decides on, which the engine computes for it (and only then):
+#   "none"        nothing: decide(frames_since_key, None)
+#   "motion"      the regional motion score against the keyframe (engine/preprocess.py), before the
+#                 frame's network call
+#   "similarity"  the share of pixels whose shallow-feature similarity to the keyframe is low
+#                 (engine/blend.py), which comes out of the frame's network call: the decision is
+#                 made after it (engine/stream.py)
 
 
 @runtime_checkable
 class KeyframePolicy(Protocol):
-    """What the engine asks a policy. `needs_motion`: whether it must compute the motion score."""
+    """What the engine asks a policy: `score`, the score it decides on (POLICY_SCORES), and
+    `decide(frames_since_key, score)` with that score (None for "none")."""
 
-    needs_motion: bool
+    score: PolicyScore
 
     def decide(self, frames_since_key: int, motion_score: float | None) -> bool: ...
 
@@ -40,6 +49,7 @@ def _positive_int(value: object, name: str) -> int:
 class FixedInterval:
     """Keyframe every `interval` frames (K in the paper): frames 0, K, 2K, ... K=1: every frame."""
 
+    score: PolicyScore = "none"
     needs_motion = False
 
     def __init__(self, interval: int) -> None:
@@ -62,6 +72,7 @@ class MotionThreshold:
     average) and a person crossing a static camera's view counts, not only a pan or a cut.
     """
 
+    score: PolicyScore = "motion"
     needs_motion = True
 
     def __init__(self, threshold: float, min_interval: int = 1, max_interval: int = 30) -> None:
@@ -126,6 +137,8 @@ def build_policy(spec: PolicySpec) -> KeyframePolicy:
 def check_policy(policy: object) -> KeyframePolicy:
     """Reject objects that do not implement the KeyframePolicy protocol, with a clear message."""
     if not isinstance(policy, KeyframePolicy) or not callable(getattr(policy, "decide", None)):
-        raise ValueError(f"policy must provide decide(frames_since_key, motion_score) and needs_motion, "
-                         f"got {type(policy).__name__}")
+        raise ValueError(f"policy must provide decide(frames_since_key, score) and score (one of "
+                         f"{POLICY_SCORES}), got {type(policy).__name__}")
+    if policy.score not in POLICY_SCORES:
+        raise ValueError(f"policy {policy!r}: score must be one of {POLICY_SCORES}, got {policy.score!r}")
     return policy

@@ -87,6 +87,17 @@ class FramePreprocessor:
         """Small 0..1 copy of the network input for the motion score (area average)."""
         return F.adaptive_avg_pool2d(x01, self.motion_size)
 
+    def host_motion_copy(self, image: np.ndarray) -> Tensor:
+        """The small copy straight from the camera's uint8 image (OpenCV's area average), for frames
+        whose resize runs inside the graph (graph I/O): the same area average as `motion_copy` where
+        the camera has the network's size and the factor is whole, else an area average of the camera
+        pixels instead of the resized ones; uint8 rounding adds at most 0.5/255 to a cell's mean."""
+        import cv2
+
+        h, w = self.motion_size
+        small = cv2.resize(np.ascontiguousarray(image), (w, h), interpolation=cv2.INTER_AREA)
+        return torch.from_numpy(small).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+
     @staticmethod
     def motion_score(small: Tensor, key_small: Tensor, grid: tuple[int, int] = MOTION_GRID) -> float:
         """Largest per-cell mean |x - x_key| over a `grid` of the small copies (0..1); (1, 1) is the

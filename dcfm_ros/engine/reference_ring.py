@@ -40,7 +40,7 @@ from dcfm_ros.engine.device import StageTimer, autocast, resolve_device, resolve
 from dcfm_ros.engine.preprocess import FramePreprocessor
 from dcfm_ros.model.multiframe import Memory, pad_references
 
-_STAGES = ("preprocess", "enc_lo", "enc_hi", "ffm", "head", "postprocess", "total")
+_STAGES = ("preprocess", "enc_lo", "enc_hi", "ffm", "head", "network", "postprocess", "total")
 
 
 def uses_reference_ring(model: nn.Module) -> bool:
@@ -153,6 +153,11 @@ class ReferenceStream:
     def describe(self) -> str:
         return f"{self.name} ({self.model.model_class}, references every {self.ring.stride} frames)"
 
+    graph_io = False  # the engine converts the frame (FramePreprocessor) for both paths
+
+    def prepare_frames(self, extras: bool = False, stages: bool = False) -> None:
+        """Nothing to build per frame kind: one path (StreamEngine calls this at start-up)."""
+
     def prepare_deep_units(self) -> None:
         raise ValueError(f"{self.model.model_class} has no keyframes (every frame runs the whole network): "
                          "the keyframe schedule must be sync")
@@ -192,6 +197,7 @@ class ReferenceStream:
         self._shape = shape
         timings = dict.fromkeys(_STAGES, 0.0)
         timings.update(timer.read())
+        timings["network"] = timings["enc_hi"] + timings["ffm"]
         timings["total"] = (time.perf_counter() - t_start) * 1000.0
         return {"labels": labels, "is_keyframe": True, "frames_since_key": 0, "motion_score": 0.0,
                 "timings_ms": timings, "confidence": confidence, "common_age": 0,
@@ -202,6 +208,8 @@ def reference_stream(model: nn.Module, backend: str | InferenceBackend, device: 
                      precision: str, stride: int | None,
                      input_size: tuple[int, int] | None = None) -> ReferenceStream | None:
     """The engine's path for a ring model (None for DCFM / TFC)."""
+    if isinstance(backend, ReferenceStream):  # built by the caller (engine/settings.py)
+        return backend
     if not uses_reference_ring(model):
         if stride is not None:
             raise ValueError("reference_stride applies to MRCFA / SD-CPC checkpoints only")

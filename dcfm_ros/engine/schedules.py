@@ -20,8 +20,10 @@ flight; the engine coalesces keyframe requests made while one runs into one pass
 frame the running one completes. The engine runs forced keyframes (first frame, reset(), size
 change) synchronously through `forced_pass`, whatever the schedule (there is no cache to answer with).
 
-Schedules use only the InferenceBackend interface (enc_hi, run_deep_units, common_part), so they run
-on every backend.
+A keyframe answered with its own deep pass (`inline`: sync, lag:0) and a forced keyframe are one
+call of the backend's fused key graph (`forced_keyframe`); a keyframe whose pass is deferred is a
+non-key call that also returns F_in, which `start` takes. Schedules use only the InferenceBackend
+interface (key_frame, enc_hi, run_deep_units, common_part), so they run on every backend.
 """
 
 from __future__ import annotations
@@ -30,14 +32,14 @@ import contextlib
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from dcfm_ros.engine.backends.base import InferenceBackend
+from dcfm_ros.engine.backends.base import FrameOutputs, GraphIO, InferenceBackend, StageMarks
 from dcfm_ros.engine.specs import KEYFRAME_SCHEDULES, parse_schedule
 from dcfm_ros.model.layers import DeepState
 
@@ -100,11 +102,16 @@ class KeyframeSchedule(ABC):
     def in_flight(self) -> bool:
         """Whether a deep pass was started and its cache is not swapped in yet."""
 
-    @abstractmethod
-    def start(self, net: InferenceBackend, f_in: Tensor, frame: int) -> Tensor | None:
-        """Begin the deep pass of keyframe `frame` (never called while in_flight). Returns F_co when
-        this very frame is to use it (sync; the engine then computes the common part), else None (the
-        cache arrives through `advance`)."""
+    @property
+    def inline(self) -> bool:
+        """Whether a keyframe uses its own deep pass (sync): the engine then runs it as one key call
+        and never calls `start`."""
+        return False
+
+    def start(self, net: InferenceBackend, f_in: Tensor, frame: int) -> None:
+        """Begin the deep pass of keyframe `frame` from its F_in (never called while in_flight, nor
+        on an inline schedule); the cache arrives through `advance`."""
+        raise NotImplementedError(f"{self.name}: keyframes run inline")
 
     def advance(self, net: InferenceBackend) -> CommonCache | None:
         """Called at the start of every frame that is not forced: do this frame's share of the pass
@@ -120,9 +127,12 @@ class KeyframeSchedule(ABC):
         """Release threads and streams; the schedule is not used afterwards."""
         self.cancel()
 
-    def forced_pass(self, net: InferenceBackend, f_in: Tensor) -> Tensor:
-        """F_co for a forced, synchronous keyframe (the engine has no cache to answer with)."""
-        return net.enc_hi(f_in)
+    def forced_keyframe(self, net: InferenceBackend, x: Tensor, want: Collection[str] = (),
+                        marks: StageMarks | None = None,
+                        camera: GraphIO | None = None) -> FrameOutputs:
+        """A forced, synchronous keyframe (the engine has no cache to answer with), also an inline
+        one: one key call (`camera`: with the I/O in the graph, backends.base)."""
+        return net.key_frame(x, want, marks, camera=camera)
 
     def frame_stream(self, device: torch.device) -> contextlib.AbstractContextManager:
         """Context the engine runs each frame's work in (a CUDA stream for `background`)."""
@@ -144,8 +154,9 @@ class SyncSchedule(KeyframeSchedule):
     def in_flight(self) -> bool:
         return False
 
-    def start(self, net: InferenceBackend, f_in: Tensor, frame: int) -> Tensor:
-        return net.enc_hi(f_in)
+    @property
+    def inline(self) -> bool:
+        return True
 
     def cancel(self) -> None:
         return None  # nothing is ever in flight
@@ -218,7 +229,17 @@ class SpreadSchedule(KeyframeSchedule):
     def cancel(self) -> None:
         self._state = None
 
-    def forced_pass(self, net: InferenceBackend, f_in: Tensor) -> Tensor:
+    def forced_keyframe(self, net: InferenceBackend, x: Tensor, want: Collection[str] = (),
+                        marks: StageMarks | None = None,
+                        camera: GraphIO | None = None) -> FrameOutputs:
+        # The deep pass unit by unit, timed: the costs the next plans group by (see the class doc).
+        # With the I/O in the graph (`camera`) the stages cannot take the camera image: that frame is
+        # one fused key call and the grouping keeps the costs it has (at first the guess).
+        if camera is not None:
+            return net.key_frame(x, want, marks, camera=camera)
+        return net.key_frame(x, want, marks, deep=lambda f_in: self._timed_pass(net, f_in))
+
+    def _timed_pass(self, net: InferenceBackend, f_in: Tensor) -> Tensor:
         state: DeepState = (f_in,)
         times = []
         for i in range(net.num_deep_units):
@@ -256,11 +277,12 @@ class LagSchedule(KeyframeSchedule):
     def in_flight(self) -> bool:
         return self._held is not None
 
-    def start(self, net: InferenceBackend, f_in: Tensor, frame: int) -> Tensor | None:
-        if self.lag == 0:
-            return net.enc_hi(f_in)
+    @property
+    def inline(self) -> bool:
+        return self.lag == 0
+
+    def start(self, net: InferenceBackend, f_in: Tensor, frame: int) -> None:
         self._held, self._left = (f_in, frame), self.lag
-        return None
 
     def advance(self, net: InferenceBackend) -> CommonCache | None:
         if self._held is None:

@@ -24,8 +24,10 @@ from typing import TYPE_CHECKING, Any
 from dcfm_ros.engine.specs import BACKENDS, KEYFRAME_POLICIES, KEYFRAME_SCHEDULES, PRECISIONS
 
 if TYPE_CHECKING:
-    from dcfm_ros.engine import KeyframePolicy, StreamEngine
+    from dcfm_ros.engine import InferenceBackend, KeyframePolicy, StreamEngine
+    from dcfm_ros.engine.multistream import MultiStreamEngine
     from dcfm_ros.engine.schedules import KeyframeSchedule
+    from dcfm_ros.model import DCFM
 
 DEFAULT_MODEL_FILE = "camvid_efficientnet_lite0.safetensors"
 DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -77,7 +79,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               constraints="path to an existing dcfm_ros checkpoint, or empty"),
     ParamSpec("device", T.STRING, "auto", "Inference device. auto: cuda if available, else cpu.",
               constraints="auto, cpu, cuda or cuda:N"),
-    ParamSpec("precision", T.STRING, "fp32", "Inference precision; fp16/bf16 need a CUDA device.",
+    ParamSpec("precision", T.STRING, "fp32", "Inference precision. auto: the fastest one measured to keep "
+              "the labels on this backend and CPU/GPU (openvino on a CPU with native bf16: bf16; "
+              "tensorrt: fp16; else fp32), logged at start-up with the reason. bf16 on the CPU needs "
+              "backend openvino; fp16/bf16 on torch need a CUDA device.",
               constraints="one of " + ", ".join(PRECISIONS)),
     ParamSpec("backend", T.STRING, "auto", "Inference backend. auto: the fastest available for the device "
               "(CPU: openvino, else onnxruntime, else torch; CUDA: tensorrt, else onnxruntime's GPU "
@@ -123,6 +128,12 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("keyframe.spread", T.INTEGER, 3, "spread schedule: frames a keyframe's deep pass is spread "
               "over (the new common feature is used from that many frames after the keyframe).",
               read_only=False, int_range=(1, 64)),
+    ParamSpec("cameras", T.STRING_ARRAY, None, "Camera names for one node serving several cameras with one "
+              "model: camera <c> reads <c>/image (or <c>/image/compressed) and publishes under "
+              "<c>/segmentation/..., with its own keyframes, common feature and counters and one "
+              "diagnostics status. Unset or []: one camera on image and segmentation/... (as without "
+              "this parameter).",
+              constraints="ROS name tokens (letters, digits, _), each once"),
     ParamSpec("input_size", T.INTEGER_ARRAY, None, "[H, W] the network runs at (images are resized to it, "
               "outputs come back at camera resolution). Unset or []: the model's own input size.",
               constraints="[H, W], positive ints"),
@@ -131,6 +142,14 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               constraints="names from the model's class list"),
     ParamSpec("overlay_alpha", T.DOUBLE, 0.5, "Weight of the class colours in segmentation/overlay (0: "
               "camera image only, 1: colours only).", read_only=False, float_range=(0.0, 1.0)),
+    ParamSpec("viewer_rate", T.DOUBLE, 0.0, "Viewer outputs (color, overlay, their /compressed topics, "
+              "confidence, masks) at most this many times a second; 0: every frame the viewer worker "
+              "keeps up with. They are made off the inference thread, newest frame only, and only "
+              "while someone subscribes, so they never delay segmentation/labels.", read_only=False,
+              constraints="0 <= viewer_rate <= 1000", float_range=(0.0, 1000.0)),
+    ParamSpec("jpeg_quality", T.INTEGER, 80, "JPEG quality of segmentation/overlay/compressed (1-100, "
+              "as image_transport's compressed plugin; segmentation/color/compressed is lossless PNG).",
+              read_only=False, int_range=(1, 100)),
     ParamSpec("image_transport", T.STRING, "raw", "raw: subscribe to image (sensor_msgs/Image). "
               "compressed: subscribe to image/compressed (sensor_msgs/CompressedImage, jpeg/png).",
               constraints="one of " + ", ".join(TRANSPORTS)),
@@ -223,6 +242,9 @@ class NodeSettings:
     values: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     backend: str = "auto"
     backend_cache_dir: str = ""
+    cameras: tuple[str, ...] = ()
+    viewer_rate: float = 0.0
+    jpeg_quality: int = 80
 
     @property
     def model_path(self) -> Path:
@@ -321,6 +343,18 @@ def settings_from_values(values: Mapping[str, Any]) -> NodeSettings:
             raise ParameterError(f"parameter 'mask_classes' lists a class twice: {list(classes)!r}")
         mask_classes = tuple(classes)
 
+    names = values["cameras"]
+    cameras: tuple[str, ...] = ()
+    if names is not None:
+        from dcfm_ros.engine.specs import check_camera_names
+
+        if isinstance(names, str):
+            raise ParameterError(f"parameter 'cameras' must be a list of camera names; got {names!r}")
+        try:
+            cameras = check_camera_names(list(names))
+        except ValueError as exc:
+            raise ParameterError(f"parameter 'cameras': {exc}") from exc
+
     settings = NodeSettings(
         model=model.strip(),
         device=device.strip().lower(),
@@ -339,6 +373,9 @@ def settings_from_values(values: Mapping[str, Any]) -> NodeSettings:
         values=dict(values),
         backend=_choice(values, "backend", BACKENDS),
         backend_cache_dir=_path_or_empty(values, "backend_cache_dir"),
+        cameras=cameras,
+        viewer_rate=_in_range(values, "viewer_rate", 0.0, 1000.0),
+        jpeg_quality=_int(values, "jpeg_quality", 1, 100),
     )
     # Last: the cross-field keyframe rules (threshold < 1, min <= max) come from the engine, whose
     # import loads torch; every other mistake is reported before that.
@@ -355,10 +392,10 @@ def mask_topic_suffix(class_name: str) -> str:
     return token
 
 
-def build_engine(settings: NodeSettings) -> StreamEngine:
-    """Load the checkpoint and build the StreamEngine; StartupError with a clear reason otherwise."""
-    from dcfm_ros.engine import StreamEngine, make_backend
-    from dcfm_ros.engine.reference_ring import uses_reference_ring
+def _load(settings: NodeSettings) -> tuple[DCFM, InferenceBackend]:
+    """The checkpoint's model and its backend (built once: one set of weights and graphs in memory)."""
+    from dcfm_ros.engine import make_backend
+    from dcfm_ros.engine.reference_ring import reference_stream, uses_reference_ring
     from dcfm_ros.model import CheckpointError, load_checkpoint
 
     path = settings.model_path
@@ -380,19 +417,50 @@ def build_engine(settings: NodeSettings) -> StreamEngine:
         raise StartupError(f"parameter 'mask_classes': classes {list(settings.mask_classes)} give clashing "
                            f"topic names {suffixes}")
     try:
-        if uses_reference_ring(model):  # MRCFA / SD-CPC: the engine's own torch path, a reference ring
-            return StreamEngine(model, settings.keyframe.make_policy(), device=settings.device,
-                                precision=settings.precision, input_size=settings.input_size,
-                                backend=settings.backend, schedule=settings.keyframe.make_schedule(),
-                                nonkey_blend=settings.nonkey_blend)
+        if uses_reference_ring(model):  # MRCFA / SD-CPC: the engine's own path with a reference ring
+            ring = reference_stream(model, settings.backend, settings.device, settings.precision, None,
+                                    settings.input_size or tuple(model.config.input_size))
+            return model, ring  # type: ignore[return-value]
         # Built here (graph export / engine build at start-up, never on a frame).
         net = make_backend(settings.backend, model, settings.device, settings.precision,
                            input_size=settings.input_size or tuple(model.config.input_size),
                            cache_dir=settings.backend_cache_dir or None)
+    except (RuntimeError, ValueError) as exc:
+        raise StartupError(_cannot_run(settings, exc)) from exc
+    return model, net
+
+
+def _cannot_run(settings: NodeSettings, exc: Exception) -> str:
+    return (f"cannot run the model with backend={settings.backend!r}, device={settings.device!r}, "
+            f"precision={settings.precision!r}, input_size={settings.input_size}: {exc}")
+
+
+def build_engine(settings: NodeSettings) -> StreamEngine:
+    """Load the checkpoint and build the StreamEngine; StartupError with a clear reason otherwise."""
+    from dcfm_ros.engine import StreamEngine
+
+    model, net = _load(settings)
+    try:
         return StreamEngine(model, settings.keyframe.make_policy(), input_size=settings.input_size,
                             backend=net, schedule=settings.keyframe.make_schedule(),
-                            nonkey_blend=settings.nonkey_blend)
+                            nonkey_blend=settings.nonkey_blend,
+                            # graph_io: on onnxruntime/openvino the frame's one call takes the camera
+                            # image and returns the labels (no torch op on the frame's path); the
+                            # engine turns it off where it cannot apply
+                            graph_io=True)
     except (RuntimeError, ValueError) as exc:
-        raise StartupError(f"cannot run the model with backend={settings.backend!r}, device="
-                           f"{settings.device!r}, precision={settings.precision!r}, input_size="
-                           f"{settings.input_size}: {exc}") from exc
+        raise StartupError(_cannot_run(settings, exc)) from exc
+
+
+def build_multi_engine(settings: NodeSettings) -> MultiStreamEngine:
+    """The engine of a node with `cameras`: one model and backend, one stream per camera."""
+    from dcfm_ros.engine.multistream import MultiStreamEngine
+
+    model, net = _load(settings)
+    try:
+        return MultiStreamEngine(model, settings.cameras, settings.keyframe.make_policy(), backend=net,
+                                 input_size=settings.input_size, schedule=settings.keyframe.make_schedule,
+                                 nonkey_blend=settings.nonkey_blend, drop_policy=settings.drop_policy,
+                                 graph_io=True)  # as the single-camera node's engine
+    except (RuntimeError, ValueError) as exc:
+        raise StartupError(_cannot_run(settings, exc)) from exc

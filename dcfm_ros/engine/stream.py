@@ -9,6 +9,16 @@ itself: it is computed once per keyframe, so a non-key frame's FFM convolves onl
 channels. Key and non-key frames share the fuse_with_common path; the result equals
 model.ffm(F_co, F_in) up to float rounding.
 
+One frame is three named steps, `process` = `decide` -> `run` -> `commit`:
+- decide: validate and convert the image, the schedule's share of a deep pass in flight, the policy's
+  score and decision (the feature policy decides in `run`, from the call's similarity feature);
+- run:    ONE backend call for the frame's kind (backends.base: `key_frame`, `nonkey_frame`), on the
+  graph backends one fused graph; a deferred deep pass starts from the F_in that call returned;
+- commit: the blend (engine/blend.py), labels and confidence, then the stream's new state.
+All state a stream carries between frames is one `StreamState`, apart from the shared network and
+backend, so a scheduler for several cameras can decide for each, run them, and commit each.
+`stages=True` is the profiling mode: each frame runs the stage calls one by one, timed per stage.
+
 `process` returns the current frame's labels before it returns at all: no frame is buffered, no
 future frame is looked at (the authors' loop computes the next keyframe first even in P mode; a
 live node must not). Keyframes are forced on the first frame, after `reset()` and when the image
@@ -24,25 +34,26 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
+import cv2
 import numpy as np
 import torch
 from torch import Tensor
 
 from dcfm_ros.engine.backends import InferenceBackend, make_backend
-from dcfm_ros.engine.blend import KeyReference, NonkeyBlend, low_similarity_share, parse_blend
-from dcfm_ros.engine.confidence import Confidence, frame_confidence
+from dcfm_ros.engine.backends.base import FrameOutputs, GraphIO, stage_path
+from dcfm_ros.engine.blend import NonkeyBlend, low_similarity_share, parse_blend
+from dcfm_ros.engine.confidence import Confidence, confidence_from_top, frame_confidence
 from dcfm_ros.engine.device import StageTimer
 from dcfm_ros.engine.keyframe import KeyframePolicy, check_policy
+from dcfm_ros.engine.network import StreamNetwork, check_network
 from dcfm_ros.engine.preprocess import FramePreprocessor, validate_image, validate_size
 from dcfm_ros.engine.reference_ring import reference_stream
 from dcfm_ros.engine.schedules import CommonCache, KeyframeSchedule, make_schedule
+from dcfm_ros.engine.specs import LABEL_SIZES
 
-if TYPE_CHECKING:
-    from dcfm_ros.model import DCFM
-
-TIMING_KEYS = ("preprocess", "enc_lo", "enc_hi", "ffm", "head", "postprocess", "total")
+STAGE_KEYS = ("enc_lo", "enc_hi", "ffm", "head")
+TIMING_KEYS = ("preprocess", *STAGE_KEYS, "network", "postprocess", "total")
 
 
 @dataclass
@@ -55,12 +66,14 @@ class FrameResult:
     is_keyframe: bool
     frames_since_key: int  # 0 on a keyframe
     # the regional motion score against the last keyframe (see MotionThreshold); 0.0 when it was not
-    # computed (forced keyframes, and policies with needs_motion False).
+    # computed (forced keyframes, and policies whose score is not "motion").
     motion_score: float
-    # ms per stage: preprocess (incl. motion score), enc_lo, enc_hi (deep-pass work run on this
-    # frame's thread: the whole pass on a sync keyframe, one piece with spread, 0 otherwise), ffm (on
-    # a sync keyframe incl. computing the cached common part; otherwise only the F_in half), head,
-    # postprocess (upsample + argmax + copy to host), total (wall time of process()).
+    # ms: preprocess (incl. motion score), network (the network's work on this frame's thread: the
+    # frame's call plus a spread piece), postprocess (blend, upsample + argmax + copy to host,
+    # confidence), total (wall time of process()). Per stage (enc_lo; enc_hi: deep-pass work on this
+    # thread, the whole pass on a sync keyframe, one piece with spread, 0 otherwise; ffm; head) where
+    # the stages run as calls of their own: the torch backend, the profiling mode (stages=True), a
+    # keyframe the feature policy made after its call; a fused graph call is 0 there.
     timings_ms: dict[str, float] = field(default_factory=dict)
     # mean top softmax probability and its small per-pixel map (see engine.confidence)
     confidence: Confidence | None = None
@@ -73,58 +86,152 @@ class FrameResult:
     low_similarity: float = 0.0
 
 
+@dataclass
+class StreamState:
+    """Everything one stream (camera) carries from frame to frame; the network and the backend are
+    shared. Changed only by `StreamEngine.commit`, so a frame that fails leaves it as it was."""
+
+    policy: KeyframePolicy
+    schedule: KeyframeSchedule  # with the deep pass it has in flight
+    blend: NonkeyBlend  # with its references
+    cache: CommonCache | None = None  # the FFM's common part of a keyframe's F_co, and its frame
+    key_small: Tensor | None = None  # the keyframe's small copy, for the motion score
+    since: int = 0  # frames since the last keyframe
+    frame: int = -1  # index of the last frame since forget()
+    pending: bool = False  # a keyframe was asked for while a deep pass was in flight
+    image_shape: tuple[int, int] | None = None  # the camera resolution the cache belongs to
+
+    def forget(self) -> None:
+        """The next frame is a keyframe (reset, or a new stream)."""
+        self.schedule.cancel()
+        self.blend.reset()
+        self.cache = self.key_small = self.image_shape = None
+        self.since, self.frame, self.pending = 0, -1, False
+
+
+@dataclass
+class FramePlan:
+    """What `decide` settled for one frame of one stream."""
+
+    state: StreamState
+    shape: tuple[int, int]
+    frame: int
+    forced: bool  # first frame, after reset(), or a new resolution
+    since: int
+    wants: bool  # a keyframe is asked for (policy, or a request carried over)
+    is_key: bool  # this frame starts a deep pass (forced, or wanted with none in flight)
+    score: float  # the motion score (0.0 when not computed)
+    x: Tensor  # the normalised network input (graph I/O: the camera's image, (1, H, W, 3) uint8)
+    x01: Tensor | None  # the same, 0..1 (the motion copy of a keyframe; None with graph I/O)
+    image: np.ndarray  # the camera's image
+    small: Tensor | None  # this frame's motion copy when the score was computed
+    arrived: CommonCache | None  # a deferred deep pass's cache, first used by this frame
+    kind: str  # "key": one key call (forced, inline keyframe); "nonkey": one non-key call
+    outputs: frozenset[str]  # the extra outputs the call returns (backends.base.EXTRA_OUTPUTS)
+    timer: StageTimer
+    t_start: float
+
+    @property
+    def decides_after(self) -> bool:
+        """The policy decides from the call's similarity feature (feature policy)."""
+        return not self.forced and self.state.policy.score == "similarity"
+
+
+@dataclass
+class FrameRun:
+    """What `run` computed for a plan."""
+
+    out: FrameOutputs
+    cache: CommonCache  # the common part the frame used
+    fresh: bool  # the frame is the first to use `cache`
+    key_sim: Tensor | None  # similarity map to the blend's keyframe reference
+    low: float  # its low-similarity share
+    wants: bool  # the final decision (the feature policy's is made here)
+    is_key: bool
+
+
 class StreamEngine:
     """P-mode DCFM over a live stream.
 
+    model: a StreamNetwork (dcfm_ros.engine.network: DCFM, TFC).
     backend: a name from `dcfm_ros.engine.backends.BACKENDS` (built here for `device` and
     `precision`) or a ready InferenceBackend (whose device and precision then apply). The torch
     backend moves `model` to the device and puts it in eval mode.
     schedule: when keyframes' deep passes run (see dcfm_ros.engine.schedules): "sync" (default, the
     paper's P mode), "spread" (in `spread` pieces over the following frames), "background" (worker
     with `background_threads` torch threads), "lag:L" (offline evaluation), or a KeyframeSchedule.
+    stages: the profiling mode (each frame runs the stage calls one by one, each timed; the labels
+    are the fused path's up to float rounding).
+    graph_io: on a backend that can (backends.base.InferenceBackend.graph_io: onnxruntime, openvino
+    on the CPU), the frame's call takes the camera's uint8 image and returns the labels at its size
+    and the confidence map (resize, normalise, upsample, argmax, softmax in the graph: no torch op
+    on the frame's path); not with a blend (it needs the logits) nor in the profiling mode.
+    labels_at: with graph_io, where the labels are made (engine.specs.LABEL_SIZES): "camera"
+    (default, exact: the logits upsampled to the camera's size, argmax there: the labels of the
+    host path) or "network" (at the network's input size, then nearest-neighbour scaled to the
+    camera's; on the CamVid val clip at 1080x1440 its mIoU was the exact method's +0.06 at 0.42x the
+    time, docs/fast-path.md).
     Call close() when done with a background schedule (it stops the worker).
     """
 
-    def __init__(self, model: DCFM, policy: KeyframePolicy, device: str | torch.device = "auto",
+    def __init__(self, model: StreamNetwork, policy: KeyframePolicy, device: str | torch.device = "auto",
                  precision: str = "fp32", input_size: tuple[int, int] | None = None,
                  backend: str | InferenceBackend = "torch", schedule: str | KeyframeSchedule = "sync",
                  spread: int = 3, background_threads: int | None = 1,
-                 nonkey_blend: str | None = "auto", reference_stride: int | None = None) -> None:
+                 nonkey_blend: str | None = "auto", stages: bool = False, graph_io: bool = False,
+                 labels_at: str = "camera", reference_stride: int | None = None) -> None:
         # MRCFA / SD-CPC: every frame through engine/reference_ring.py (None for DCFM / TFC).
         self._ring = reference_stream(model, backend, device, precision, reference_stride, input_size)
+        self.model = model if self._ring is not None else check_network(model)
         self.backend = self._ring if self._ring is not None else backend if isinstance(
             backend, InferenceBackend) else make_backend(backend, model, device, precision)
         self.device = self.backend.device
         self.precision = self.backend.precision
-        self.policy = policy  # validated by the setter
-        self._schedule = make_schedule(schedule, spread, background_threads)
-        if self._schedule.uses_deep_units:
-            self.backend.prepare_deep_units()  # at start-up, not on the first keyframe
+        self.stages = bool(stages)
+        # What the frame calls go to: the backend's fused path, or its stages one by one (profiling).
+        self._net = stage_path(self.backend) if self.stages else self.backend
         config = model.config
-        self.model = model
         # nonkey_blend (engine/blend.py): "auto" = the model's own (DCFM none, TFC cosine).
-        self.blend = NonkeyBlend(parse_blend(nonkey_blend, model), model)
+        self.state = StreamState(check_policy(policy), make_schedule(schedule, spread, background_threads),
+                                 NonkeyBlend(parse_blend(nonkey_blend, model), model))
+        self._prepare()
         self.num_classes: int = config.num_classes
         self.class_names: tuple[str, ...] = tuple(config.class_names)
         self.palette: tuple[tuple[int, int, int], ...] = tuple(tuple(c) for c in config.palette)
         self.input_size = validate_size(config.input_size if input_size is None else input_size)
         self._pre = FramePreprocessor(self.input_size, config.mean, config.std, self.device,
                                       self.num_classes)
+        if labels_at not in LABEL_SIZES:
+            raise ValueError(f"labels_at must be one of {LABEL_SIZES}, got {labels_at!r}")
+        self.labels_at = labels_at
+        net = self.backend
+        self.graph_io = bool(graph_io and net.graph_io and not self.stages and self.device.type == "cpu"
+                             and getattr(net, "input_size", None) == self.input_size
+                             and not self.state.blend.spec.enabled)
         self.reset()
+
+    def _prepare(self) -> None:
+        # At start-up (and when policy or schedule change), not on the first frame that needs it.
+        st = self.state
+        if st.schedule.uses_deep_units:
+            self.backend.prepare_deep_units()
+        extras = st.blend.spec.enabled or st.policy.score == "similarity" or not st.schedule.inline
+        self.backend.prepare_frames(extras=extras, stages=self.stages)
 
     @property
     def policy(self) -> KeyframePolicy:
-        return self._policy
+        return self.state.policy
 
     @policy.setter
     def policy(self, policy: KeyframePolicy) -> None:
         # Replaceable at run time (node parameters); takes effect from the next frame. The cached
         # common part and the keyframe's small copy stay valid, so no keyframe is forced.
-        self._policy = check_policy(policy)
+        self.state.policy = check_policy(policy)
+        self._prepare()
 
     @property
     def schedule(self) -> KeyframeSchedule:
-        return self._schedule
+        return self.state.schedule
 
     @schedule.setter
     def schedule(self, schedule: str | KeyframeSchedule) -> None:
@@ -132,42 +239,39 @@ class StreamEngine:
         # it stopped running, so two never overlap) and its keyframe request carries over to the new
         # schedule's next frame.
         new = make_schedule(schedule)
-        old = self._schedule
+        st = self.state
+        old = st.schedule
         if new is old:
             return
-        self._pending = self._pending or old.in_flight
+        st.pending = st.pending or old.in_flight
         old.close()
-        if new.uses_deep_units:
-            self.backend.prepare_deep_units()
-        self._schedule = new
+        st.schedule = new
+        self._prepare()
+
+    @property
+    def blend(self) -> NonkeyBlend:
+        return self.state.blend
 
     def close(self) -> None:
         """Stop the schedule's worker (background); the engine is not used afterwards."""
-        self._schedule.close()
+        self.state.schedule.close()
 
     def reset(self) -> None:
         """Forget the cached keyframe: the next frame is a keyframe."""
-        self._schedule.cancel()
+        self.state.forget()
         if self._ring is not None:
             self._ring.reset()
-        self._cache: CommonCache | None = None  # ffm.common_part of a keyframe's F_co, and its frame
-        self._key_small: Tensor | None = None
-        self._key_ref: KeyReference | None = None  # the keyframe's share of the blend (engine/blend.py)
-        # nonkey_blend reference "prev": the last frame's blended output (engine/blend.py).
-        self._blend_ref: KeyReference | None = None
-        self._since = 0
-        self._frame = -1  # index of the last frame since reset()
-        self._pending = False  # a keyframe was asked for while a deep pass was in flight
-        self._image_shape: tuple[int, int] | None = None
 
     @property
     def has_keyframe(self) -> bool:
-        return self._cache is not None
+        return self.state.cache is not None
 
     @property
     def preprocessor(self) -> FramePreprocessor:
         """The engine's frame conversion (shared with the benchmark's baseline path)."""
         return self._pre
+
+    # -- the frame step ------------------------------------------------------------------------------
 
     def process(self, image_rgb: np.ndarray) -> FrameResult:
         """Segment one (H, W, 3) uint8 RGB frame; labels are returned at (H, W)."""
@@ -175,112 +279,137 @@ class StreamEngine:
         validate_image(image_rgb)
         if self._ring is not None:
             return FrameResult(**self._ring.process(image_rgb, self._pre))
+        with torch.inference_mode(), self.state.schedule.frame_stream(self.device):
+            plan = self.decide(image_rgb, self.state)
+            return self.commit(plan, self.run(plan))
+
+    def decide(self, image_rgb: np.ndarray, state: StreamState) -> FramePlan:
+        """The frame's kind and the outputs its call needs; runs the schedule's share of a deep pass
+        in flight and the motion score. Changes nothing in `state` but its schedule's pass."""
         t_start = time.perf_counter()
         shape = (int(image_rgb.shape[0]), int(image_rgb.shape[1]))
         timer = StageTimer(self.device)
-        net, sched = self.backend, self._schedule
-        frame = self._frame + 1
-        with torch.inference_mode(), sched.frame_stream(self.device):
-            timer.start()
-            forced = self._cache is None or shape != self._image_shape
-            arrived: CommonCache | None = None
-            working = sched.in_flight
-            if forced:
-                sched.cancel()  # its cache belongs to another size, or to before reset()
-            else:
-                arrived = sched.advance(net)  # this frame's piece, or a pass finished before it
-            if working and sched.on_frames:
-                timer.mark("enc_hi")
+        timer.start()
+        st, sched, policy = state, state.schedule, state.policy
+        forced = st.cache is None or shape != st.image_shape
+        arrived: CommonCache | None = None
+        working = sched.in_flight
+        if forced:
+            sched.cancel()  # its cache belongs to another size, or to before reset()
+        else:
+            arrived = sched.advance(self._net)  # this frame's piece, or a pass finished before it
+        if working and sched.on_frames:
+            timer.mark("enc_hi")
+        if self.graph_io:  # the graph resizes and normalises; the motion copy comes from the image
+            x01 = None
+            x = torch.from_numpy(np.ascontiguousarray(image_rgb)).unsqueeze(0)
+        else:
             x01 = self._pre.upload(image_rgb)
             x = self._pre.normalize(x01)
-            small: Tensor | None = None
-            score = 0.0
-            wants = forced
-            since = 0
-            needs_sim = bool(getattr(self._policy, "needs_similarity", False))
-            if not forced:
-                since = self._since + 1
-                if needs_sim:
-                    wants = False  # the feature policy decides after enc_lo (blend hook below)
-                elif self._policy.needs_motion:
-                    small = self._pre.motion_copy(x01)
-                    score = self._pre.motion_score(small, self._key_small)  # type: ignore[arg-type]
-                    wants = bool(self._policy.decide(since, score))
-                else:
-                    wants = bool(self._policy.decide(since, None))
-                wants = wants or self._pending
-            # One deep pass at a time: a request while one runs waits (coalesced) for its end.
-            is_key = forced or (wants and not sched.in_flight)
-            timer.mark("preprocess")
-            f_in = net.enc_lo(x)
-            timer.mark("enc_lo")
-            # --- nonkey_blend / feature-policy hook (engine/blend.py, engine/feature_policy.py) ---
-            # The reference is the first frame that used the current common feature (the keyframe
-            # with sync; with spread/background the frame its pass arrived on).
-            sim, low, s_t = None, 0.0, None  # s_t: this frame's similarity feature, computed once
-            if not forced and self._key_ref is not None and (self.blend.spec.enabled or needs_sim):
-                s_t = self.blend.feature(f_in)
-                sim = self.blend.similarity(self._key_ref, s_t)
-                low = low_similarity_share(sim)
-                if needs_sim:
-                    wants = bool(self._policy.decide(since, low)) or self._pending
-                    is_key = wants and not sched.in_flight
-            # --- end of hook ---
-            f_co: Tensor | None = None
-            if forced:
-                f_co = sched.forced_pass(net, f_in)
-            elif is_key:
-                f_co = sched.start(net, f_in, frame)
-            if f_co is not None:
-                timer.mark("enc_hi")
-                # Once per keyframe (counted in "ffm"): the F_co half of the FFM conv.
-                cache = CommonCache(net.common_part(f_co), frame)
+        small: Tensor | None = None
+        score, since, wants = 0.0, 0, forced
+        if not forced:
+            since = st.since + 1
+            if policy.score == "motion":
+                small = self._motion_copy(image_rgb, x01)
+                score = self._pre.motion_score(small, st.key_small)  # type: ignore[arg-type]
+                wants = bool(policy.decide(since, score))
+            elif policy.score == "none":
+                wants = bool(policy.decide(since, None))
+            # "similarity": decided in run(), from the call's similarity feature
+            wants = wants or st.pending
+        # One deep pass at a time: a request while one runs waits (coalesced) for its end.
+        is_key = forced or (wants and not sched.in_flight)
+        after = not forced and policy.score == "similarity"
+        kind = "key" if forced or (is_key and sched.inline and not after) else "nonkey"
+        outputs = st.blend.outputs(similarity=policy.score == "similarity")
+        if kind == "nonkey" and (is_key or after):
+            outputs.add("f_in")  # a deep pass may start from this frame's F_in
+        timer.mark("preprocess")
+        return FramePlan(st, shape, st.frame + 1, forced, since, wants, is_key, score, x, x01, image_rgb,
+                         small, arrived, kind, frozenset(outputs), timer, t_start)
+
+    def _motion_copy(self, image: np.ndarray, x01: Tensor | None) -> Tensor:
+        return self._pre.host_motion_copy(image) if x01 is None else self._pre.motion_copy(x01)
+
+    def run(self, plan: FramePlan) -> FrameRun:
+        """The frame's one backend call; starts a deferred deep pass from its F_in."""
+        st, sched, net, timer = plan.state, plan.state.schedule, self._net, plan.timer
+        camera = self._graph_io(plan)
+        if plan.kind == "key":
+            out = sched.forced_keyframe(net, plan.x, plan.outputs, timer, camera)
+            cache, fresh = CommonCache(out.common, plan.frame), True  # type: ignore[arg-type]
+        else:
+            cache = plan.arrived if plan.arrived is not None else st.cache
+            out = net.nonkey_frame(plan.x, cache.common, plan.outputs, timer,  # type: ignore[union-attr]
+                                   camera=camera)
+            fresh = plan.arrived is not None
+        key_sim, low = None, 0.0
+        if not plan.forced and out.sim is not None and (st.blend.spec.enabled or plan.decides_after):
+            key_sim = st.blend.key_similarity(out.sim)
+            low = 0.0 if key_sim is None else low_similarity_share(key_sim)
+        wants, is_key = plan.wants, plan.is_key
+        if plan.decides_after:
+            # No reference to compare with (the policy was swapped in at run time): ask for a
+            # keyframe, which makes one.
+            wants = (key_sim is None or bool(st.policy.decide(plan.since, low))) or st.pending
+            is_key = wants and not sched.in_flight
+        if is_key and plan.kind == "nonkey":
+            if sched.inline:  # the feature policy made it a keyframe after its call: finish it as one
+                out = self._key_from_f_in(plan, out)
+                cache, fresh = CommonCache(out.common, plan.frame), True  # type: ignore[arg-type]
             else:
-                cache = arrived if arrived is not None else self._cache  # type: ignore[assignment]
-            fresh = f_co is not None or arrived is not None  # this frame is the first to use `cache`
-            f = net.fuse(cache.common, f_in)
-            # Blend reference: the keyframe's, or (reference "prev") the previous frame's blended output.
-            blend_ref, blend_sim = self._key_ref, sim
-            if not fresh and s_t is not None and self.blend.follows_previous and self._blend_ref is not None:
-                blend_ref = self._blend_ref
-                blend_sim = self.blend.similarity(blend_ref, s_t)
-            f = self.blend.on_feature(None if fresh else blend_sim, blend_ref, f)  # blend hook
-            timer.mark("ffm")
-            logits = net.head(f)
-            blended = self.blend.on_logits(None if fresh else blend_sim, blend_ref, logits)  # blend hook
-            timer.mark("head")
-            if fresh or self.blend.follows_previous:
-                s_t = self.blend.feature(f_in) if s_t is None else s_t
-            if fresh:
-                key_ref = self.blend.keyframe(s_t, f, logits)  # blend hook: cached with the common part
-            elif self.blend.follows_previous:
-                next_ref = self.blend.keyframe(s_t, f, blended)
-            logits = blended
-            labels = self._pre.labels(logits, shape)
-            confidence = frame_confidence(logits)
-            timer.mark("postprocess")
-            if is_key:
-                # Kept for the motion score of the following frames (also when the current policy
-                # does not need it, so a policy swapped in at run time has its reference).
-                key_small = small if small is not None else self._pre.motion_copy(x01)
+                sched.start(net, out.f_in, plan.frame)  # type: ignore[arg-type]
+        return FrameRun(out, cache, fresh, key_sim, low, wants, is_key)  # type: ignore[arg-type]
+
+    def _graph_io(self, plan: FramePlan) -> GraphIO | None:
+        if not self.graph_io:
+            return None
+        return GraphIO(plan.shape, plan.shape if self.labels_at == "camera" else self.input_size)
+
+    def _key_from_f_in(self, plan: FramePlan, out: FrameOutputs) -> FrameOutputs:
+        key = self._net.key_from_f_in(out.f_in, out.sim, plan.outputs, plan.timer)  # type: ignore[arg-type]
+        if not self.graph_io:
+            return key
+        # graph I/O: the labels of the key call on the camera image (rare: the feature policy's
+        # keyframes with schedule sync); its common part is the one just computed from F_in
+        io = self._net.nonkey_frame(plan.x, key.common, (), plan.timer,  # type: ignore[arg-type]
+                                    camera=self._graph_io(plan))
+        return FrameOutputs(None, key.common, key.f_in, key.f, key.sim, io.labels, io.top)
+
+    def commit(self, plan: FramePlan, run: FrameRun) -> FrameResult:
+        """The blend, labels and confidence; then the stream's new state."""
+        st, timer = plan.state, plan.timer
+        step = st.blend.step(run.out, run.fresh, run.key_sim, self._net.head)
+        if run.out.labels is not None:  # graph I/O: made by the frame's call
+            labels = run.out.labels[0].numpy()
+            if labels.shape != plan.shape:  # labels_at "network": nearest neighbours to the camera's
+                labels = cv2.resize(labels, (plan.shape[1], plan.shape[0]), interpolation=cv2.INTER_NEAREST)
+            confidence = confidence_from_top(run.out.top[0].numpy())  # type: ignore[index]
+        else:
+            labels = self._pre.labels(step.logits, plan.shape)  # type: ignore[arg-type]
+            confidence = frame_confidence(step.logits)  # type: ignore[arg-type]
+        # Kept for the motion score of the following frames (also when the current policy does not
+        # need it, so a policy swapped in at run time has its reference).
+        key_small = None
+        if run.is_key:
+            key_small = plan.small if plan.small is not None else self._motion_copy(plan.image, plan.x01)
+        timer.mark("postprocess")
         timings = dict.fromkeys(TIMING_KEYS, 0.0)
         timings.update(timer.read())
-        timings["total"] = (time.perf_counter() - t_start) * 1000.0
+        timings["network"] += sum(timings[k] for k in STAGE_KEYS)
+        timings["total"] = (time.perf_counter() - plan.t_start) * 1000.0
         # Commit the new state only once the frame went through.
-        self._cache = cache
-        if fresh:
-            self._key_ref = self._blend_ref = key_ref  # blend hook
-        elif self.blend.follows_previous:
-            self._blend_ref = next_ref
-        if is_key:
-            self._key_small, self._since = key_small, 0
-            since = 0
-        else:
-            self._since = since
-        self._pending = wants and not is_key
-        self._frame = frame
-        self._image_shape = shape
-        return FrameResult(labels=labels, is_keyframe=is_key, frames_since_key=since,
-                           motion_score=score, timings_ms=timings, confidence=confidence,
-                           common_age=frame - cache.frame, deep_pass_in_flight=sched.in_flight,
-                           low_similarity=low)
+        st.cache = run.cache
+        st.blend.commit(step)
+        since = 0 if run.is_key else plan.since
+        if run.is_key:
+            st.key_small = key_small
+        st.since = since
+        st.pending = run.wants and not run.is_key
+        st.frame = plan.frame
+        st.image_shape = plan.shape
+        return FrameResult(labels=labels, is_keyframe=run.is_key, frames_since_key=since,
+                           motion_score=plan.score, timings_ms=timings, confidence=confidence,
+                           common_age=plan.frame - run.cache.frame,
+                           deep_pass_in_flight=st.schedule.in_flight, low_similarity=run.low)

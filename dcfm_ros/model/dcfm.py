@@ -9,9 +9,9 @@ F_co crosses the key/non-key boundary raw (un-normalised): `forward_key` returns
 output and `forward_nonkey` expects exactly that back; the FFM applies Norm itself. Keeping the
 cache raw means `enc_hi(F_in)` is the only thing that produces it, whoever calls the stages.
 
-Inference engines cache `common_cache(F_co)` (= ffm.common_part) instead of F_co and run
-`forward_nonkey_cached` / ffm.fuse_with_common: the exact split of the FFM's 1x1 conv that leaves
-only the F_in half to compute on a non-key frame (see FFM).
+Inference engines cache `ffm.common_part(F_co)` instead of F_co and run `ffm.fuse_with_common` on
+non-key frames: the exact split of the FFM's 1x1 conv that leaves only the F_in half to compute on a
+non-key frame (see FFM).
 """
 
 from __future__ import annotations
@@ -154,6 +154,10 @@ def build_head(kind: str, channels: int, num_classes: int, dropout: float) -> nn
 class DCFM(nn.Module):
     """The DCFM network. Modules: `enc_lo`, `enc_hi`, `ffm`, `head` (each callable on its own)."""
 
+    model_class = "DCFM"  # written into checkpoints (dcfm_ros.model.checkpoint)
+    default_blend = "none"  # what nonkey_blend "auto" stands for: DCFM does not blend
+    unit_feature = True  # F leaves the FFM L2-normalised (Norm)
+
     def __init__(self, config: DCFMConfig, encoder: SplitEncoder) -> None:
         super().__init__()
         self.config = config
@@ -204,6 +208,10 @@ class DCFM(nn.Module):
         f = self.ffm(f_co, f_in)
         return self.head(f), f
 
+    def similarity_feature(self, f_in: Tensor) -> Tensor:
+        """The feature the cosine blend and the feature policy compare: F_in itself."""
+        return f_in
+
     def deep_units(self) -> list[DeepUnit]:
         """`enc_hi` cut into its blocks, for engines that spread a keyframe's deep pass over time:
         run_deep_units(model.deep_units(), (F_in,)) == (model.enc_hi(F_in),). A backbone without
@@ -212,27 +220,6 @@ class DCFM(nn.Module):
         if units is None:
             return [DeepUnit("enc_hi", lambda f_in: (self.enc_hi(f_in),), [self.enc_hi])]
         return units()
-
-    def common_cache(self, f_co: Tensor) -> Tensor:
-        """The per-keyframe cache for `forward_nonkey_cached`: ffm.common_part of a raw F_co.
-
-        Computed once per keyframe, it turns every following non-key frame's FFM into a conv over
-        the `ffm_lo_channels` F_in channels only (see FFM). Same shape as F_co.
-        """
-        return self.ffm.common_part(f_co)
-
-    def forward_nonkey_cached(self, x: Tensor, common: Tensor) -> tuple[Tensor, Tensor]:
-        """`forward_nonkey` with the keyframe's `common_cache(F_co)` instead of F_co (same result up to
-        float rounding, much cheaper FFM). Returns (logits, F)."""
-        if common.dim() != 4 or common.shape[1] != self.co_channels:
-            raise ValueError(f"forward_nonkey_cached: common must be (B, {self.co_channels}, h, w) as "
-                             f"returned by common_cache, got shape {tuple(common.shape)}")
-        f_in = self.enc_lo(x)
-        if common.shape[0] != f_in.shape[0]:
-            raise ValueError(f"forward_nonkey_cached: common batch {common.shape[0]} != input batch "
-                             f"{f_in.shape[0]}")
-        f = self.ffm.fuse_with_common(common, f_in)
-        return self.head(f), f
 
     def forward(self, x: Tensor, f_co: Tensor | None = None) -> Tensor:
         """Logits upsampled bilinearly to x's size: keyframe path if f_co is None, else non-key."""

@@ -62,6 +62,7 @@ class MultiFrameModel(nn.Module):
     # Frames between two references on a 15 Hz video: both papers use t-3 (and t-6) on VSPW.
     default_stride = 3
     uses_fused = True  # False: enc_hi's all-MLP fuse is not part of the model (SD-CPC has SSEA)
+    default_blend = "none"  # the engine's nonkey_blend "auto": these models have no non-key frames
 
     def __init__(self, config: DCFMConfig, pretrained: str | Path | None = None) -> None:
         super().__init__()

@@ -187,6 +187,7 @@ class TFC(nn.Module):
 
     model_class = "TFC"  # written into checkpoints (dcfm_ros.model.checkpoint)
     default_blend = "cosine:feature"  # eq. 7 on z: part of the method, so the engine turns it on
+    unit_feature = False  # z is a ReLU output of any length
 
     def __init__(self, config: DCFMConfig, pretrained: str | Path | None = None,
                  drop_connect_rate: float = DROP_CONNECT_RATE) -> None:

@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from dcfm_ros.node.node import DCFMNode  # imports torch: after init so --ros-args errors are quick
 
         try:
-            node = DCFMNode()
+            node = DCFMNode(viewer_args=args)
         except (ParameterError, StartupError) as exc:
             logger.fatal(f"dcfm_node cannot start: {exc}")
             return 1

@@ -2,18 +2,20 @@
 
 Threads: the executor thread runs the camera callback (enqueue only, never waits for inference),
 parameter services, the 1 Hz diagnostics timer and (qos.reliability auto) the check of the input
-publishers' QoS; one worker thread converts, runs the engine and publishes. Topic names are relative,
+publishers' QoS; the inference thread converts, runs the engine and publishes labels and info; the
+viewer worker (node/outputs.py, node/viewer_publisher.py) makes and publishes the viewer outputs,
+newest frame only, so watching never delays the labels. Topic names are relative,
 so namespaces and remapping apply. An engine exception on one frame is logged and counted, the
 engine's keyframe cache is reset (the next frame is a keyframe), and the node carries on.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType
@@ -24,26 +26,28 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
-from dcfm_ros.msg import SegmentationClasses, SegmentationInfo
+from dcfm_ros.msg import SegmentationClasses
 from dcfm_ros.node import convert
 from dcfm_ros.node.diagnostics import NodeStats, diagnostics_msg
 from dcfm_ros.node.faults import engine_call
 from dcfm_ros.node.framequeue import FrameQueue
 from dcfm_ros.node.inputqos import BEST_EFFORT, input_qos, match_publishers
 from dcfm_ros.node.logthrottle import ReasonThrottle
+from dcfm_ros.node.outputs import CameraOutputs, ViewerParticipant
 from dcfm_ros.node.params import (
     ParameterError,
     StartupError,
     apply_changes,
     build_engine,
+    build_multi_engine,
     declare_parameters,
-    mask_topic_suffix,
     read_settings,
 )
 
 if TYPE_CHECKING:
     from dcfm_ros.engine import KeyframePolicy, StreamEngine
     from dcfm_ros.engine.schedules import KeyframeSchedule
+    from dcfm_ros.node.cameras import Cameras
 
 NODE_NAME = "dcfm_node"
 DIAGNOSTICS_PERIOD_S = 1.0
@@ -52,9 +56,6 @@ LOG_THROTTLE_S = 5.0
 QOS_CHECK_PERIOD_S = 0.5
 # frame_id as logged (a hostile 10 kB frame_id must not flood the log).
 LOG_FRAME_ID_CHARS = 64
-# Outputs: reliable, keep last 10 (ROS default, as image_pipeline publishers).
-OUTPUT_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST,
-                        durability=DurabilityPolicy.VOLATILE)
 # The class map: latched, a subscriber that joins late still gets the last one.
 LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -63,23 +64,58 @@ LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, histor
 class DCFMNode(Node):
     """Raises ParameterError / StartupError (after cleaning up) when it cannot start."""
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, viewer_args: list[str] | None = None, **kwargs: Any) -> None:
+        """viewer_args: the process's ROS arguments for the viewer participant (None: sys.argv)."""
         super().__init__(NODE_NAME, **kwargs)
+        self._viewer_args = sys.argv if viewer_args is None else viewer_args
+        self._viewer_participant: ViewerParticipant | None = None
         try:
             declare_parameters(self)
             self._settings = read_settings(self)
-            self.engine: StreamEngine = build_engine(self._settings)
-            self._setup()
+            self._cameras: Cameras | None = None
+            if self._settings.cameras:  # several cameras, one model: node/cameras.py
+                self._setup_cameras()
+            else:
+                self.engine: StreamEngine = build_engine(self._settings)
+                self._setup()
         except BaseException:
             self.destroy_node()
             raise
 
+    def destroy_node(self) -> None:
+        super().destroy_node()
+        if self._viewer_participant is not None:
+            self._viewer_participant.close()
+            self._viewer_participant = None
+
+    def _setup_cameras(self) -> None:
+        from dcfm_ros.node.cameras import Cameras
+
+        s = self._settings
+        self._throttle = ReasonThrottle(LOG_THROTTLE_S)
+        self.multi = build_multi_engine(s)
+        try:
+            single, faults = engine_call(lambda pair: pair[0].process(pair[1]))
+        except ValueError as exc:
+            raise StartupError(str(exc)) from exc
+        if faults:
+            self.get_logger().warning(f"fault injection on: engine calls {faults} will raise")
+        self._viewer_participant = ViewerParticipant(self, self._viewer_args)
+        self._cameras = Cameras(self, self._viewer_participant.node, s, self.multi, LATCHED_QOS,
+                                lambda engine, image: single((engine, image)), self._log_throttled)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.add_post_set_parameters_callback(self._on_parameters_set)
+        self._diag_timer = self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics,
+                                             clock=Clock(clock_type=ClockType.STEADY_TIME))
+        m = self.multi
+        self.get_logger().info(
+            f"model {s.model_path} ({m.num_classes} classes, input {m.input_size[0]}x{m.input_size[1]}) "
+            f"on {m.backend.describe()}, shared by {len(m.cameras)} cameras; keyframe policy {m.policy!r}, "
+            f"schedule {s.keyframe.schedule}; drop_policy {s.drop_policy}; {self._cameras.describe()}")
+
     def _setup(self) -> None:
         # Not imported at module level: the engine loads torch, and main imports this module before
         # the parameters are checked (most bad parameters are then reported in a fraction of a second).
-        from dcfm_ros.engine import colorize, overlay
-
-        self._colorize, self._overlay = colorize, overlay
         s = self._settings
         engine = self.engine
         self.stats = NodeStats()
@@ -96,20 +132,12 @@ class DCFMNode(Node):
         if faults:
             self.get_logger().warning(f"fault injection on: engine calls {faults} will raise")
 
-        self._pub_labels = self.create_publisher(Image, "segmentation/labels", OUTPUT_QOS)
-        self._pub_color = self.create_publisher(Image, "segmentation/color", OUTPUT_QOS)
-        self._pub_overlay = self.create_publisher(Image, "segmentation/overlay", OUTPUT_QOS)
-        self._pub_info = self.create_publisher(SegmentationInfo, "segmentation/info", OUTPUT_QOS)
-        self._pub_confidence = self.create_publisher(Image, "segmentation/confidence", OUTPUT_QOS)
+        # The per-camera output path: labels and info at once, viewer outputs on their own worker.
+        self._viewer_participant = ViewerParticipant(self, self._viewer_args)
+        self._outputs = CameraOutputs(self, self._viewer_participant.node, self.stats, engine.palette,
+                                      list(engine.class_names), s.mask_classes, self._viewer_failed)
         self._pub_classes = self.create_publisher(SegmentationClasses, "segmentation/classes", LATCHED_QOS)
         self._pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._masks = []  # (class id, topic suffix, publisher, buffer)
-        for name in s.mask_classes:
-            suffix = mask_topic_suffix(name)
-            pub = self.create_publisher(Image, f"segmentation/masks/{suffix}", OUTPUT_QOS)
-            self._masks.append((engine.class_names.index(name), suffix, pub, convert.ImageBuffer()))
-        self._buf_labels, self._buf_color, self._buf_overlay, self._buf_confidence = (
-            convert.ImageBuffer() for _ in range(4))
 
         header = Header(stamp=self.get_clock().now().to_msg())
         self._pub_classes.publish(convert.classes_msg(engine.class_names, engine.palette, header))
@@ -185,18 +213,29 @@ class DCFMNode(Node):
     # -- lifecycle ---------------------------------------------------------------------------------
 
     def start(self) -> None:
+        if self._cameras is not None:
+            self._cameras.start()
+            return
+        self._outputs.start()
         self._worker.start()
 
     def stop(self, timeout: float = 30.0) -> bool:
         """Stop the worker (after the frame in progress) and wait for it; False when it is still in
         that frame after `timeout` s (then it is abandoned: a daemon thread that publishes nothing)."""
+        if self._cameras is not None:
+            if not self._cameras.stop(timeout):
+                self.get_logger().warning(f"inference thread still in a frame after {timeout} s: abandoned")
+                return False
+            return True
         self._stopping.set()
         self._queue.close()
         if self._worker.is_alive():
             self._worker.join(timeout)
             if self._worker.is_alive():
                 self.get_logger().warning(f"inference thread still in a frame after {timeout} s: abandoned")
+                self._outputs.stop()
                 return False
+        self._outputs.stop()
         self.engine.close()  # a background schedule's worker
         return True
 
@@ -217,11 +256,19 @@ class DCFMNode(Node):
         new = apply_changes(self._settings, params)  # validated a moment ago by _on_set_parameters
         if new.keyframe.policy_fields() != self._settings.keyframe.policy_fields():
             policy = new.keyframe.make_policy()
-            with self._policy_lock:
-                self._pending_policy = policy  # the worker swaps it in before its next frame
+            if self._cameras is not None:
+                self._cameras.set_policy(policy)  # every camera, before the worker's next round
+            else:
+                with self._policy_lock:
+                    self._pending_policy = policy  # the worker swaps it in before its next frame
             self.get_logger().info(f"keyframe policy is now {policy!r}")
         if (new.keyframe.schedule, new.keyframe.spread) != (self._settings.keyframe.schedule,
                                                             self._settings.keyframe.spread):
+            if self._cameras is not None:
+                self._cameras.set_schedule(new.keyframe.make_schedule)  # one instance per camera
+                self.get_logger().info(f"keyframe schedule is now {new.keyframe.schedule} on every camera")
+                self._settings = new
+                return
             schedule = new.keyframe.make_schedule()
             with self._policy_lock:
                 self._pending_schedule = schedule
@@ -229,8 +276,16 @@ class DCFMNode(Node):
         self._settings = new
 
     def _publish_diagnostics(self) -> None:
-        totals, window = self.stats.take_window()
         s = self._settings
+        if self._cameras is not None:
+            m = self.multi
+            self._cameras.publish_diagnostics(s, {
+                "device": str(m.device), "precision": m.backend.precision, "backend": m.backend.name,
+                "keyframe_policy": repr(m.policy), "drop_policy": s.drop_policy,
+                "image_transport": s.image_transport, "cameras": ",".join(m.cameras),
+                "input_size": f"{m.input_size[0]}x{m.input_size[1]}", "model": str(s.model_path)})
+            return
+        totals, window = self.stats.take_window()
         static = {
             "device": str(self.engine.device),
             "precision": self.engine.precision,
@@ -242,6 +297,8 @@ class DCFMNode(Node):
             "input_qos": self._qos_text(),
             "input_size": f"{self.engine.input_size[0]}x{self.engine.input_size[1]}",
             "model": str(s.model_path),
+            "viewer_rate": f"{s.viewer_rate:g}",
+            **self._outputs.counters(),
         }
         self._pub_diag.publish(diagnostics_msg(
             self.get_clock().now().to_msg(), f"{self.get_fully_qualified_name()}: segmentation",
@@ -307,41 +364,13 @@ class DCFMNode(Node):
         confidence = result.confidence.mean if result.confidence is not None else float("nan")
         counters = self.stats.processed(result.is_keyframe, result.timings_ms.get("total", 0.0),
                                         confidence, self._settings.confidence_window)
-        header = msg.header
-        labels = result.labels
-        published = []
-        if self._pub_labels.get_subscription_count() > 0:
-            self._pub_labels.publish(convert.labels_to_msg(labels, header, self._buf_labels))
-            published.append("labels")
-        # End to end from the camera stamp; undefined for unstamped images. Plain integers: rclpy's
-        # Time refuses the negative stamps a message may carry.
-        stamp_ns = int(header.stamp.sec) * 10**9 + int(header.stamp.nanosec)
-        e2e = (self.get_clock().now().nanoseconds - stamp_ns) / 1e6 if stamp_ns else float("nan")
-        self.stats.latency((time.perf_counter() - t_received) * 1000.0, e2e)
-        if self._pub_info.get_subscription_count() > 0:
-            self._pub_info.publish(convert.info_msg(header, result, e2e, *counters))
-            published.append("info")
-        if self._pub_confidence.get_subscription_count() > 0 and result.confidence is not None:
-            self._pub_confidence.publish(convert.confidence_to_msg(result.confidence.map_u8, shape, header,
-                                                                   self._buf_confidence))
-            published.append("confidence")
+        self._outputs.publish(msg.header, rgb, result, t_received, counters, self._settings)
 
-        want_color = self._pub_color.get_subscription_count() > 0
-        want_overlay = self._pub_overlay.get_subscription_count() > 0
-        if want_color or want_overlay:
-            color = self._colorize(labels, self.engine.palette)
-            if want_color:
-                self._pub_color.publish(convert.rgb_to_msg(color, header, self._buf_color))
-                published.append("color")
-            if want_overlay:
-                blended = self._overlay(np.ascontiguousarray(rgb), color, self._settings.overlay_alpha)
-                self._pub_overlay.publish(convert.rgb_to_msg(blended, header, self._buf_overlay))
-                published.append("overlay")
-        for class_id, suffix, pub, buf in self._masks:
-            if pub.get_subscription_count() > 0:
-                pub.publish(convert.mask_to_msg(labels, class_id, header, buf))
-                published.append(f"mask_{suffix}")
-        self.stats.published(published)
+    def _viewer_failed(self, exc: Exception) -> None:
+        # From the viewer worker: a viewer message that could not be made or published.
+        n = self.stats.error()
+        self._log_throttled("error", f"viewer {type(exc).__name__}",
+                            f"viewer output failed ({n} so far): {type(exc).__name__}: {exc}")
 
     def _engine_failed(self, exc: Exception) -> None:
         # The engine commits its state only after a frame went through, but after e.g. an out of

@@ -9,9 +9,14 @@ One run measures, on the same frames and the same model instance:
 - fixed intervals K: stream time = (T_key + (K - 1) T_nonkey) / K (paper, Section IV-E), from the
   medians; the motion policy run causally over the real clip (measured keyframe ratio and mean).
 
-"network" times cover the four model stages only (what the paper's Table VIII reports);
+"network" times cover the network only (what the paper's Table VIII reports): the frame's one fused
+call on the graph backends (the baseline, too, is one graph there), or with --stages (the engine's
+profiling mode) the four stages enc_lo, enc_hi, ffm, head called and timed one by one;
 "e2e" times are the wall time of StreamEngine.process(), i.e. also upload, resize, normalise,
 logits upsampling to the image size, argmax and the copy back to the host.
+--overhead instead times, interleaved per frame, StreamEngine's key and non-key frames against the
+same backend's fused key and non-key graphs called bare (numpy in, no conversions): the engine's
+own cost.
 Weights are random (timing only: the speed of these networks does not depend on the weights).
 """
 
@@ -45,7 +50,8 @@ def _median(values: Sequence[float]) -> float:
 
 
 def _network_ms(timings: dict[str, float]) -> float:
-    return sum(timings[k] for k in NETWORK_STAGES)
+    # The network's work on the frame's thread: the fused call (or, --stages, the stages one by one).
+    return timings["network"]
 
 
 def _sync(device: torch.device) -> None:
@@ -55,7 +61,8 @@ def _sync(device: torch.device) -> None:
 
 def _baseline_frame(engine: StreamEngine, image: np.ndarray) -> tuple[float, float]:
     """One per-frame-baseline pass, head(enc_hi(enc_lo(x))), with the engine's own pre/post-processing
-    and stage timer. Returns (network ms, end-to-end ms)."""
+    and stage timer: one call where the backend fuses it, the three stages with --stages. Returns
+    (network ms, end-to-end ms)."""
     net, pre, device = engine.backend, engine.preprocessor, engine.device
     with torch.inference_mode():
         t0 = time.perf_counter()
@@ -64,7 +71,7 @@ def _baseline_frame(engine: StreamEngine, image: np.ndarray) -> tuple[float, flo
         x = pre.normalize(pre.upload(image))
         timer.mark("preprocess")
         # The baseline decodes F_co directly (no FFM): head(enc_hi(enc_lo(x))).
-        logits = net.head(net.enc_hi(net.enc_lo(x)))
+        logits = net.head(net.enc_hi(net.enc_lo(x))) if engine.stages else net.baseline_logits(x)
         timer.mark("network")
         pre.labels(logits, (image.shape[0], image.shape[1]))
         e2e = (time.perf_counter() - t0) * 1000.0
@@ -111,7 +118,7 @@ def measure_many(engines: dict[str, StreamEngine], frames: list[np.ndarray], war
         engine.policy = FixedInterval(1)
         engine.reset()
         nonkey_engine = StreamEngine(engine.model, FixedInterval(2**31 - 1), input_size=engine.input_size,
-                                     backend=engine.backend)
+                                     backend=engine.backend, stages=engine.stages, graph_io=engine.graph_io)
         nonkey_engine.process(frames[0])
         runs[name] = (engine, nonkey_engine, ([], [], [], []))
     for i, f in enumerate(frames[: warmup + count]):
@@ -134,6 +141,54 @@ def measure_many(engines: dict[str, StreamEngine], frames: list[np.ndarray], war
     for name, (engine, _, lists) in runs.items():
         common = _summary(*lists)
         out[name] = _records(engine, common, threshold, min_interval, max_interval, motion_frames, intervals)
+    return out
+
+
+def measure_overhead(engines: dict[str, StreamEngine], frames: list[np.ndarray], warmup: int,
+                     count: int) -> dict[str, dict]:
+    """StreamEngine's key / non-key frame (process() wall time) against the backend's fused key /
+    non-key graph called bare on the same frame, interleaved frame by frame. Graph backends only."""
+    runs = {}
+    for name, engine in engines.items():
+        net = engine.backend
+        if not hasattr(net, "raw_runner"):
+            raise SystemExit(f"dcfm-bench --overhead: backend {name!r} has no fused graphs to time alone")
+        engine.policy = FixedInterval(1)
+        engine.reset()
+        nonkey_engine = StreamEngine(engine.model, FixedInterval(2**31 - 1), input_size=engine.input_size,
+                                     backend=net, graph_io=engine.graph_io)
+        nonkey_engine.process(frames[0])
+        common = nonkey_engine.state.cache.common.numpy()  # type: ignore[union-attr]
+        runs[name] = (engine, nonkey_engine, net.raw_runner("key"), net.raw_runner("nonkey"), common,
+                      {"engine_key": [], "engine_nonkey": [], "graph_key": [], "graph_nonkey": []})
+    pre = next(iter(engines.values())).preprocessor
+    for i, f in enumerate(frames[: warmup + count]):
+        with torch.inference_mode():
+            x = pre.normalize(pre.upload(f)).numpy()
+        for key_engine, nonkey_engine, key_graph, nonkey_graph, common, t in runs.values():
+            samples = {}
+            t0 = time.perf_counter()
+            key_engine.process(f)
+            samples["engine_key"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            key_graph({"x": x})
+            samples["graph_key"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            nonkey_engine.process(f)
+            samples["engine_nonkey"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            nonkey_graph({"x": x, "common": common})
+            samples["graph_nonkey"] = time.perf_counter() - t0
+            if i >= warmup:
+                for k, v in samples.items():
+                    t[k].append(v * 1000.0)
+    out = {}
+    for name, (*_, t) in runs.items():
+        med = {k: _median(v) for k, v in t.items()}
+        out[name] = {**{f"{k}_ms": v for k, v in med.items()},
+                     **{f"{k}_min_ms": min(v) for k, v in t.items()},
+                     "ratio_key_engine_graph": med["engine_key"] / med["graph_key"],
+                     "ratio_nonkey_engine_graph": med["engine_nonkey"] / med["graph_nonkey"]}
     return out
 
 
@@ -244,6 +299,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "torch-nchw (torch without channels_last), onnxruntime, tensorrt, auto")
     p.add_argument("--backend-cache-dir", default=None,
                    help="exported graphs / engines (default: $XDG_CACHE_HOME/dcfm_ros or ~/.cache/dcfm_ros)")
+    p.add_argument("--stages", action="store_true",
+                   help="the engine's profiling mode: each frame's stages called and timed one by one "
+                        "(default: one fused call per frame on the graph backends)")
+    p.add_argument("--graph-io", action="store_true",
+                   help="engines with the pre/post-processing in the graph (StreamEngine graph_io: uint8 "
+                        "image in, labels out) where the backend can")
+    p.add_argument("--overhead", action="store_true",
+                   help="instead: StreamEngine's key / non-key frames against the same fused graphs "
+                        "called bare (graph backends), interleaved")
     p.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
     p.add_argument("--latency", action="store_true",
                    help="instead: replay a clip at a camera rate per keyframe schedule (see "
@@ -306,7 +370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             net = make_backend(resolve_backend(name, args.device, args.precision), copy_, args.device,
                                args.precision, input_size=args.size, cache_dir=args.backend_cache_dir)
-        engines[name] = StreamEngine(copy_, FixedInterval(1), input_size=args.size, backend=net)
+        engines[name] = StreamEngine(copy_, FixedInterval(1), input_size=args.size, backend=net,
+                                     stages=args.stages, graph_io=args.graph_io)
     engine = next(iter(engines.values()))
 
     clip = args.clip if args.clip is not None else default_clip()
@@ -315,6 +380,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     frames, clip_name = load_clip(clip, max(args.warmup + args.frames, n_motion))
 
     load_before = os.getloadavg()[0]  # the machine may be shared: record how busy it was
+    if args.overhead:
+        over = measure_overhead(engines, frames, args.warmup, args.frames)
+        load = [load_before, os.getloadavg()[0]]
+        for name, r in over.items():
+            row = {"backend": name, "backend_impl": engines[name].backend.describe(), "cpu": cpu_name(),
+                   "threads": torch.get_num_threads(), "size": list(args.size),
+                   "image_size": list(frames[0].shape[:2]), "loadavg_1min_before_after": load, **r}
+            if args.json:
+                print(json.dumps(row))
+            else:
+                print(f"== {name}: {row['backend_impl']}  {cpu_name()}  threads={row['threads']}  "
+                      f"load avg {load[0]:.1f} -> {load[1]:.1f}  (medians, ms; same run, interleaved)")
+                for kind in ("key", "nonkey"):
+                    print(f"  {kind:7s} StreamEngine {r[f'engine_{kind}_ms']:7.1f}  graph alone "
+                          f"{r[f'graph_{kind}_ms']:7.1f}  ratio {r[f'ratio_{kind}_engine_graph']:.2f}  "
+                          f"(min {r[f'engine_{kind}_min_ms']:.1f} / {r[f'graph_{kind}_min_ms']:.1f})")
+        return 0
     by_backend = measure_many(engines, frames, args.warmup, args.frames, args.threshold, args.min_interval,
                               args.max_interval, frames[:n_motion], intervals)
     device = engine.device

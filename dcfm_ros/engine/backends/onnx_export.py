@@ -9,6 +9,8 @@ ONNX Runtime and TensorRT plan every kernel ahead):
     common.onnx       f_co                          -> common          (ffm.common_part)
     fuse.onnx         common, f_in                  -> f               (ffm.fuse_with_common)
     head.onnx         f                             -> logits
+    sim.onnx          f_in                          -> sim             (similarity_feature; only when
+                                                                        it is not F_in itself)
     key.onnx          x                             -> logits, common  (a keyframe in one graph)
     nonkey.onnx       x, common                     -> logits          (a non-key frame in one graph)
     manifest.json     what is there; written last, so a folder without it is unfinished
@@ -41,7 +43,13 @@ from dcfm_ros.model import DCFM
 
 OPSET = 17
 # Bump when the graphs' layout or names change: cached folders of an older version are rebuilt.
-EXPORT_VERSION = 1
+# 2: the similarity-feature graph (sim.onnx) of models that have one.
+EXPORT_VERSION = 2
+# The one-call-per-frame graphs of the engine's fast path. Their variants with extra outputs (F_in,
+# F, the similarity feature: `frame_variant`) are made from them in memory when a backend opens them.
+FRAME_GRAPHS = ("key", "nonkey")
+# extra output -> the value inside the frame graphs that holds it
+FRAME_EXTRAS = {"f_in": "enc_lo/f_in", "f": "fuse/f", "sim": "sim/sim"}
 MANIFEST = "manifest.json"
 META_PREFIX = "dcfm."
 
@@ -209,6 +217,11 @@ def _stages(model: DCFM, x: Tensor) -> list[tuple[str, _Fn, tuple[Tensor, ...], 
          "ffm.fuse_with_common"),
         ("head", _Fn(model.head, [model.head]), (f,), ("f",), ("logits",), "head"),
     ]
+    with torch.no_grad():
+        sim = model.similarity_feature(f_in)
+    if sim is not f_in:  # DCFM compares F_in itself: no graph, the backends hand F_in back as sim
+        out.append(("sim", _Fn(model.similarity_feature, [model]), (f_in,), ("f_in",), ("sim",),
+                    "similarity_feature"))
 
     state: tuple[Tensor, ...] = (f_in,)
     for i, unit in enumerate(model.deep_units()):
@@ -267,6 +280,129 @@ def _compose_frames(stage: dict[str, Any]) -> dict[str, Any]:
     del nonkey.graph.input[:]
     nonkey.graph.input.extend(ordered)
     return {"key": key, "nonkey": nonkey}
+
+
+def frame_variant(folder: Path, manifest: Manifest, kind: str, extras: Sequence[str]) -> bytes:
+    """Frame graph `kind` (FRAME_GRAPHS) of an export folder with `extras` (FRAME_EXTRAS keys) as
+    further outputs, after its own, in that order: F_in and F are values the graph computes anyway;
+    the similarity feature is the sim graph's nodes joined onto F_in (a model without a sim graph
+    compares F_in itself, so "sim" is dropped here and the backend hands F_in back). One graph, one
+    call: what the blend, the feature policy and the deferred schedules read comes out of the
+    frame's own call. The metadata is the frame graph's, so the usual checks apply."""
+    return _frame_proto(folder, manifest, kind, extras).SerializeToString()
+
+
+def _frame_proto(folder: Path, manifest: Manifest, kind: str, extras: Sequence[str]) -> Any:
+    import onnx
+    from onnx import compose, helper
+
+    proto = onnx.load(str(folder / manifest.graphs[kind].file))
+    g = proto.graph
+    shapes = {"f_in": manifest.graphs["enc_lo"].output_shapes[0],
+              "f": manifest.graphs["fuse"].output_shapes[0]}
+    if "sim" in extras and "sim" in manifest.graphs:
+        sim = compose.add_prefix(onnx.load(str(folder / manifest.graphs["sim"].file)), prefix="sim/")
+        for node in sim.graph.node:
+            node.input[:] = [FRAME_EXTRAS["f_in"] if n == "sim/f_in" else n for n in node.input]
+        g.node.extend(sim.graph.node)
+        g.initializer.extend(sim.graph.initializer)
+        shapes["sim"] = manifest.graphs["sim"].output_shapes[0]
+    for name in extras:
+        if name in shapes:
+            g.output.append(helper.make_tensor_value_info(FRAME_EXTRAS[name], onnx.TensorProto.FLOAT,
+                                                          list(shapes[name])))
+    return proto
+
+
+def io_variant(folder: Path, manifest: Manifest, kind: str, extras: Sequence[str],
+               camera: tuple[int, int], wide_labels: bool = False,
+               label_size: tuple[int, int] | None = None) -> bytes:
+    """Frame graph `kind` (with `extras`, see frame_variant) with the pre- and post-processing in the
+    graph, for a camera of `camera` = (H, W) pixels: in, the camera's uint8 RGB image (1, H, W, 3)
+    (cast, to NCHW, bilinear resize to the network size with half-pixel centres, /255, mean/std: the
+    operations and order of engine.preprocess); out, instead of the logits, `labels` (1, H, W) uint8
+    (uint16: `wide_labels`) = argmax of the logits bilinearly upsampled to the camera's size (the
+    engine's exact method; `label_size`: to that size instead, which the engine then scales to the
+    camera's with nearest neighbours) and `top` (1, h, w), the top softmax probability at the logits' size
+    (engine.confidence). So no torch op runs for the frame, and the runtime's threads do the work."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    proto = _frame_proto(folder, manifest, kind, extras)
+    g = proto.graph
+    meta = manifest.metadata
+    mean = np.array(json.loads(meta[META_PREFIX + "mean"]), dtype=np.float32).reshape(1, 3, 1, 1)
+    std = np.array(json.loads(meta[META_PREFIX + "std"]), dtype=np.float32).reshape(1, 3, 1, 1)
+    h, w = manifest.input_size
+    logits_shape = manifest.graphs["head"].output_shapes[0]
+    big = tuple(camera)
+    out_hw = tuple(label_size or big)
+    inits = [numpy_helper.from_array(mean, "io/mean"), numpy_helper.from_array(std, "io/std"),
+             numpy_helper.from_array(np.array(255.0, dtype=np.float32), "io/255")]
+    if big != (h, w):
+        inits.append(numpy_helper.from_array(np.array([1, 3, h, w], dtype=np.int64), "io/net_size"))
+    if out_hw != tuple(logits_shape[-2:]):
+        inits.append(numpy_helper.from_array(np.array([1, logits_shape[1], *out_hw], dtype=np.int64),
+                                             "io/label_size"))
+    # the frame graph's input x becomes an inner value
+    for v in g.input:
+        if v.name == "x":
+            g.input.remove(v)
+            break
+    g.input.insert(0, helper.make_tensor_value_info("image", onnx.TensorProto.UINT8, [1, *big, 3]))
+    pre = [helper.make_node("Cast", ["image"], ["io/f"], to=onnx.TensorProto.FLOAT),
+           helper.make_node("Transpose", ["io/f"], ["io/nchw"], perm=[0, 3, 1, 2])]
+    src = "io/nchw"
+    if big != (h, w):
+        pre.append(helper.make_node("Resize", ["io/nchw", "", "", "io/net_size"], ["io/resized"],
+                                    mode="linear", coordinate_transformation_mode="half_pixel"))
+        src = "io/resized"
+    pre += [helper.make_node("Div", [src, "io/255"], ["io/x01"]),
+            helper.make_node("Sub", ["io/x01", "io/mean"], ["io/centred"]),
+            helper.make_node("Div", ["io/centred", "io/std"], ["x"])]
+    up = "logits"
+    post = []
+    if out_hw != tuple(logits_shape[-2:]):
+        post.append(helper.make_node("Resize", ["logits", "", "", "io/label_size"], ["io/logits_up"],
+                                     mode="linear", coordinate_transformation_mode="half_pixel"))
+        up = "io/logits_up"
+    label_type = onnx.TensorProto.UINT16 if wide_labels else onnx.TensorProto.UINT8
+    post += [helper.make_node("ArgMax", [up], ["io/argmax"], axis=1, keepdims=0, select_last_index=0),
+             helper.make_node("Cast", ["io/argmax"], ["labels"], to=label_type),
+             helper.make_node("Softmax", ["logits"], ["io/prob"], axis=1),
+             helper.make_node("ReduceMax", ["io/prob"], ["top"], axes=[1], keepdims=0)]
+    nodes = list(g.node)
+    del g.node[:]
+    g.node.extend([*pre, *nodes, *post])
+    g.initializer.extend(inits)
+    outs = [o for o in g.output if o.name != "logits"]
+    del g.output[:]
+    g.output.extend([helper.make_tensor_value_info("labels", label_type, [1, *out_hw]),
+                     helper.make_tensor_value_info("top", onnx.TensorProto.FLOAT,
+                                                   [1, *logits_shape[-2:]]), *outs])
+    return proto.SerializeToString()
+
+
+def baseline_graph(folder: Path, manifest: Manifest) -> bytes:
+    """The backbone's plain per-frame network, head(enc_hi(enc_lo(x))) (DCFM's keyframe without the
+    FFM), as one graph wired from the stage files: what dcfm-bench compares DCFM's frames with, at
+    one call a frame like them."""
+    import onnx
+    from onnx import compose
+
+    p = {}
+    for n in ("enc_lo", "enc_hi", "head"):
+        proto = onnx.load(str(folder / manifest.graphs[n].file))
+        del proto.metadata_props[:]  # each names its own graph; merge_models refuses differing values
+        p[n] = compose.add_prefix(proto, prefix=f"{n}/")
+    lo_hi = compose.merge_models(p["enc_lo"], p["enc_hi"], io_map=[("enc_lo/f_in", "enc_hi/f_in")])
+    g = compose.merge_models(lo_hi, p["head"], io_map=[("enc_hi/f_co", "head/f")])
+    g = _rename(g, {"enc_lo/x": "x", "head/logits": "logits"}, ("logits",))
+    for k, v in {**manifest.metadata, META_PREFIX + "graph": "baseline"}.items():
+        entry = g.metadata_props.add()
+        entry.key, entry.value = k, v
+    return g.SerializeToString()
 
 
 def _export_one(module: nn.Module, args: tuple[Tensor, ...], input_names: tuple[str, ...],

@@ -7,11 +7,12 @@ graphs, the cache and the stale/foreign checks are the onnxruntime backend's; on
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -21,11 +22,24 @@ from dcfm_ros.engine.backends.onnx_export import (
     check_metadata,
     read_graph_metadata,
 )
-from dcfm_ros.engine.backends.ort_backend import OnnxRuntimeBackend, _GraphSet
+from dcfm_ros.engine.backends.ort_backend import OnnxRuntimeBackend, _feed, _GraphSet
 
 
 def openvino_available() -> bool:
     return find_spec("openvino") is not None
+
+
+def cpu_capabilities(core: Any = None) -> list[str]:
+    """OpenVINO's OPTIMIZATION_CAPABILITIES of this CPU (e.g. FP32, BF16, INT8); [] without openvino."""
+    if not openvino_available():
+        return []
+    import openvino as ov
+
+    return [str(c) for c in (core or ov.Core()).get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
+
+
+def cpu_has_bf16(core: Any = None) -> bool:
+    return "BF16" in cpu_capabilities(core)
 
 
 class OpenVINOBackend(OnnxRuntimeBackend):
@@ -41,30 +55,44 @@ class OpenVINOBackend(OnnxRuntimeBackend):
         self._ov = ov
         if self.device.type != "cpu":
             raise RuntimeError(f"backend 'openvino' runs on the CPU here, got device {self.device}")
-        if precision != "fp32":
-            raise ValueError(f"backend 'openvino' runs the fp32 graphs, got precision {precision!r}")
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"backend 'openvino' runs fp32 or bf16 (its inference precision hint), got "
+                             f"precision {precision!r}")
         self.precision = precision
         self._core = ov.Core()
-        # fp32 throughout (no bf16 on AMX CPUs), so the labels are those of the torch model.
+        if precision == "bf16" and not cpu_has_bf16(self._core):
+            raise ValueError(f"precision 'bf16' needs a CPU that computes bf16 natively (AVX512_BF16 or "
+                             f"AMX); OpenVINO reports {cpu_capabilities(self._core)} here: use 'fp32' or "
+                             f"'auto'")
+        # fp32: the labels of the torch model. bf16: OpenVINO runs the same fp32 graphs with bf16
+        # arithmetic where the CPU has it (its inference precision hint; no re-export, no calibration).
         self._config = {"INFERENCE_NUM_THREADS": torch.get_num_threads(), "PERFORMANCE_HINT": "LATENCY",
-                        "INFERENCE_PRECISION_HINT": "f32"}
+                        "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
 
-    def _open_session(self, path: Path, spec: GraphSpec, expected: dict[str, str]) -> Any:
+    def _open_session(self, path: Path, spec: GraphSpec, expected: dict[str, str],
+                      data: bytes | None = None) -> Any:
+        # `data`: a variant made from the file in memory (same metadata; checked on the file).
         check_metadata(read_graph_metadata(path), expected, f"ONNX file {path}")
-        compiled = self._core.compile_model(str(path), "CPU", self._config)
+        source = str(path) if data is None else self._core.read_model(data)
+        compiled = self._core.compile_model(source, "CPU", self._config)
         names = tuple(p.get_any_name() for p in compiled.inputs)
         if names != spec.inputs:
             raise StaleExportError(f"ONNX file {path} has inputs {names}, its manifest says {spec.inputs}")
         return compiled.create_infer_request()
 
-    def _run(self, graphs: _GraphSet, name: str, inputs: Sequence[Tensor]) -> tuple[Tensor, ...]:
-        spec = graphs.manifest.graphs[name]
+    def _run(self, graphs: _GraphSet, name: str, inputs: Sequence[Tensor],
+             outputs: Sequence[str] | None = None) -> tuple[Tensor, ...]:
+        spec = graphs.specs[name]
         request = graphs.session(name)
-        feeds = {n: t.detach().to(torch.float32).contiguous().numpy()
-                 for n, t in zip(spec.inputs, inputs, strict=True)}
+        feeds = {n: _feed(t) for n, t in zip(spec.inputs, inputs, strict=True)}
         request.infer(feeds)
         # Copies: the request's output buffers are reused by its next inference.
-        return tuple(torch.from_numpy(request.get_tensor(n).data.copy()) for n in spec.outputs)
+        return tuple(torch.from_numpy(request.get_tensor(n).data.copy())
+                     for n in (spec.outputs if outputs is None else outputs))
+
+    def raw_runner(self, name: str) -> Callable[[dict[str, np.ndarray]], Any]:
+        request = self._sets[0].session(name)
+        return lambda feeds: request.infer(feeds)
 
     def describe(self) -> str:
-        return f"{self.name} {self._ov.__version__.split('-')[0]} on {self.device} ({self.precision})"
+        return f"{self.name} {self._ov.__version__.split('-')[0]} on {self.device} ({self.precision_text()})"

@@ -12,7 +12,7 @@ the first time a frame of that size arrives.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +20,24 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dcfm_ros.engine.backends.base import InferenceBackend
+from dcfm_ros.engine.backends.base import (
+    EXTRA_OUTPUTS,
+    FrameOutputs,
+    GraphIO,
+    InferenceBackend,
+    StageMarks,
+)
 from dcfm_ros.engine.backends.cache import ensure_export, expected_metadata, stderr_progress
 from dcfm_ros.engine.backends.onnx_export import (
+    FRAME_EXTRAS,
+    FRAME_GRAPHS,
     GraphSpec,
     Manifest,
     StaleExportError,
+    baseline_graph,
     check_metadata,
+    frame_variant,
+    io_variant,
     model_sha256,
 )
 from dcfm_ros.engine.device import resolve_device
@@ -35,6 +46,8 @@ from dcfm_ros.model.layers import DeepState
 
 log = logging.getLogger("dcfm_ros.engine.backends")
 STAGE_GRAPHS = ("enc_lo", "enc_hi", "common", "fuse", "head")
+# Opened with the backend: the stages and the two plain frame graphs of the fast path.
+EAGER_GRAPHS = (*STAGE_GRAPHS, "key", "nonkey")
 
 
 def ort_available() -> bool:
@@ -55,32 +68,94 @@ def ort_cuda_providers() -> list[str]:
     return [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in have]
 
 
+def _hw(text: str) -> tuple[int, int]:
+    h, w = (int(v) for v in text.split("x"))
+    return h, w
+
+
+def _feed(t: Tensor) -> np.ndarray:
+    """A graph input as numpy: float32, or the camera's uint8 image as it is (zero-copy on the CPU)."""
+    t = t.detach()
+    return (t if t.dtype == torch.uint8 else t.to(torch.float32)).contiguous().numpy()
+
+
 class _GraphSet:
-    """The sessions of one export folder (one input size)."""
+    """The sessions of one export folder (one input size). Besides the manifest's graphs it opens
+    `key_x` / `nonkey_x`: the frame graphs with every extra output (onnx_export.frame_variant), made
+    in memory, for frames that need F_in, F or the similarity feature."""
 
     def __init__(self, folder: Path, manifest: Manifest,
-                 open_session: Callable[[Path, GraphSpec], Any]) -> None:
+                 open_session: Callable[[Path, GraphSpec, bytes | None], Any]) -> None:
         self.folder = folder
         self.manifest = manifest
         self._open = open_session
         self.sessions: dict[str, Any] = {}
-        for name in STAGE_GRAPHS:
+        self.specs: dict[str, GraphSpec] = dict(manifest.graphs)
+        g = manifest.graphs
+        self.has_sim = "sim" in g
+        # the extras a frame variant returns (F_in stands in for sim where the model has no sim graph)
+        self.extras = tuple(n for n in EXTRA_OUTPUTS if n != "sim" or self.has_sim)
+        shapes = {"f_in": g["enc_lo"].output_shapes[0], "f": g["fuse"].output_shapes[0],
+                  **({"sim": g["sim"].output_shapes[0]} if self.has_sim else {})}
+        for kind in FRAME_GRAPHS:
+            base = g[kind]
+            self.specs[f"{kind}_x"] = GraphSpec(
+                f"{kind}_x", base.file, base.inputs, (*base.outputs, *(FRAME_EXTRAS[e] for e in self.extras)),
+                base.input_shapes, (*base.output_shapes, *(shapes[e] for e in self.extras)))
+        self.specs["baseline"] = GraphSpec("baseline", g["enc_lo"].file, ("x",), ("logits",),
+                                           g["enc_lo"].input_shapes, g["head"].output_shapes)
+        for name in EAGER_GRAPHS:
             self.session(name)
 
     def session(self, name: str) -> Any:
         # Deep-unit sessions open on first use: only the `spread` schedule needs them, and they
-        # would double the weights held in memory for every other use.
+        # would double the weights held in memory for every other use; so do the frame variants.
         if name not in self.sessions:
-            self.sessions[name] = self._open(self.folder / self.manifest.graphs[name].file,
-                                             self.manifest.graphs[name])
+            spec = self.specs[name]
+            data = None
+            if name.endswith("_x"):
+                data = frame_variant(self.folder, self.manifest, name.removesuffix("_x"), self.extras)
+            elif name == "baseline":
+                data = baseline_graph(self.folder, self.manifest)
+            elif name.startswith("io:"):
+                _, kind, cam, lab, wide = name.split(":")
+                extras = self.extras if kind.endswith("_x") else ()
+                data = io_variant(self.folder, self.manifest, kind.removesuffix("_x"), extras, _hw(cam),
+                                  wide == "u16", _hw(lab))
+            self.sessions[name] = self._open(self.folder / spec.file, spec, data)
         return self.sessions[name]
+
+    def io_graph(self, kind: str, extra: bool, camera: tuple[int, int], wide: bool,
+                 label_size: tuple[int, int]) -> str:
+        """The name of frame graph `kind` (`extra`: its _x variant) with the I/O in the graph for a
+        camera of `camera` pixels, labels made at `label_size` (onnx_export.io_variant); registered
+        on first use, one per size."""
+        base = f"{kind}_x" if extra else kind
+        name = (f"io:{base}:{camera[0]}x{camera[1]}:{label_size[0]}x{label_size[1]}:"
+                f"{'u16' if wide else 'u8'}")
+        if name not in self.specs:
+            spec = self.specs[base]
+            image = (1, camera[0], camera[1], 3)
+            logits = self.manifest.graphs["head"].output_shapes[0]
+            self.specs[name] = GraphSpec(
+                name, spec.file, ("image", *spec.inputs[1:]),
+                ("labels", "top", *spec.outputs[1:]), (image, *spec.input_shapes[1:]),
+                ((1, *label_size), (1, *logits[-2:]), *spec.output_shapes[1:]))
+        return name
+
+    def open(self, names: Sequence[str]) -> list[str]:
+        """Open the graphs `names` that exist here; returns those newly opened."""
+        new = [n for n in names if n in self.specs and n not in self.sessions]
+        for n in new:
+            self.session(n)
+        return new
 
     def open_deep_units(self) -> None:
         for i in range(self.manifest.num_deep_units):
             self.session(f"unit_{i:02d}")
 
     def accepts(self, name: str, inputs: Sequence[Tensor]) -> bool:
-        spec = self.manifest.graphs[name]
+        spec = self.specs[name]
         return len(inputs) == len(spec.inputs) and all(
             tuple(t.shape) == s for t, s in zip(inputs, spec.input_shapes, strict=True))
 
@@ -89,6 +164,7 @@ class OnnxRuntimeBackend(InferenceBackend):
     """Runs `model`'s exported graphs with ONNX Runtime (fp32)."""
 
     name = "onnxruntime"
+    graph_io = True
 
     def __init__(self, model: DCFM, device: str | torch.device = "auto", precision: str = "fp32", *,
                  input_size: tuple[int, int] | None = None, cache_dir: str | Path | None = None,
@@ -100,7 +176,8 @@ class OnnxRuntimeBackend(InferenceBackend):
         self.progress = progress
         self.model_hash = model_sha256(self.model)
         self._sets: list[_GraphSet] = []
-        self._prepare(tuple(input_size or self.model.config.input_size))  # type: ignore[arg-type]
+        self.input_size: tuple[int, int] = tuple(input_size or self.model.config.input_size)  # type: ignore[assignment]
+        self._prepare(self.input_size)
 
     # -- set-up ----------------------------------------------------------------------------------
 
@@ -134,14 +211,17 @@ class OnnxRuntimeBackend(InferenceBackend):
                         trt_engine_cache_path=str(resolve_cache_dir(self.cache_dir) / "ort_trt"))
         return name, opts
 
-    def _open_session(self, path: Path, spec: GraphSpec, expected: dict[str, str]) -> Any:
+    def _open_session(self, path: Path, spec: GraphSpec, expected: dict[str, str],
+                      data: bytes | None = None) -> Any:
+        """A session for graph file `path`, or for `data` (a variant made from it in memory)."""
         ort = self._ort
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if self.device.type == "cpu":
             opts.intra_op_num_threads = torch.get_num_threads()
             opts.inter_op_num_threads = 1
-        session = ort.InferenceSession(str(path), sess_options=opts, providers=self._providers)
+        session = ort.InferenceSession(str(path) if data is None else data, sess_options=opts,
+                                       providers=self._providers)
         check_metadata(session.get_modelmeta().custom_metadata_map, expected, f"ONNX file {path}")
         names = tuple(i.name for i in session.get_inputs())
         if names != spec.inputs:
@@ -154,7 +234,7 @@ class OnnxRuntimeBackend(InferenceBackend):
             folder, manifest = ensure_export(self.model, size, self.model_hash, self.cache_dir,
                                              self.progress, rebuild=attempt == 1)
             try:
-                graphs = _GraphSet(folder, manifest, lambda p, s: self._open_session(p, s, expected))
+                graphs = _GraphSet(folder, manifest, lambda p, s, d: self._open_session(p, s, expected, d))
                 break
             except StaleExportError as exc:
                 # A graph file replaced behind the manifest's back: refuse it, export afresh once.
@@ -167,17 +247,22 @@ class OnnxRuntimeBackend(InferenceBackend):
         self._warm_up(graphs)
         return graphs
 
-    def _warm_up(self, graphs: _GraphSet) -> None:
+    def _warm_up(self, graphs: _GraphSet, names: Sequence[str] = EAGER_GRAPHS) -> None:
         # First runs allocate and (TensorRT EP) build engines: do it now, not on the first frame.
-        for name in STAGE_GRAPHS:
-            spec = graphs.manifest.graphs[name]
+        for name in names:
+            spec = graphs.specs[name]
             self._run(graphs, name, [torch.zeros(s, device=self.device) for s in spec.input_shapes])
+
+    def prepare_frames(self, extras: bool, stages: bool) -> None:
+        names = [*((f"{k}_x" for k in FRAME_GRAPHS) if extras else ()), *(("sim",) if stages else ())]
+        for graphs in self._sets:
+            self._warm_up(graphs, graphs.open(names))
 
     def _graphs_for(self, name: str, inputs: Sequence[Tensor]) -> _GraphSet:
         for graphs in self._sets:
             if graphs.accepts(name, inputs):
                 return graphs
-        if name == "enc_lo" and inputs[0].dim() == 4:
+        if (name == "enc_lo" or name in FRAME_GRAPHS) and inputs[0].dim() == 4:
             log.info("onnxruntime: new input size %s, exporting it", tuple(inputs[0].shape[-2:]))
             return self._prepare((int(inputs[0].shape[-2]), int(inputs[0].shape[-1])))
         raise ValueError(f"onnxruntime backend: no graph {name!r} takes inputs of shapes "
@@ -186,13 +271,15 @@ class OnnxRuntimeBackend(InferenceBackend):
 
     # -- running ---------------------------------------------------------------------------------
 
-    def _run(self, graphs: _GraphSet, name: str, inputs: Sequence[Tensor]) -> tuple[Tensor, ...]:
-        spec = graphs.manifest.graphs[name]
+    def _run(self, graphs: _GraphSet, name: str, inputs: Sequence[Tensor],
+             outputs: Sequence[str] | None = None) -> tuple[Tensor, ...]:
+        """Run graph `name`; returns `outputs` (default: all of the graph's, in order)."""
+        spec = graphs.specs[name]
         session = graphs.session(name)
         if self.device.type == "cpu":
-            feeds = {n: t.detach().to(torch.float32).contiguous().numpy() for n, t in zip(spec.inputs, inputs,
-                                                                                           strict=True)}
-            return tuple(torch.from_numpy(o) for o in session.run(list(spec.outputs), feeds))
+            feeds = {n: _feed(t) for n, t in zip(spec.inputs, inputs, strict=True)}
+            names = list(spec.outputs if outputs is None else outputs)
+            return tuple(torch.from_numpy(o) for o in session.run(names, feeds))
         # GPU: bind the torch tensors where they are; outputs are allocated by torch.
         index = self.device.index or 0
         binding = session.io_binding()
@@ -205,7 +292,10 @@ class OnnxRuntimeBackend(InferenceBackend):
         # ORT runs on its own stream: the inputs torch queued must be finished first.
         torch.cuda.current_stream(self.device).synchronize()
         session.run_with_iobinding(binding)
-        return tuple(outs)
+        if outputs is None:
+            return tuple(outs)
+        by_name = dict(zip(spec.outputs, outs, strict=True))
+        return tuple(by_name[n] for n in outputs)
 
     def _stage(self, name: str, *inputs: Tensor) -> tuple[Tensor, ...]:
         return self._run(self._graphs_for(name, inputs), name, inputs)
@@ -241,6 +331,58 @@ class OnnxRuntimeBackend(InferenceBackend):
     def common_part(self, f_co: Tensor) -> Tensor:
         return self._stage("common", f_co)[0]
 
+    def similarity_feature(self, f_in: Tensor) -> Tensor:
+        for graphs in self._sets:
+            if "sim" not in graphs.manifest.graphs:
+                return f_in  # the model compares F_in itself
+            if graphs.accepts("sim", (f_in,)):
+                return self._run(graphs, "sim", (f_in,))[0]
+        raise ValueError(f"onnxruntime backend: no similarity graph takes F_in of shape {tuple(f_in.shape)}")
+
+    # -- one call per frame ------------------------------------------------------------------------
+
+    def _frame(self, kind: str, inputs: Sequence[Tensor], want: Collection[str],
+               marks: StageMarks | None, camera: GraphIO | None = None) -> FrameOutputs:
+        graphs = self._sets[0] if camera is not None else self._graphs_for(kind, inputs)
+        # The extras asked for; sim is F_in itself where the model has no sim graph.
+        sim_is_f_in = "sim" in want and not graphs.has_sim
+        extras = [n for n in graphs.extras if n in want or (n == "f_in" and sim_is_f_in)]
+        base = ["logits", "common"] if kind == "key" else ["logits"]
+        name = f"{kind}_x" if extras else kind
+        if camera is not None:
+            name = graphs.io_graph(kind, bool(extras), camera.camera, self.model.config.num_classes > 255,
+                                   camera.labels)
+            base = ["labels", "top", *base[1:]]
+        got = dict(zip([*base, *extras], self._run(graphs, name, inputs,
+                                                   [*base, *(FRAME_EXTRAS[e] for e in extras)]), strict=True))
+        if marks is not None:
+            marks.mark("network")
+        if sim_is_f_in:
+            got["sim"] = got["f_in"]
+        return FrameOutputs(got.get("logits"), got.get("common"), got.get("f_in"), got.get("f"),
+                            got.get("sim"), got.get("labels"), got.get("top"))
+
+    def key_frame(self, x: Tensor, want: Collection[str] = (), marks: StageMarks | None = None,
+                  deep: Callable[[Tensor], Tensor] | None = None,
+                  camera: GraphIO | None = None) -> FrameOutputs:
+        if deep is not None:
+            return super().key_frame(x, want, marks, deep, camera)
+        return self._frame("key", (x,), want, marks, camera)
+
+    def nonkey_frame(self, x: Tensor, common: Tensor, want: Collection[str] = (),
+                     marks: StageMarks | None = None, camera: GraphIO | None = None) -> FrameOutputs:
+        return self._frame("nonkey", (x, common), want, marks, camera)
+
+    def raw_runner(self, name: str) -> Callable[[dict[str, np.ndarray]], Any]:
+        """Graph `name` of the first prepared size as the bare runtime call on numpy feeds, no
+        conversions (dcfm-bench --overhead times the engine against it)."""
+        session = self._sets[0].session(name)
+        return lambda feeds: session.run(None, feeds)
+
+    def baseline_logits(self, x: Tensor) -> Tensor:
+        return self._stage("baseline", x)[0]
+
+
     def fuse(self, common: Tensor, f_in: Tensor) -> Tensor:
         return self._stage("fuse", common, f_in)[0]
 
@@ -250,4 +392,4 @@ class OnnxRuntimeBackend(InferenceBackend):
     def describe(self) -> str:
         providers = [p if isinstance(p, str) else p[0] for p in self._providers]
         return (f"{self.name} {self._ort.__version__} ({', '.join(providers)}) on {self.device} "
-                f"({self.precision})")
+                f"({self.precision_text()})")

@@ -70,6 +70,10 @@ class TorchBackend(InferenceBackend):
         with autocast(self.device, self.amp_dtype):
             return self.model.ffm.fuse_with_common(common, f_in)
 
+    def similarity_feature(self, f_in: Tensor) -> Tensor:
+        with autocast(self.device, self.amp_dtype):
+            return self.model.similarity_feature(f_in)
+
     def head(self, f: Tensor) -> Tensor:
         with autocast(self.device, self.amp_dtype):
             return self.model.head(f).float()

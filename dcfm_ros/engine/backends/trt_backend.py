@@ -16,14 +16,14 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from dcfm_ros.engine.backends.base import InferenceBackend
+from dcfm_ros.engine.backends.base import FrameOutputs, GraphIO, InferenceBackend, StageMarks
 from dcfm_ros.engine.backends.cache import ensure_export, resolve_cache_dir, stderr_progress
 from dcfm_ros.engine.backends.onnx_export import (
     GraphSpec,
@@ -38,6 +38,8 @@ from dcfm_ros.model.layers import DeepState
 
 log = logging.getLogger("dcfm_ros.engine.backends")
 STAGES = ("enc_lo", "enc_hi", "common", "fuse", "head")
+# the fused frame graphs (onnx_export.FRAME_GRAPHS): one engine call per plain frame
+FRAMES = ("key", "nonkey")
 _DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -82,10 +84,10 @@ class TensorRTBackend(InferenceBackend):
         self._engines: dict[str, tuple[Any, Any]] = {}
         # Every engine is built (or found) now, deep units included, so no build can ever land on
         # a frame; only the stage engines are loaded now, deep units on first use.
-        names = [*STAGES, *(f"unit_{i:02d}" for i in range(self.manifest.num_deep_units))]
+        names = [*STAGES, *FRAMES, *(f"unit_{i:02d}" for i in range(self.manifest.num_deep_units))]
         for n, name in enumerate(names, 1):
             self._engine_file(name, f"[{n}/{len(names)}]")
-        for name in STAGES:
+        for name in (*STAGES, *FRAMES):
             self._context(name)
 
     # -- building and loading --------------------------------------------------------------------
@@ -195,5 +197,27 @@ class TensorRTBackend(InferenceBackend):
     def head(self, f: Tensor) -> Tensor:
         return self._run("head", (f,))[0].float()
 
+    # -- one call per frame: the fused engines for a plain frame; extras and deep-unit timing from
+    # the stages (the base class) --------------------------------------------------------------
+
+    def key_frame(self, x: Tensor, want: Collection[str] = (), marks: StageMarks | None = None,
+                  deep: Callable[[Tensor], Tensor] | None = None,
+                  camera: GraphIO | None = None) -> FrameOutputs:
+        if deep is not None or want or camera is not None:
+            return super().key_frame(x, want, marks, deep, camera)
+        logits, common = self._run("key", (x,))
+        if marks is not None:
+            marks.mark("network")
+        return FrameOutputs(logits.float(), common)
+
+    def nonkey_frame(self, x: Tensor, common: Tensor, want: Collection[str] = (),
+                     marks: StageMarks | None = None, camera: GraphIO | None = None) -> FrameOutputs:
+        if want or camera is not None:
+            return super().nonkey_frame(x, common, want, marks, camera)
+        (logits,) = self._run("nonkey", (x, common))
+        if marks is not None:
+            marks.mark("network")
+        return FrameOutputs(logits.float())
+
     def describe(self) -> str:
-        return f"{self.name} {self._trt.__version__} on {self.device} ({self.precision})"
+        return f"{self.name} {self._trt.__version__} on {self.device} ({self.precision_text()})"

@@ -3,12 +3,21 @@
 --max: frame i+1 is sent when the labels and info of frame i came back (matched by header stamp) or
 after --frame-timeout (counted as dropped). --rate R: recorded timing scaled by R, with the node's own
 drop policy. Outputs go into the output bag at the input frame's record time.
+
+Recorded colour/overlay images (~0.5 MB each) are received by a node of their own, spun by a thread
+of its own (`_ViewerRecorder`), which appends them to a spool file; they are copied into the output
+bag after playback. So recording them costs the main executor, which times the labels, nothing but
+its share of the GIL (issue 21: recording them on the main executor raised the reported p99 3-7x).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import struct
 import sys
+import tempfile
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -87,6 +96,74 @@ class _Recorder:
         return cb
 
 
+class _ViewerRecorder:
+    """Viewer topics recorded on their own context, executor and thread, into a spool file."""
+
+    _HEAD = struct.Struct("<BI")  # topic index, length
+
+    def __init__(self, domain_id: int, topics: list[tuple[str, type]], qos: Any) -> None:
+        import rclpy
+        from rclpy.context import Context
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.signals import SignalHandlerOptions
+
+        self.topics = [t for t, _ in topics]
+        self.last_at = time.perf_counter()
+        self.last_stamp: dict[int, int] = {}  # topic index -> header stamp of its latest message
+        self._spool = tempfile.TemporaryFile()  # noqa: SIM115 - closed in replay()
+        self._ctx = Context()
+        rclpy.init(context=self._ctx, domain_id=domain_id, signal_handler_options=SignalHandlerOptions.NO)
+        self._node = rclpy.create_node("dcfm_bag_eval_recorder", context=self._ctx)
+        self._executor = SingleThreadedExecutor(context=self._ctx)
+        self._executor.add_node(self._node)
+        self.subs = [self._node.create_subscription(msg_type, topic, self._callback(i), qos, raw=True)
+                     for i, (topic, msg_type) in enumerate(topics)]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._spin, name="dcfm-bag-eval-recorder", daemon=True)
+        self._thread.start()
+
+    def _callback(self, index: int) -> Any:
+        def cb(data: bytes) -> None:
+            self._spool.write(self._HEAD.pack(index, len(data)))
+            self._spool.write(data)
+            self.last_at = time.perf_counter()
+            with contextlib.suppress(bagio.DecodeError):
+                self.last_stamp[index] = bagio.cdr_header_stamp(data)
+
+        return cb
+
+    def _spin(self) -> None:
+        while not self._stop.is_set():
+            self._executor.spin_once(timeout_sec=0.05)
+
+    def has_all(self, stamp: int) -> bool:
+        """Every topic's latest message is of frame `stamp` (the node sends each topic's newest frame
+        last; frames in between may be skipped by its latest-only viewer slots)."""
+        return all(self.last_stamp.get(i) == stamp for i in range(len(self.topics)))
+
+    def matched(self) -> bool:
+        return all(s.get_publisher_count() > 0 for s in self.subs)
+
+    def stop(self) -> None:
+        import rclpy
+
+        self._stop.set()
+        self._thread.join(5.0)
+        self._executor.shutdown()
+        self._node.destroy_node()
+        rclpy.try_shutdown(context=self._ctx)
+
+    def replay(self) -> Any:
+        """(topic, raw bytes) of everything recorded, in arrival order; closes the spool."""
+        self._spool.seek(0)
+        try:
+            while head := self._spool.read(self._HEAD.size):
+                index, n = self._HEAD.unpack(head)
+                yield self.topics[index], self._spool.read(n)
+        finally:
+            self._spool.close()
+
+
 def _fill_info(rec: FrameRecord, data: bytes) -> dict[str, int]:
     msg = bagio.deserialize(data, bagio.SEGMENTATION_INFO)
     rec.is_keyframe = bool(msg.is_keyframe)
@@ -132,16 +209,23 @@ def play(bag: BagReader, image_topic: str, msgtype: str, node: NodeProcess, writ
     executor.add_node(ros_node)
     rec = _Recorder()
     out = Playback(records=[], skipped=[])
+    viewer_rec: _ViewerRecorder | None = None
     try:
         image_pub = ros_node.create_publisher(ros_types[msgtype], image_topic, reliable)
         clock_pub = ros_node.create_publisher(Clock, "/clock", 10)
         subs = {}
-        for key in ("labels", "info", "classes", *record):
+        for key in ("labels", "info", "classes"):
             topic, otype = OUT_TOPICS[key]
             subs[key] = ros_node.create_subscription(ros_types[otype], topic, rec.callback(key, topic),
                                                      latched if key == "classes" else reliable, raw=True)
             writer.add_topic(topic, otype)
             out.out_topics.append(topic)
+        if record:
+            viewer_topics = [(OUT_TOPICS[k][0], ros_types[OUT_TOPICS[k][1]]) for k in record]
+            viewer_rec = _ViewerRecorder(domain_id, viewer_topics, reliable)
+            for key in record:
+                writer.add_topic(*OUT_TOPICS[key])
+                out.out_topics.append(OUT_TOPICS[key][0])
 
         def spin_until(done: Any, timeout: float, doing: str, stoppable: bool = True) -> bool:
             deadline = time.perf_counter() + timeout
@@ -157,6 +241,7 @@ def play(bag: BagReader, image_topic: str, msgtype: str, node: NodeProcess, writ
         def discovered() -> bool:
             return (image_pub.get_subscription_count() > 0 and clock_pub.get_subscription_count() > 0
                     and all(s.get_publisher_count() > 0 for k, s in subs.items())
+                    and (viewer_rec is None or viewer_rec.matched())
                     and rec.classes is not None)
 
         ok = spin_until(discovered, startup_timeout, "starting up")
@@ -299,7 +384,25 @@ def play(bag: BagReader, image_topic: str, msgtype: str, node: NodeProcess, writ
         for r in out.records:
             mark(r)
         drain()
+        if viewer_rec is not None:
+            # Viewer outputs come after the labels, from the node's viewer worker: wait for the last
+            # frame's, or a quiet second.
+            last = out.records[-1].stamp_ns if out.records else None
+            while (last is not None and not viewer_rec.has_all(last) and not should_stop()
+                   and time.perf_counter() - viewer_rec.last_at < 1.0):
+                time.sleep(0.02)
+            viewer_rec.stop()
+            for topic, data in viewer_rec.replay():
+                try:
+                    r = by_stamp.get(bagio.cdr_header_stamp(data))
+                except bagio.DecodeError:
+                    r = None
+                out.unmatched_outputs += r is None
+                writer.write(topic, r.log_ns if r is not None else last_clock, data)
+            viewer_rec = None
     finally:
+        if viewer_rec is not None:
+            viewer_rec.stop()
         executor.shutdown()
         ros_node.destroy_node()
         rclpy.try_shutdown(context=ctx)

@@ -24,6 +24,7 @@ from dcfm_ros.evaluation.bag_eval.node_process import (
 from dcfm_ros.evaluation.bag_eval.params import effective_params, model_info, write_params_file
 from dcfm_ros.evaluation.bag_eval.playback import FrameSlice, play
 from dcfm_ros.evaluation.bag_eval.stopping import Interrupted, StopRequest
+from dcfm_ros.evaluation.bag_eval.viewer_process import ViewerProcess
 from dcfm_ros.evaluation.bagio import BagReader, BagWriter
 from dcfm_ros.evaluation.video import CODECS
 
@@ -53,6 +54,13 @@ def choose_image_topic(bag: BagReader, asked: str | None, gt_topic: str | None) 
     return cands[0]
 
 
+def _listed(value: str | list[str] | None) -> list[str]:
+    """--image-topic / --gt-topic as given: a list (repeatable flags), one string, or None."""
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
 def output_dir(args: argparse.Namespace) -> Path:
     if args.out is not None:
         return Path(args.out)
@@ -75,6 +83,16 @@ def run(args: argparse.Namespace, stop: StopRequest | None = None) -> dict[str, 
     incomplete."""
     from dcfm_ros.evaluation import report as rp
 
+    if len(_listed(args.image_topic)) > 1:  # several cameras through one node
+        from dcfm_ros.evaluation.bag_eval.multicam import run_multi
+
+        return run_multi(argparse.Namespace(**{**vars(args), "image_topic": _listed(args.image_topic),
+                                               "gt_topic": _listed(args.gt_topic)}), output_dir(args), stop)
+    gt_topics = _listed(args.gt_topic)
+    if len(gt_topics) > 1:
+        raise BagEvalError(f"{len(gt_topics)} --gt-topic for one camera")
+    args = argparse.Namespace(**{**vars(args), "image_topic": (_listed(args.image_topic) or [None])[0],
+                                 "gt_topic": (gt_topics or [None])[0]})
     stop = stop or StopRequest()
     rate = 1.0 if args.rate is None else float(args.rate)
     if not args.max and not (math.isfinite(rate) and rate > 0):
@@ -126,9 +144,15 @@ def run(args: argparse.Namespace, stop: StopRequest | None = None) -> dict[str, 
     say(f"playing {in_path} ({info.name}, {image_count} frames{what}, "
         f"{'--max' if args.max else f'--rate {rate:g}'}) through dcfm_node (ROS domain {domain_id}, "
         f"{dds_transport}, log {out_dir / 'node.log'})")
+    viewer_topics = getattr(args, "viewer_topics", None) or []
+    viewer_counts: dict[str, Any] | None = None
     with ros_environment(domain_id, dds_transport) as env:
         node = NodeProcess(cmd, env, out_dir / "node.log")
+        viewer = ViewerProcess(viewer_topics, env, out_dir) if viewer_topics else None
         try:
+            if viewer is not None:
+                say(f"a viewer process subscribes to {', '.join(t for t, _ in viewer_topics)}")
+                viewer.wait_ready(node, args.startup_timeout, lambda: stop.requested)
             with BagReader(in_path) as bag, BagWriter(out_bag) as writer:
                 writer.set_custom_data("dcfm_ros.bag_eval", json.dumps({"input": str(in_path),
                                                                        "image_topic": info.name}))
@@ -137,6 +161,8 @@ def run(args: argparse.Namespace, stop: StopRequest | None = None) -> dict[str, 
                           startup_timeout=args.startup_timeout, frames=frames,
                           should_stop=lambda: stop.requested, progress=not args.quiet)
         finally:
+            if viewer is not None:
+                viewer_counts = viewer.stop()
             code = node.stop()
         if code not in (0, -signal.SIGINT):
             pb.warnings.append(f"dcfm_node exited with status {code} after the run (see node.log)")
@@ -187,6 +213,7 @@ def run(args: argparse.Namespace, stop: StopRequest | None = None) -> dict[str, 
         "video_codec": an.video_codec,
         "contact_sheet_columns": an.contact_sheet_columns,
         "machine": rp.machine_info(),
+        "viewer": None if viewer is None else {"topics": viewer_counts},
         "warnings": pb.warnings + an.warnings,
         "files": {"output_bag": "bag", "video": an.video, "contact_sheet": an.contact_sheet,
                   "node_log": "node.log", "node_params": "node_params.yaml"},
