@@ -455,8 +455,12 @@ def build_engine(settings: NodeSettings) -> StreamEngine:
 def build_multi_engine(settings: NodeSettings) -> MultiStreamEngine:
     """The engine of a node with `cameras`: one model and backend, one stream per camera."""
     from dcfm_ros.engine.multistream import MultiStreamEngine
+    from dcfm_ros.engine.reference_ring import uses_reference_ring
 
     model, net = _load(settings)
+    if uses_reference_ring(model):  # its ring holds one stream's frames; one engine per camera would share it
+        raise StartupError(f"{model.model_class} runs one camera per node (its reference ring is per "
+                           "stream); leave the parameter 'cameras' empty")
     try:
         return MultiStreamEngine(model, settings.cameras, settings.keyframe.make_policy(), backend=net,
                                  input_size=settings.input_size, schedule=settings.keyframe.make_schedule,
