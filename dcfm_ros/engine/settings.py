@@ -31,9 +31,10 @@ from dcfm_ros.engine.specs import (
 )
 
 if TYPE_CHECKING:
-    from dcfm_ros.engine import KeyframePolicy, StreamEngine
-    from dcfm_ros.engine.network import StreamNetwork
+    from dcfm_ros.engine import InferenceBackend, KeyframePolicy, StreamEngine
+    from dcfm_ros.engine.multistream import MultiStreamEngine
     from dcfm_ros.engine.schedules import KeyframeSchedule
+    from dcfm_ros.model import DCFM
 
 DEFAULT_MODEL_FILE = "camvid_efficientnet_lite0.safetensors"
 DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -142,6 +143,12 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("keyframe.spread", T.INTEGER, 3, "spread schedule: frames a keyframe's deep pass is spread "
               "over (the new common feature is used from that many frames after the keyframe).",
               read_only=False, int_range=(1, 64)),
+    ParamSpec("cameras", T.STRING_ARRAY, None, "Camera names for one node serving several cameras with one "
+              "model: camera <c> reads <c>/image (or <c>/image/compressed) and publishes under "
+              "<c>/segmentation/..., with its own keyframes, common feature and counters and one "
+              "diagnostics status. Unset or []: one camera on image and segmentation/... (as without "
+              "this parameter).",
+              constraints="ROS name tokens (letters, digits, _), each once"),
     ParamSpec("input_size", T.INTEGER_ARRAY, None, "[H, W] the network runs at (images are resized to it, "
               "outputs come back at camera resolution). Unset or []: the model's own input size.",
               constraints="[H, W], positive ints"),
@@ -250,6 +257,7 @@ class NodeSettings:
     values: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     backend: str = "auto"
     backend_cache_dir: str = ""
+    cameras: tuple[str, ...] = ()
     viewer_rate: float = 0.0
     jpeg_quality: int = 80
     labels_at: str = "auto"
@@ -351,6 +359,18 @@ def settings_from_values(values: Mapping[str, Any]) -> NodeSettings:
             raise ParameterError(f"parameter 'mask_classes' lists a class twice: {list(classes)!r}")
         mask_classes = tuple(classes)
 
+    names = values["cameras"]
+    cameras: tuple[str, ...] = ()
+    if names is not None:
+        from dcfm_ros.engine.specs import check_camera_names
+
+        if isinstance(names, str):
+            raise ParameterError(f"parameter 'cameras' must be a list of camera names; got {names!r}")
+        try:
+            cameras = check_camera_names(list(names))
+        except ValueError as exc:
+            raise ParameterError(f"parameter 'cameras': {exc}") from exc
+
     settings = NodeSettings(
         model=model.strip(),
         device=device.strip().lower(),
@@ -369,6 +389,7 @@ def settings_from_values(values: Mapping[str, Any]) -> NodeSettings:
         values=dict(values),
         backend=_choice(values, "backend", BACKENDS),
         backend_cache_dir=_path_or_empty(values, "backend_cache_dir"),
+        cameras=cameras,
         viewer_rate=_in_range(values, "viewer_rate", 0.0, 1000.0),
         jpeg_quality=_int(values, "jpeg_quality", 1, 100),
         labels_at=_choice(values, "labels_at", LABEL_SIZES),
@@ -388,8 +409,8 @@ def mask_topic_suffix(class_name: str) -> str:
     return token
 
 
-def build_engine(settings: NodeSettings) -> StreamEngine:
-    """Load the checkpoint and build the StreamEngine; StartupError with a clear reason otherwise."""
+def _load(settings: NodeSettings) -> tuple[DCFM, InferenceBackend]:
+    """The checkpoint's model and its backend (built once: one set of weights and graphs in memory)."""
     from dcfm_ros.model import CheckpointError, load_checkpoint
 
     path = settings.model_path
@@ -410,27 +431,73 @@ def build_engine(settings: NodeSettings) -> StreamEngine:
     if len(set(suffixes)) != len(suffixes):
         raise StartupError(f"parameter 'mask_classes': classes {list(settings.mask_classes)} give clashing "
                            f"topic names {suffixes}")
-    return engine_for(settings, model)
+    return model, _backend_for(settings, model)
 
 
-def engine_for(settings: NodeSettings, model: StreamNetwork) -> StreamEngine:
-    """The node's StreamEngine for a loaded model (backend, precision, labels_at, policy, schedule as
-    the settings say); a test's reference engine built with it runs exactly as the node's."""
-    from dcfm_ros.engine import StreamEngine, make_backend
+def _backend_for(settings: NodeSettings, model: DCFM) -> InferenceBackend:
+    from dcfm_ros.engine import make_backend
+    from dcfm_ros.engine.reference_ring import reference_stream, uses_reference_ring
 
     try:
+        if uses_reference_ring(model):  # MRCFA / SD-CPC: the engine's own path with a reference ring
+            ring = reference_stream(model, settings.backend, settings.device, settings.precision, None,
+                                    settings.input_size or tuple(model.config.input_size))
+            return ring  # type: ignore[return-value]
         # Built here (graph export / engine build at start-up, never on a frame).
         net = make_backend(settings.backend, model, settings.device, settings.precision,
                            input_size=settings.input_size or tuple(model.config.input_size),
                            cache_dir=settings.backend_cache_dir or None)
+    except (RuntimeError, ValueError) as exc:
+        raise StartupError(_cannot_run(settings, exc)) from exc
+    return net
+
+
+def _cannot_run(settings: NodeSettings, exc: Exception) -> str:
+    return (f"cannot run the model with backend={settings.backend!r}, device={settings.device!r}, "
+            f"precision={settings.precision!r}, input_size={settings.input_size}, labels_at="
+            f"{settings.labels_at!r}: {exc}")
+
+
+def build_engine(settings: NodeSettings) -> StreamEngine:
+    """Load the checkpoint and build the StreamEngine; StartupError with a clear reason otherwise."""
+    model, net = _load(settings)
+    return _stream_engine(settings, model, net)
+
+
+def engine_for(settings: NodeSettings, model: DCFM) -> StreamEngine:
+    """The node's StreamEngine for a loaded model (backend, precision, labels_at, policy, schedule as
+    the settings say); a test's reference engine built with it runs exactly as the node's."""
+    return _stream_engine(settings, model, _backend_for(settings, model))
+
+
+def _stream_engine(settings: NodeSettings, model: DCFM, net: InferenceBackend) -> StreamEngine:
+    from dcfm_ros.engine import StreamEngine
+
+    try:
         return StreamEngine(model, settings.keyframe.make_policy(), input_size=settings.input_size,
                             backend=net, schedule=settings.keyframe.make_schedule(),
                             nonkey_blend=settings.nonkey_blend,
-                            # graph_io: on onnxruntime/openvino the frame's call takes the camera
+                            # graph_io: on onnxruntime/openvino the frame's one call takes the camera
                             # image and returns the labels (no torch op on the frame's path); the
                             # engine turns it off where it cannot apply
                             graph_io=True, labels_at=settings.labels_at)
     except (RuntimeError, ValueError) as exc:
-        raise StartupError(f"cannot run the model with backend={settings.backend!r}, device="
-                           f"{settings.device!r}, precision={settings.precision!r}, input_size="
-                           f"{settings.input_size}, labels_at={settings.labels_at!r}: {exc}") from exc
+        raise StartupError(_cannot_run(settings, exc)) from exc
+
+
+def build_multi_engine(settings: NodeSettings) -> MultiStreamEngine:
+    """The engine of a node with `cameras`: one model and backend, one stream per camera."""
+    from dcfm_ros.engine.multistream import MultiStreamEngine
+    from dcfm_ros.engine.reference_ring import uses_reference_ring
+
+    model, net = _load(settings)
+    if uses_reference_ring(model):  # its ring holds one stream's frames; one engine per camera would share it
+        raise StartupError(f"{model.model_class} runs one camera per node (its reference ring is per "
+                           "stream); leave the parameter 'cameras' empty")
+    try:
+        return MultiStreamEngine(model, settings.cameras, settings.keyframe.make_policy(), backend=net,
+                                 input_size=settings.input_size, schedule=settings.keyframe.make_schedule,
+                                 nonkey_blend=settings.nonkey_blend, drop_policy=settings.drop_policy,
+                                 graph_io=True, labels_at=settings.labels_at)  # as the single camera's
+    except (RuntimeError, ValueError) as exc:
+        raise StartupError(_cannot_run(settings, exc)) from exc

@@ -9,6 +9,7 @@ Grammars (case-insensitive, ':'-separated):
                feature:THR[:MIN[:MAX]]  share of pixels with shallow-feature similarity < 0.8 above THR
     schedule   sync | background | spread[:N] | lag:L   (lag is offline only: dcfm-evaluate)
     blend      none | auto | cosine[:feature|logits][:key|prev][:STRENGTH]   (engine/blend.py says why)
+    camera     a ROS name token (letters, digits, _), each camera once (node parameter cameras)
 A bad spec is a ValueError whose message names the grammar; `dcfm_ros.tools.args` turns these into
 argparse types.
 """
@@ -16,13 +17,18 @@ argparse types.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino", "tensorrt")
 # "auto": the fastest precision this backend and CPU/GPU have among those measured to keep the labels
 # (engine/backends/__init__.py, pick_precision; docs/fast-path.md)
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 KEYFRAME_POLICIES = ("fixed", "motion", "feature")
+# the score a keyframe policy decides on (KeyframePolicy.score): what the engine must compute for it
+PolicyScore = Literal["none", "motion", "similarity"]
+POLICY_SCORES: tuple[str, ...] = ("none", "motion", "similarity")
 # where the labels are made with the I/O in the graph (StreamEngine graph_io): "camera", the exact
 # argmax of the logits upsampled to the camera's size; "network", at the network's input size and
 # then scaled to the camera's with nearest neighbours (cheaper for large cameras; docs/fast-path.md);
@@ -211,6 +217,22 @@ def parse_blend(text: str | BlendSpec | None, default: str = "none") -> BlendSpe
 def split_list(text: str) -> list[str]:
     """"a, b,,c" -> ["a", "b", "c"] (comma-separated CLI lists)."""
     return [t.strip() for t in str(text).split(",") if t.strip()]
+
+
+def check_camera_names(names: Sequence[str]) -> tuple[str, ...]:
+    """Camera names as ROS topic tokens (they prefix the camera's topics): letters, digits and _, not
+    starting with a digit, each once. ValueError naming the bad one."""
+    out: list[str] = []
+    for name in names:
+        text = str(name)
+        if not text or not (text[0].isalpha() or text[0] == "_") or not all(
+                c.isascii() and (c.isalnum() or c == "_") for c in text):
+            raise ValueError(f"camera name {text!r} is not a ROS name token (letters, digits, _; not "
+                             "starting with a digit)")
+        if text in out:
+            raise ValueError(f"camera {text!r} is listed twice")
+        out.append(text)
+    return tuple(out)
 
 
 # labels_at "auto": at 1080x1440 (4.5x a 360x480 network's pixels) labels made at the network's size
