@@ -102,11 +102,14 @@ def _copy_with(src: Path, dst: Path, extra: list[tuple[str, str, int, bytes]] = 
 
 def _offline(ckpt: Path, images: list[np.ndarray], interval: int) -> list:
     """The same model in P mode from a fresh start, in this process: what the node must reproduce."""
-    from dcfm_ros.engine import FixedInterval, StreamEngine
+    from dcfm_ros.engine.settings import PARAMETERS, engine_for, settings_from_values
     from dcfm_ros.model import load_checkpoint
 
     model, _ = load_checkpoint(ckpt)
-    engine = StreamEngine(model, FixedInterval(interval), device="cpu", backend="auto")  # the node's default
+    # built as the node builds its engine at its defaults (backend auto, precision auto, labels_at auto)
+    settings = settings_from_values({**{p.name: p.default for p in PARAMETERS}, "device": "cpu",
+                                     "keyframe.policy": "fixed", "keyframe.interval": interval})
+    engine = engine_for(settings, model)
     return [engine.process(img) for img in images]
 
 
@@ -465,7 +468,8 @@ def test_report_metrics_equal_dcfm_evaluate(tmp_path: Path, camvid_checkpoint: P
     out = tmp_path / "eval"
     rc = main([str(bag), "--gt-topic", "/camera/labels", "--max", "--model", str(camvid_checkpoint),
                "--param", "keyframe.policy=fixed", "--param", f"keyframe.interval={INTERVAL}",
-               "--param", "device=cpu", "--no-video", "--out", str(out), "-q"])
+               # fp32 as dcfm-evaluate's default (the node's precision auto is bf16 on a bf16 CPU)
+               "--param", "device=cpu", "--param", "precision=fp32", "--no-video", "--out", str(out), "-q"])
     assert rc == 0, (out / "node.log").read_text() if (out / "node.log").exists() else ""
     report = json.loads((out / "report.json").read_text())
     assert (report["frames_in"], report["frames_out"], report["frames_dropped"]) == (N, N, 0)

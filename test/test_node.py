@@ -108,15 +108,33 @@ def diag_name(msg: Any) -> str:
     return msg.status[0].name
 
 
+def reference_engine(params: dict[str, Any], model: Any) -> Any:
+    """The StreamEngine a node started with `params` (over its defaults) runs, built in this process the
+    way the node builds it (settings.engine_for: same backend, precision -- auto: bf16 where the CPU
+    has it --, labels_at, policy, schedule) and at the node's thread count (conftest.NODE_ENV:
+    OMP_NUM_THREADS=1; OpenVINO takes torch's at build time, and bf16 sums are rounded differently
+    over another number of threads), so its labels can be compared with the node's pixel for pixel."""
+    import torch
+
+    from dcfm_ros.engine.settings import engine_for
+    from dcfm_ros.node.params import PARAMETERS, settings_from_values
+
+    settings = settings_from_values({**{p.name: p.default for p in PARAMETERS}, **params})
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return engine_for(settings, model)
+    finally:
+        torch.set_num_threads(before)
+
+
 class NodeUnderTest:
     """One dcfm_node process, a test-side node talking to it, and the in-process reference engine."""
 
     def __init__(self, ctx: Any, log_dir: Path, ns: str, params: dict[str, Any], checkpoint: Path,
                  topics: dict[str, type], input_size: tuple[int, int] | None = None) -> None:
-        import torch
         from sensor_msgs.msg import CompressedImage, Image
 
-        from dcfm_ros.engine.settings import engine_for
         from dcfm_ros.model import load_checkpoint
         from dcfm_ros.node.params import PARAMETERS, settings_from_values
 
@@ -134,19 +152,9 @@ class NodeUnderTest:
                                     CompressedImage if compressed else Image)
         self.h.wait_discovery((self.pub,))
         model, _ = load_checkpoint(checkpoint)
-        # The reference is built as the node builds its engine, from the settings the node starts with
-        # (its defaults + params): same backend, precision (auto: bf16 where the CPU has it), labels_at,
-        # policy and schedule, so the labels are compared pixel for pixel.
         settings = settings_from_values({**{p.name: p.default for p in PARAMETERS}, **params})
         assert settings.input_size == input_size, "pass input_size both as a param and to NodeUnderTest"
-        # With the node's thread count (conftest.NODE_ENV: OMP_NUM_THREADS=1; OpenVINO takes torch's at
-        # build time): bf16 sums are rounded differently when split over another number of threads.
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            self.ref = engine_for(settings, model)
-        finally:
-            torch.set_num_threads(before)
+        self.ref = reference_engine(params, model)
         # ("frame", key, rgb) / ("policy", None, policy) / ("schedule", None, name)
         self.history: list[tuple[str, Any, Any]] = []
         self.replayed = 0

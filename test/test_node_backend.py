@@ -27,7 +27,10 @@ def test_node_on_onnxruntime_gives_the_torch_labels(ros_context: Any, tmp_path: 
     frames = demo_frames(6, step=8)
     proc = NodeProcess({"model": str(SHIPPED), "backend": "onnxruntime", "device": "cpu",
                         "input_size": list(SIZE), "drop_policy": "none", "qos.reliability": "reliable",
-                        "qos.depth": 50, "keyframe.policy": "fixed", "keyframe.interval": 2}, tmp_path, "ort",
+                        "qos.depth": 50, "keyframe.policy": "fixed", "keyframe.interval": 2,
+                        # exact labels, as torch's (auto would make them at 120x160: the camera has 9x
+                        # its pixels)
+                        "labels_at": "camera"}, tmp_path, "ort",
                        ros_args=("-r", "__ns:=/ort"))
     h = Harness(ros_context, "tester_ort")
     h.watch = proc

@@ -23,13 +23,15 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import Harness, NodeProcess
-from test_node import diag_name, image_array, key_of, raw_msg, texture
+from test_node import diag_name, image_array, key_of, raw_msg, reference_engine, texture
 
 pytestmark = [pytest.mark.ros, pytest.mark.usefixtures("one_torch_thread")]
 
 WAIT_S = 60.0
 FAULTS = {3: "oom", 6: "error"}  # engine call number -> fault (DCFM_NODE_FAULTS)
 F_INTERVAL = 10
+F_PARAMS = {"drop_policy": "none", "qos.depth": 100, "keyframe.policy": "fixed",
+            "keyframe.interval": F_INTERVAL, "device": "cpu"}
 
 
 def stamp_now(h: Harness, last: list[tuple[int, int]]) -> Any:
@@ -129,8 +131,7 @@ def node_f(ros_context: Any, tiny_checkpoint: Path, tmp_path_factory: pytest.Tem
     from sensor_msgs.msg import Image
 
     env = {"DCFM_NODE_FAULTS": ",".join(f"{kind}@{n}" for n, kind in FAULTS.items())}
-    proc = NodeProcess({"model": str(tiny_checkpoint), "drop_policy": "none", "qos.depth": 100,
-                        "keyframe.policy": "fixed", "keyframe.interval": F_INTERVAL, "device": "cpu"},
+    proc = NodeProcess({"model": str(tiny_checkpoint), **F_PARAMS},
                        tmp_path_factory.mktemp("node_f"), "f", env=env, ros_args=("-r", "__ns:=/f"))
     c = Client(ros_context, proc, "/f", {"segmentation/confidence": Image})
     c.wait_reliable_reader()
@@ -214,11 +215,10 @@ def diag_values_of(status: Any) -> dict[str, str]:
 
 def test_engine_fault_is_counted_and_the_next_frame_is_a_keyframe(node_f: Client,
                                                                   tiny_checkpoint: Path) -> None:
-    from dcfm_ros.engine import FixedInterval, StreamEngine
     from dcfm_ros.model import load_checkpoint
 
     model, _ = load_checkpoint(tiny_checkpoint)
-    ref = StreamEngine(model, FixedInterval(F_INTERVAL), "cpu")
+    ref = reference_engine(F_PARAMS, model)  # as the node builds its engine (precision auto, ...)
     frames = [texture(70 + i) for i in range(8)]
     infos = {}
     for n, rgb in enumerate(frames, start=1):
