@@ -43,7 +43,8 @@ def train_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_calibration_grammar() -> None:
-    assert parse_calibration("folder:/data/camvid/train:32") == CalibrationSpec("folder", "/data/camvid/train", 32)
+    want = CalibrationSpec("folder", "/data/camvid/train", 32)
+    assert parse_calibration("folder:/data/camvid/train:32") == want
     assert parse_calibration("folder:/data/camvid/train").count == 64
     assert parse_calibration("video:drive.mp4:10") == CalibrationSpec("video", "drive.mp4", 10)
     assert parse_calibration("bag:runs/a.mcap:/camera/image/compressed:8") == CalibrationSpec(
@@ -131,12 +132,12 @@ def test_int8_cache_key_changes_with_the_calibration(train_folder: Path, tmp_pat
 
 
 def test_int8_on_torch_says_what_to_use() -> None:
-    with pytest.raises(ValueError, match="backend 'torch' has no int8.*'openvino' or 'onnxruntime'"):
+    with pytest.raises(ValueError, match=r"backend 'torch' has no int8.*'openvino' or 'onnxruntime'"):
         make_backend("torch", small_dcfm(), "cpu", "int8")
 
 
 def test_int8_without_calibration_frames_says_what_to_pass(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="needs calibration frames.*dcfm-export"):
+    with pytest.raises(ValueError, match=r"needs calibration frames.*dcfm-export"):
         make_backend("onnxruntime", small_dcfm(), "cpu", "int8", input_size=SMALL, cache_dir=tmp_path)
 
 

@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "TRAINING split (default: the frames shipped with the model, if any)")
     p.add_argument("--check", default=None,
                    help="int8: IMAGES_DIR:LABELS_DIR[:N] labelled frames (labels by file stem) to compare "
-                        f"fp32 and int8 on (N default {DEFAULT_CHECK_FRAMES}); e.g. camvid/val:camvid/valannot")
+                        f"fp32 and int8 on (N default {DEFAULT_CHECK_FRAMES}); e.g. "
+                        f"camvid/val:camvid/valannot")
     p.add_argument("--max-miou-drop", type=float, default=1.0,
                    help="int8: fail when int8 loses more mIoU points than this on either frame kind")
     return p
@@ -112,7 +113,8 @@ class _Graphs:
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = threads
             opts.log_severity_level = 3
-            sess = [ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"]) for p in (key, nonkey)]
+            cpu = ["CPUExecutionProvider"]
+            sess = [ort.InferenceSession(str(p), opts, providers=cpu) for p in (key, nonkey)]
 
             def run(i: int, feeds: dict[str, np.ndarray], names: Sequence[str]) -> list[np.ndarray]:
                 return list(sess[i].run(list(names), feeds))

@@ -66,7 +66,8 @@ def _set_metadata(proto: Any, meta: dict[str, str], graph: str) -> None:
         entry.key, entry.value = k, v
 
 
-def _feeds(fp32_folder: Path, manifest: Manifest, calibration: Calibration) -> dict[str, list[dict[str, np.ndarray]]]:
+def _feeds(fp32_folder: Path, manifest: Manifest,
+           calibration: Calibration) -> dict[str, list[dict[str, np.ndarray]]]:
     """Calibration inputs of key (x) and nonkey (x, the fp32 keyframe graph's common of that frame)."""
     import json
 
