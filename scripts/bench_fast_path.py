@@ -5,8 +5,9 @@ in turn, so a busy machine slows them alike; ratios against the first variant of
 
 Variants: `host` (one fused call a frame, pre/post-processing in torch), `io` (graph I/O: uint8 in,
 labels out), `stages` (the profiling mode: the stage calls one by one), `io-bf16` (OpenVINO's bf16
-hint), `io-int8` (the int8 frame graphs, engine/backends/quantize.py), and with --cameras the clip resized to each camera size (labels at the camera's size: `io`, or made
-at the network's size: `io-net`).
+hint), `io-int8` (the int8 frame graphs, engine/backends/quantize.py), and with --cameras the clip
+resized to each camera size (labels at the camera's size: `io`, or made at the network's size:
+`io-net`).
 
     PYTHONPATH=. python scripts/bench_fast_path.py --backends openvino,onnxruntime --threads 2
 """
@@ -77,8 +78,8 @@ def main() -> int:
     sized = {c: frames if c is None else [cv2.resize(f, (c[1], c[0]), interpolation=cv2.INTER_LINEAR)
                                           for f in frames] for c in cams}
     load0 = os.getloadavg()[0]
-    runs = {f"{b.strip()}@{'clip' if c is None else f'{c[1]}x{c[0]}'}": (c, engines_for(model, b.strip(), c, only))
-            for b in args.backends.split(",") if b.strip() for c in cams}
+    runs = {f"{b.strip()}@{'clip' if c is None else f'{c[1]}x{c[0]}'}":
+            (c, engines_for(model, b.strip(), c, only)) for b in args.backends.split(",") if b.strip() for c in cams}
     times = {(b, v, k): [] for b, (_, vs) in runs.items() for v in vs for k in ("key", "nonkey")}
     # CPU time of the whole process (every thread: the runtime's and torch's) per frame: threads that
     # spin beside the runtime's show up here, not in the wall time
