@@ -78,10 +78,12 @@ def main() -> int:
     sized = {c: frames if c is None else [cv2.resize(f, (c[1], c[0]), interpolation=cv2.INTER_LINEAR)
                                           for f in frames] for c in cams}
     load0 = os.getloadavg()[0]
+
     def label(c: tuple[int, int] | None) -> str:
         return "clip" if c is None else f"{c[1]}x{c[0]}"
 
-    runs = {f"{b.strip()}@{label(c)}": (c, engines_for(model, b.strip(), c, only)) for b in args.backends.split(",") if b.strip() for c in cams}
+    runs = {f"{b.strip()}@{label(c)}": (c, engines_for(model, b.strip(), c, only))
+            for b in args.backends.split(",") if b.strip() for c in cams}
     times = {(b, v, k): [] for b, (_, vs) in runs.items() for v in vs for k in ("key", "nonkey")}
     # CPU time of the whole process (every thread: the runtime's and torch's) per frame: threads that
     # spin beside the runtime's show up here, not in the wall time
