@@ -98,6 +98,7 @@ def _nncf(src: Path, feeds: list[dict[str, np.ndarray]]) -> Any:
 
 def _qdq(src: Path, feeds: list[dict[str, np.ndarray]], work: Path) -> Any:
     import onnx
+    import onnxruntime as ort
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):
@@ -121,6 +122,8 @@ def _qdq(src: Path, feeds: list[dict[str, np.ndarray]], work: Path) -> Any:
     inp = work / f".{src.stem}.fp32.onnx"
     onnx.save(model, str(inp))
     out = work / f".{src.stem}.qdq.onnx"
+    # the calibration sessions warn once per unused initializer of the composed graphs: noise
+    ort.set_default_logger_severity(3)
     quantize_static(str(inp), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     proto = onnx.load(str(out))
