@@ -14,7 +14,7 @@ setup(
         ("share/ament_index/resource_index/packages", ["resource/dcfm_ros"]),
         ("share/dcfm_ros", ["package.xml"]),
         ("share/dcfm_ros/launch", ["launch/dcfm.launch.py"]),
-        ("share/dcfm_ros/config", ["config/dcfm.yaml", "config/dcfm.rviz"]),
+        ("share/dcfm_ros/config", ["config/dcfm.yaml", "config/dcfm.rviz", "config/dcfm_multi.rviz"]),
     ],
     # pip install '.[fleet]': Ray for dcfm-fleet-eval --ray (the serial and --workers runs need nothing more)
     extras_require={"fleet": ["ray>=2.40"]},

@@ -91,8 +91,8 @@ def test_colcon_install_space_has_messages_package_executable_and_data(workspace
     assert os.access(exe, os.X_OK)
     # The Python the build was configured with, not `env python3` (whatever is first on PATH).
     assert exe.read_text().splitlines()[0] == f"#!{sys.executable}"
-    for rel in ("launch/dcfm.launch.py", "config/dcfm.yaml", "config/dcfm.rviz", "msg/SegmentationInfo.msg",
-                "package.xml", "local_setup.bash"):
+    for rel in ("launch/dcfm.launch.py", "config/dcfm.yaml", "config/dcfm.rviz", "config/dcfm_multi.rviz",
+                "msg/SegmentationInfo.msg", "package.xml", "local_setup.bash"):
         assert (prefix / "share" / "dcfm_ros" / rel).is_file(), rel
     pyver = f"python{sys.version_info.major}.{sys.version_info.minor}"
     site = prefix / "lib" / pyver / "site-packages"

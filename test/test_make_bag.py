@@ -342,3 +342,95 @@ def test_damaged_storage_file_is_an_error(tmp_path: Path) -> None:
     mcap.write_bytes(bytes(data[: len(data) // 3]))  # truncated: refused when opened
     with pytest.raises(BagError, match="cannot open bag"), BagReader(out):
         pass
+
+
+def test_multi_camera_bag_round_trips(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Three cameras from three sources, each at its own rate and on its own topics: every camera's
+    frames, labels and stamps come back as from a single-camera bag, the messages of all cameras are in
+    one log-time order, the custom data lists the cameras, and --extract picks one camera."""
+    front, front_labels = _frames(5, seed=3), _labels(5, seed=4)
+    front_dir, front_lab = _write_folder(tmp_path / "front", front, front_labels)
+    left = [cv2.GaussianBlur(f, (7, 7), 3) for f in _frames(4, seed=5)]
+    left_dir, _ = _write_folder(tmp_path / "left", left)
+    video = tmp_path / "rear.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 6.0, (W, H))
+    for i in range(6):
+        writer.write(np.full((H, W, 3), 30 * i, np.uint8))
+    writer.release()
+    out = tmp_path / "bag"
+    argv = [str(out), "--rate", "10", "--max-frames", "4",  # defaults for every camera
+            "--camera", "front", "--images", str(front_dir), "--labels", str(front_lab),
+            "--max-frames", "5",
+            "--camera", "left", "--images", str(left_dir), "--rate", "4", "--compressed",
+            "--jpeg-quality", "95",
+            "--camera", "rear", "--video", str(video), "--rate", "6", "--image-topic", "/rear_cam/image_raw"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "3 cameras" in printed and "camera left: 4 frames at 4 Hz" in printed
+    start = round(DEFAULT_START_S * 1e9)
+    with BagReader(out) as reader:
+        assert {t: i.msgtype for t, i in reader.topics.items()} == {
+            "/front/image": bagio.IMAGE, "/front/labels": bagio.IMAGE,
+            "/left/image/compressed": bagio.COMPRESSED_IMAGE, "/rear_cam/image_raw": bagio.IMAGE}
+        log = [(m.log_ns, m.topic) for m in reader.raw(list(reader.topics))]
+        meta = json.loads(reader.custom_data["dcfm_ros.make_bag"])
+        frames = {t: [f for f in reader.frames(t) if isinstance(f, Frame)]
+                  for t in ("/front/image", "/left/image/compressed", "/rear_cam/image_raw")}
+        labels = [f for f in reader.frames("/front/labels", "labels") if isinstance(f, Frame)]
+        headers = {t: bagio.deserialize(next(reader.raw([t])).data, reader.topics[t].msgtype)
+                   .header.frame_id for t in frames}
+    assert [n for n, _ in log] == sorted(n for n, _ in log)  # one log-time order across the cameras
+    assert headers == {"/front/image": "front", "/left/image/compressed": "left",
+                       "/rear_cam/image_raw": "rear"}
+    expected = (("/front/image", 10, 5), ("/left/image/compressed", 4, 4), ("/rear_cam/image_raw", 6, 4))
+    for topic, rate, n in expected:
+        assert [f.stamp_ns for f in frames[topic]] == [start + round(i * 1e9 / rate) for i in range(n)], topic
+    for f, img in zip(frames["/front/image"], front, strict=True):
+        np.testing.assert_array_equal(f.image, img)
+    for f, lab in zip(labels, front_labels, strict=True):
+        np.testing.assert_array_equal(f.image, lab)
+    assert [f.stamp_ns for f in labels] == [f.stamp_ns for f in frames["/front/image"]]
+    for f, img in zip(frames["/left/image/compressed"], left, strict=True):
+        assert np.abs(f.image.astype(int) - img).mean() < 3.0
+    assert [round(float(f.image.mean()) / 30) for f in frames["/rear_cam/image_raw"]] == [0, 1, 2, 3]
+    cams = {c["name"]: c for c in meta["cameras"]}
+    assert list(cams) == ["front", "left", "rear"]
+    assert (cams["front"]["label_topic"], cams["front"]["labeled"], cams["front"]["rate_hz"]) == (
+        "/front/labels", 5, 10.0)
+    assert cams["left"]["image_topic"] == "/left/image/compressed" and cams["left"]["label_topic"] is None
+    assert cams["rear"]["type"] == "video" and meta["frames"] == 13
+
+    # --extract with --topic: that camera's frames and its labels only
+    root = tmp_path / "dataset"
+    assert main(["--extract", str(out), str(root), "--topic", "/front/image", "--sequence", "front"]) == 0
+    assert len(list((root / "train" / "images" / "front").glob("*.png"))) == 5
+    assert len(list((root / "train" / "labels" / "front").glob("*.png"))) == 5
+    assert main(["--extract", str(out), str(root)]) == 2  # three cameras: which one?
+    assert "3 camera topics" in capsys.readouterr().err
+    # a source before the first --camera serves every camera that names none of its own
+    out2 = tmp_path / "bag2"
+    assert main([str(out2), "--images", str(front_dir), "--rate", "5", "--camera", "a", "--camera", "b",
+                 "--start-frame", "2"]) == 0
+    with BagReader(out2) as reader:
+        assert {t: i.count for t, i in reader.topics.items()} == {"/a/image": 5, "/b/image": 3}
+
+
+def test_multi_camera_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    img_dir, _ = _write_folder(tmp_path, _frames(2))
+    out = tmp_path / "bag"
+    cases = [
+        (["--camera", "a", "--images", str(img_dir), "--rate", "5", "--camera", "a", "--images", str(img_dir),
+          "--rate", "5"], "listed twice"),
+        (["--camera", "a", "--images", str(img_dir), "--rate", "5", "--camera", "b", "--images", str(img_dir),
+          "--rate", "5", "--image-topic", "/a/image"], "topic /a/image is used by a and by b"),
+        (["--camera", "a", "--rate", "5"], "camera a: give exactly one source"),
+        (["--camera", "a", "--images", str(img_dir)], "camera a: this source has no known frame rate"),
+        (["--camera", "a", "--images", str(img_dir), "--rate", "5", "--storage", "sqlite3"],
+         "misplaced option(s) --storage"),
+        (["--images", str(img_dir), "--camera", "a", "--video", "x.mp4"], "video file not found"),  # its own
+        (["--camera", "2a", "--images", str(img_dir), "--rate", "5"], "not a ROS name token"),
+    ]
+    for args, message in cases:
+        assert main([str(out), *args]) == 2, args
+        assert message in capsys.readouterr().err, message
+        assert not out.exists()

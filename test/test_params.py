@@ -324,7 +324,7 @@ def test_launch_file_arguments_are_declared_used_and_passed_to_real_parameters()
     declared = [_str_arg(c) for c in _calls(tree, "DeclareLaunchArgument")]
     used = {_str_arg(c) for c in _calls(tree, "LaunchConfiguration")}
     assert sorted(declared) == sorted({"image_topic", "params_file", "namespace", "use_sim_time", "model",
-                                       "respawn", "respawn_delay"})
+                                       "respawn", "respawn_delay", "cameras", "image_topics"})
     assert set(declared) == used, f"unused: {set(declared) - used}, undeclared: {used - set(declared)}"
     # every key put into the parameters dict is a node parameter (or rclpy's use_sim_time)
     keys = set()
@@ -335,7 +335,7 @@ def test_launch_file_arguments_are_declared_used_and_passed_to_real_parameters()
         if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) \
                 and isinstance(node.value, ast.Name) and node.value.id == "overrides":
             keys.add(node.slice.value)
-    assert keys == {"use_sim_time", "model"}
+    assert keys == {"use_sim_time", "model", "cameras"}
     assert keys <= set(PARAMETER_NAMES) | RCLPY_BUILTIN
     (node_call,) = _calls(tree, "Node")
     kw = {k.arg: k.value for k in node_call.keywords}
@@ -343,6 +343,7 @@ def test_launch_file_arguments_are_declared_used_and_passed_to_real_parameters()
     assert {"namespace", "parameters", "remappings", "respawn", "respawn_delay"} <= set(kw)
     text = LAUNCH.read_text()
     assert '"config", "dcfm.yaml"' in text and '("image", image_topic)' in text
+    assert ast.unparse(kw["remappings"]) == "remappings"
 
 
 def _launch_helpers() -> dict[str, Any]:
@@ -385,3 +386,55 @@ def test_launch_refuses_a_missing_params_file_or_model(tmp_path: Path) -> None:
     # both are checked in the node's OpaqueFunction, before the Node action exists
     text = LAUNCH.read_text()
     assert 'check_file("params_file"' in text and 'check_file("model"' in text
+
+
+def test_launch_fails_when_the_node_fails_at_start_up() -> None:
+    """`ros2 launch` exits 0 when its only node dies; the launch file's exit handler turns a non-zero
+    exit of the node (not caused by launch's own shutdown, not respawned) into an error in launch,
+    which makes LaunchService.run() return 1. launch cannot be installed here: the decision is run as
+    written, the handler's wiring is read from the file."""
+    node_failure = _launch_helpers()["node_failure"]
+    assert "status 1" in node_failure(1, False, False)
+    assert "status -11" in node_failure(-11, False, False)  # a crash (SIGSEGV)
+    assert node_failure(0, False, False) is None  # a clean exit
+    assert node_failure(-2, True, False) is None  # Ctrl-C: launch was shutting down already
+    assert node_failure(1, False, True) is None  # respawn:=true restarts it instead
+    tree = ast.parse(LAUNCH.read_text())
+    (handler,) = _calls(tree, "OnProcessExit")
+    kw = {k.arg: ast.unparse(k.value) for k in handler.keywords}
+    assert kw == {"target_action": "node", "on_exit": "_on_node_exit"}
+    assert len(_calls(tree, "RegisterEventHandler")) == 1
+    on_exit = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "_on_node_exit")
+    assert any(isinstance(n, ast.Raise) for n in ast.walk(on_exit))
+    assert "node_failure(event.returncode" in ast.unparse(on_exit)
+
+
+def test_launch_cameras_and_their_topics() -> None:
+    helpers = _launch_helpers()
+    parse_names, remap = helpers["parse_names"], helpers["camera_remappings"]
+    assert parse_names("cameras", "[front,left,right]") == ["front", "left", "right"]
+    assert parse_names("cameras", "[ 'front', \"left\" ]") == ["front", "left"]
+    assert parse_names("cameras", "[]") == parse_names("cameras", "") == []
+    for bad in ("[front,,left]", "[front", "front]"):
+        with pytest.raises(ValueError, match="cameras"):
+            parse_names("cameras", bad)
+    assert remap(["front", "left"], ["/a/image_raw", "/b/image_raw"]) == [
+        ("front/image", "/a/image_raw"), ("front/image/compressed", "/a/image_raw/compressed"),
+        ("left/image", "/b/image_raw"), ("left/image/compressed", "/b/image_raw/compressed")]
+    assert remap(["front", "left"], []) == []
+    with pytest.raises(ValueError, match="one topic per camera"):
+        remap(["front", "left"], ["/a/image_raw"])
+    # the camera names the launch file passes are the node's own parameter, checked by the node
+    assert "cameras" in PARAMETER_NAMES
+
+
+def test_cameras_parameter() -> None:
+    """cameras: unset or [] is the single-camera node; names are ROS name tokens, each once."""
+    assert settings_from_values(defaults()).cameras == ()
+    assert settings_from_values(defaults(cameras=[])).cameras == ()
+    assert settings_from_values(defaults(cameras=["front", "left_2"])).cameras == ("front", "left_2")
+    for bad, word in ((["front", "front"], "twice"), (["2nd"], "name token"), (["a/b"], "name token"),
+                      ("front", "list")):
+        with pytest.raises(ParameterError, match=f"cameras.*{word}"):
+            settings_from_values(defaults(cameras=bad))
+    assert next(p for p in PARAMETERS if p.name == "cameras").read_only  # topics are made at start-up

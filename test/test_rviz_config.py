@@ -44,3 +44,23 @@ def test_rviz_shows_the_compressed_overlay_and_offers_camera_and_color() -> None
     for d in displays:
         if d["Topic"]["Value"].startswith("/segmentation/"):
             assert d["Topic"]["Reliability Policy"] in ("Reliable", "Best Effort")
+
+
+MULTI_CAMERAS = ("front", "left", "right")  # the README's and the launch file's example
+
+
+def test_multi_camera_rviz_shows_each_cameras_overlay() -> None:
+    """config/dcfm_multi.rviz: one enabled Image display per camera of the example, on the topic a
+    camera of a multi-camera node publishes its JPEG overlay on (<c>/segmentation/overlay/compressed),
+    with the reliable QoS of the node's viewer outputs."""
+    cfg = yaml.safe_load((ROOT / "config" / "dcfm_multi.rviz").read_text())
+    displays = [d for d in cfg["Visualization Manager"]["Displays"]
+                if d.get("Class") == "rviz_default_plugins/Image" and d.get("Enabled", True)]
+    assert sorted(d["Topic"]["Value"] for d in displays) == sorted(
+        f"/{c}/segmentation/overlay/compressed" for c in MULTI_CAMERAS)
+    assert {d["Topic"]["Reliability Policy"] for d in displays} == {"Reliable"}
+    assert len({d["Name"] for d in displays}) == len(displays)  # rviz keys panels by display name
+    assert {f"{c} overlay" for c in MULTI_CAMERAS} <= set(cfg["Window Geometry"])
+    assert "cameras:=[front,left,right]" in (ROOT / "config" / "dcfm_multi.rviz").read_text()
+    outputs_src = (ROOT / "dcfm_ros" / "node" / "cameras.py").read_text()
+    assert 'prefix=f"{name}/segmentation"' in outputs_src, "cameras no longer publish under <c>/segmentation"

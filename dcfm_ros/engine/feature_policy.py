@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 
-from dcfm_ros.engine.keyframe import PolicyScore
+from dcfm_ros.engine.specs import PolicyScore
 from dcfm_ros.model.similarity import LOW_SIMILARITY
 
 

@@ -12,9 +12,9 @@ change); policies are only asked about the other frames.
 from __future__ import annotations
 
 import math
-from typing import Literal, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
-from dcfm_ros.engine.specs import KEYFRAME_POLICIES, PolicySpec
+from dcfm_ros.engine.specs import KEYFRAME_POLICIES, POLICY_SCORES, PolicyScore, PolicySpec
 
 POLICIES = KEYFRAME_POLICIES
 
@@ -25,8 +25,6 @@ POLICIES = KEYFRAME_POLICIES
 #   "similarity"  the share of pixels whose shallow-feature similarity to the keyframe is low
 #                 (engine/blend.py), which comes out of the frame's network call: the decision is
 #                 made after it (engine/stream.py)
-PolicyScore = Literal["none", "motion", "similarity"]
-POLICY_SCORES: tuple[str, ...] = ("none", "motion", "similarity")
 
 
 @runtime_checkable

@@ -24,8 +24,10 @@ from typing import TYPE_CHECKING, Any
 from dcfm_ros.engine.specs import BACKENDS, KEYFRAME_POLICIES, KEYFRAME_SCHEDULES, PRECISIONS
 
 if TYPE_CHECKING:
-    from dcfm_ros.engine import KeyframePolicy, StreamEngine
+    from dcfm_ros.engine import InferenceBackend, KeyframePolicy, StreamEngine
+    from dcfm_ros.engine.multistream import MultiStreamEngine
     from dcfm_ros.engine.schedules import KeyframeSchedule
+    from dcfm_ros.model import DCFM
 
 DEFAULT_MODEL_FILE = "camvid_efficientnet_lite0.safetensors"
 DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -128,6 +130,12 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("keyframe.spread", T.INTEGER, 3, "spread schedule: frames a keyframe's deep pass is spread "
               "over (the new common feature is used from that many frames after the keyframe).",
               read_only=False, int_range=(1, 64)),
+    ParamSpec("cameras", T.STRING_ARRAY, None, "Camera names for one node serving several cameras with one "
+              "model: camera <c> reads <c>/image (or <c>/image/compressed) and publishes under "
+              "<c>/segmentation/..., with its own keyframes, common feature and counters and one "
+              "diagnostics status. Unset or []: one camera on image and segmentation/... (as without "
+              "this parameter).",
+              constraints="ROS name tokens (letters, digits, _), each once"),
     ParamSpec("input_size", T.INTEGER_ARRAY, None, "[H, W] the network runs at (images are resized to it, "
               "outputs come back at camera resolution). Unset or []: the model's own input size.",
               constraints="[H, W], positive ints"),
@@ -236,6 +244,7 @@ class NodeSettings:
     values: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     backend: str = "auto"
     backend_cache_dir: str = ""
+    cameras: tuple[str, ...] = ()
     viewer_rate: float = 0.0
     jpeg_quality: int = 80
 
@@ -336,6 +345,18 @@ def settings_from_values(values: Mapping[str, Any]) -> NodeSettings:
             raise ParameterError(f"parameter 'mask_classes' lists a class twice: {list(classes)!r}")
         mask_classes = tuple(classes)
 
+    names = values["cameras"]
+    cameras: tuple[str, ...] = ()
+    if names is not None:
+        from dcfm_ros.engine.specs import check_camera_names
+
+        if isinstance(names, str):
+            raise ParameterError(f"parameter 'cameras' must be a list of camera names; got {names!r}")
+        try:
+            cameras = check_camera_names(list(names))
+        except ValueError as exc:
+            raise ParameterError(f"parameter 'cameras': {exc}") from exc
+
     settings = NodeSettings(
         model=model.strip(),
         device=device.strip().lower(),
@@ -354,6 +375,7 @@ def settings_from_values(values: Mapping[str, Any]) -> NodeSettings:
         values=dict(values),
         backend=_choice(values, "backend", BACKENDS),
         backend_cache_dir=_path_or_empty(values, "backend_cache_dir"),
+        cameras=cameras,
         viewer_rate=_in_range(values, "viewer_rate", 0.0, 1000.0),
         jpeg_quality=_int(values, "jpeg_quality", 1, 100),
     )
@@ -372,9 +394,10 @@ def mask_topic_suffix(class_name: str) -> str:
     return token
 
 
-def build_engine(settings: NodeSettings) -> StreamEngine:
-    """Load the checkpoint and build the StreamEngine; StartupError with a clear reason otherwise."""
-    from dcfm_ros.engine import StreamEngine, make_backend
+def _load(settings: NodeSettings) -> tuple[DCFM, InferenceBackend]:
+    """The checkpoint's model and its backend (built once: one set of weights and graphs in memory)."""
+    from dcfm_ros.engine import make_backend
+    from dcfm_ros.engine.reference_ring import reference_stream, uses_reference_ring
     from dcfm_ros.model import CheckpointError, load_checkpoint
 
     path = settings.model_path
@@ -396,10 +419,30 @@ def build_engine(settings: NodeSettings) -> StreamEngine:
         raise StartupError(f"parameter 'mask_classes': classes {list(settings.mask_classes)} give clashing "
                            f"topic names {suffixes}")
     try:
+        if uses_reference_ring(model):  # MRCFA / SD-CPC: the engine's own path with a reference ring
+            ring = reference_stream(model, settings.backend, settings.device, settings.precision, None,
+                                    settings.input_size or tuple(model.config.input_size))
+            return model, ring  # type: ignore[return-value]
         # Built here (graph export / engine build at start-up, never on a frame).
         net = make_backend(settings.backend, model, settings.device, settings.precision,
                            input_size=settings.input_size or tuple(model.config.input_size),
                            cache_dir=settings.backend_cache_dir or None)
+    except (RuntimeError, ValueError) as exc:
+        raise StartupError(_cannot_run(settings, exc)) from exc
+    return model, net
+
+
+def _cannot_run(settings: NodeSettings, exc: Exception) -> str:
+    return (f"cannot run the model with backend={settings.backend!r}, device={settings.device!r}, "
+            f"precision={settings.precision!r}, input_size={settings.input_size}: {exc}")
+
+
+def build_engine(settings: NodeSettings) -> StreamEngine:
+    """Load the checkpoint and build the StreamEngine; StartupError with a clear reason otherwise."""
+    from dcfm_ros.engine import StreamEngine
+
+    model, net = _load(settings)
+    try:
         return StreamEngine(model, settings.keyframe.make_policy(), input_size=settings.input_size,
                             backend=net, schedule=settings.keyframe.make_schedule(),
                             nonkey_blend=settings.nonkey_blend,
@@ -408,6 +451,22 @@ def build_engine(settings: NodeSettings) -> StreamEngine:
                             # engine turns it off where it cannot apply
                             graph_io=True)
     except (RuntimeError, ValueError) as exc:
-        raise StartupError(f"cannot run the model with backend={settings.backend!r}, device="
-                           f"{settings.device!r}, precision={settings.precision!r}, input_size="
-                           f"{settings.input_size}: {exc}") from exc
+        raise StartupError(_cannot_run(settings, exc)) from exc
+
+
+def build_multi_engine(settings: NodeSettings) -> MultiStreamEngine:
+    """The engine of a node with `cameras`: one model and backend, one stream per camera."""
+    from dcfm_ros.engine.multistream import MultiStreamEngine
+    from dcfm_ros.engine.reference_ring import uses_reference_ring
+
+    model, net = _load(settings)
+    if uses_reference_ring(model):  # its ring holds one stream's frames; one engine per camera would share it
+        raise StartupError(f"{model.model_class} runs one camera per node (its reference ring is per "
+                           "stream); leave the parameter 'cameras' empty")
+    try:
+        return MultiStreamEngine(model, settings.cameras, settings.keyframe.make_policy(), backend=net,
+                                 input_size=settings.input_size, schedule=settings.keyframe.make_schedule,
+                                 nonkey_blend=settings.nonkey_blend, drop_policy=settings.drop_policy,
+                                 graph_io=True)  # as the single-camera node's engine
+    except (RuntimeError, ValueError) as exc:
+        raise StartupError(_cannot_run(settings, exc)) from exc

@@ -12,6 +12,7 @@ Grammars (case-insensitive, ':'-separated):
     calibration  folder:DIR[:N] | video:FILE[:N] | bag:PATH:TOPIC[:N]   (int8; N frames, default 64,
                spread evenly; frames of the model's TRAINING split only: a path through a folder
                named val/test (CamVid's val, valannot, test, ...) is refused)
+    camera     a ROS name token (letters, digits, _), each camera once (node parameter cameras)
 A bad spec is a ValueError whose message names the grammar; `dcfm_ros.tools.args` turns these into
 argparse types.
 """
@@ -19,13 +20,18 @@ argparse types.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino", "tensorrt")
 # "auto": the fastest precision this backend and CPU/GPU have among those measured to keep the labels
 # (engine/backends/__init__.py, pick_precision; docs/fast-path.md)
 PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
 KEYFRAME_POLICIES = ("fixed", "motion", "feature")
+# the score a keyframe policy decides on (KeyframePolicy.score): what the engine must compute for it
+PolicyScore = Literal["none", "motion", "similarity"]
+POLICY_SCORES: tuple[str, ...] = ("none", "motion", "similarity")
 # where the labels are made with the I/O in the graph (StreamEngine graph_io): "camera", the exact
 # argmax of the logits upsampled to the camera's size; "network", at the network's input size and
 # then scaled to the camera's with nearest neighbours (cheaper for large cameras; docs/fast-path.md)
@@ -267,3 +273,19 @@ def parse_calibration(text: str) -> CalibrationSpec:
         raise ValueError(f"calibration {text!r} reads from a held-out split ({'/'.join(held)}): int8 is "
                          f"calibrated on the model's training frames only (e.g. folder:.../train)")
     return CalibrationSpec(kind, rest, count, topic)
+
+
+def check_camera_names(names: Sequence[str]) -> tuple[str, ...]:
+    """Camera names as ROS topic tokens (they prefix the camera's topics): letters, digits and _, not
+    starting with a digit, each once. ValueError naming the bad one."""
+    out: list[str] = []
+    for name in names:
+        text = str(name)
+        if not text or not (text[0].isalpha() or text[0] == "_") or not all(
+                c.isascii() and (c.isalnum() or c == "_") for c in text):
+            raise ValueError(f"camera name {text!r} is not a ROS name token (letters, digits, _; not "
+                             "starting with a digit)")
+        if text in out:
+            raise ValueError(f"camera {text!r} is listed twice")
+        out.append(text)
+    return tuple(out)

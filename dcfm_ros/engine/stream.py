@@ -48,6 +48,7 @@ from dcfm_ros.engine.device import StageTimer
 from dcfm_ros.engine.keyframe import KeyframePolicy, check_policy
 from dcfm_ros.engine.network import StreamNetwork, check_network
 from dcfm_ros.engine.preprocess import FramePreprocessor, validate_image, validate_size
+from dcfm_ros.engine.reference_ring import reference_stream
 from dcfm_ros.engine.schedules import CommonCache, KeyframeSchedule, make_schedule
 from dcfm_ros.engine.specs import LABEL_SIZES
 
@@ -178,10 +179,12 @@ class StreamEngine:
                  backend: str | InferenceBackend = "torch", schedule: str | KeyframeSchedule = "sync",
                  spread: int = 3, background_threads: int | None = 1,
                  nonkey_blend: str | None = "auto", stages: bool = False, graph_io: bool = False,
-                 labels_at: str = "camera") -> None:
-        self.model = check_network(model)
-        self.backend = backend if isinstance(backend, InferenceBackend) else make_backend(
-            backend, model, device, precision)
+                 labels_at: str = "camera", reference_stride: int | None = None) -> None:
+        # MRCFA / SD-CPC: every frame through engine/reference_ring.py (None for DCFM / TFC).
+        self._ring = reference_stream(model, backend, device, precision, reference_stride, input_size)
+        self.model = model if self._ring is not None else check_network(model)
+        self.backend = self._ring if self._ring is not None else backend if isinstance(
+            backend, InferenceBackend) else make_backend(backend, model, device, precision)
         self.device = self.backend.device
         self.precision = self.backend.precision
         self.stages = bool(stages)
@@ -256,6 +259,8 @@ class StreamEngine:
     def reset(self) -> None:
         """Forget the cached keyframe: the next frame is a keyframe."""
         self.state.forget()
+        if self._ring is not None:
+            self._ring.reset()
 
     @property
     def has_keyframe(self) -> bool:
@@ -272,6 +277,8 @@ class StreamEngine:
         """Segment one (H, W, 3) uint8 RGB frame; labels are returned at (H, W)."""
         # Validate before touching any state: a bad frame raises and the stream carries on.
         validate_image(image_rgb)
+        if self._ring is not None:
+            return FrameResult(**self._ring.process(image_rgb, self._pre))
         with torch.inference_mode(), self.state.schedule.frame_stream(self.device):
             plan = self.decide(image_rgb, self.state)
             return self.commit(plan, self.run(plan))

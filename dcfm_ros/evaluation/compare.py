@@ -7,7 +7,10 @@
 
 Rows: the per-frame baseline (DCFM, every frame a keyframe), then per keyframe policy:
 feature reuse (a DCFM trained without L_B, `--reuse`, when given), DCFM, DCFM + cosine blend
-(nonkey_blend, engine/blend.py), TFC (its own blend); TFC's per-frame row too. Columns: mIoU, mIoU
+(nonkey_blend, engine/blend.py), TFC (its own blend); TFC's per-frame row too. Multi-frame peers
+(`--peer LABEL=CKPT`: MRCFA, SD-CPC and their ablations) have one row each: every frame a full pass
+with its references from the engine's ring (every 3rd frame on the dense val clip, every frame on the
+1 Hz test split; evaluate.reference_stride), time under "key ms". Columns: mIoU, wIoU, mIoU
 over non-key frames, mVC_8 / mVC_16 (densely labeled videos only: CamVid val; null on the 1 Hz test
 split), keyframe ratio, and the median engine time (`FrameResult.timings_ms["total"]`) of keyframes
 and of non-key frames. Times are measured in the same run for every row; compare them as ratios.
@@ -31,7 +34,7 @@ from dcfm_ros.data.datasets.pairs import read_label, read_rgb
 from dcfm_ros.data.metrics import ConfusionMatrix, mean_video_consistency
 from dcfm_ros.engine.keyframe import build_policy
 from dcfm_ros.engine.specs import PolicySpec, parse_policy
-from dcfm_ros.evaluation.evaluate import MVC_LENGTHS
+from dcfm_ros.evaluation.evaluate import MVC_LENGTHS, reference_stride
 
 
 @dataclass(frozen=True)
@@ -44,17 +47,28 @@ class Method:
 
 def run_method(model: Any, blend: str, policy: PolicySpec, videos: dict[str, list[np.ndarray]],
                labels: dict[str, list[np.ndarray | None]], dense: set[str], num_classes: int,
-               ignore_index: int, device: str) -> dict[str, Any]:
-    """One (model, blend, policy) row over every video."""
+               ignore_index: int, device: str,
+               strides: dict[str, int | None] | None = None) -> dict[str, Any]:
+    """One (model, blend, policy) row over every video; `strides`: per video, a multi-frame model's
+    reference spacing (evaluate.reference_stride)."""
     from dcfm_ros.engine import StreamEngine
 
-    engine = StreamEngine(model, build_policy(policy), device=device, nonkey_blend=blend)
+    strides = strides or {}
+    engines: dict[int | None, Any] = {}
+
+    def engine_for(video: str) -> Any:
+        stride = strides.get(video)
+        if stride not in engines:
+            engines[stride] = StreamEngine(model, build_policy(policy), device=device, nonkey_blend=blend,
+                                           reference_stride=stride)
+        return engines[stride]
     cm_all, cm_nonkey = ConfusionMatrix(num_classes, ignore_index), ConfusionMatrix(num_classes, ignore_index)
     key_ms: list[float] = []
     nonkey_ms: list[float] = []
     frames = keys = 0
     dense_videos = []
     for name, images in videos.items():
+        engine = engine_for(name)
         engine.reset()
         preds = []
         for img, gt in zip(images, labels[name], strict=True):
@@ -72,6 +86,8 @@ def run_method(model: Any, blend: str, policy: PolicySpec, videos: dict[str, lis
                                  [p for p, g in zip(preds, labels[name], strict=True) if g is not None]))
     out: dict[str, Any] = {
         "mIoU": cm_all.miou(),
+        "wIoU": cm_all.fwiou(),
+        "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
         "mIoU_nonkey": cm_nonkey.miou() if cm_nonkey.matrix.sum() else None,
         "keyframe_ratio": keys / frames,
         "key_ms_p50": float(np.median(key_ms)) if key_ms else None,
@@ -100,18 +116,21 @@ def compare(methods: Sequence[Method], policies: Sequence[PolicySpec], root: str
     ignore = 255
     per_frame = parse_policy("fixed:1")
     jobs: list[tuple[str, Method, PolicySpec]] = []
+    ring = {m.checkpoint for m in methods if hasattr(models[m.checkpoint], "num_references")}
     for m in methods if per_frame_rows else ():  # each model's per-frame row once (no blend on keyframes)
-        if m.checkpoint not in {j[1].checkpoint for j in jobs}:
+        if m.checkpoint not in {j[1].checkpoint for j in jobs} and m.checkpoint not in ring:
             jobs.append((f"{m.name.split(' +')[0]}, per frame", m, per_frame))
-    jobs += [(m.name, m, p) for p in policies for m in methods]
+    jobs += [(m.name, m, per_frame) for m in methods if m.checkpoint in ring]  # no keyframes: one row
+    jobs += [(m.name, m, p) for p in policies for m in methods if m.checkpoint not in ring]
     rows = []
     for i, (label, m, p) in enumerate(jobs):
         model = models[m.checkpoint]
         if model.config.num_classes != len(spec.class_names):
             raise ValueError(f"{m.checkpoint} predicts {model.config.num_classes} classes, {dataset} has "
                              f"{len(spec.class_names)}")
+        strides = {v: reference_stride(dataset, frames[v], model) for v in videos}
         metrics = run_method(model, m.blend, p, videos, labels, dense, model.config.num_classes, ignore,
-                             device)
+                             device, strides)
         row = {"method": label, "checkpoint": m.checkpoint, "blend": m.blend, "policy": p.text,
                "trained": m.trained, **metrics}
         rows.append(row)
@@ -138,13 +157,14 @@ def _ms(x: float | None) -> str:
 
 
 def markdown_table(report: dict[str, Any]) -> str:
-    lines = ["| method | keyframes | mIoU | non-key mIoU | mVC_8 | mVC_16 | keyframe ratio | key ms "
-             "| non-key ms |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| method | keyframes | mIoU | wIoU | non-key mIoU | mVC_8 | mVC_16 | params (M) "
+             "| keyframe ratio | key ms | non-key ms |", "| --- " * 11 + "|"]
     for r in report["results"]:
-        acc = [_pct(r[k]) if r.get("trained", True) else "n/t"
-               for k in ("mIoU", "mIoU_nonkey", "mVC_8", "mVC_16")]
-        lines.append(f"| {r['method']} | {r['policy']} | {' | '.join(acc)} | {r['keyframe_ratio']:.2f} | "
-                     f"{_ms(r['key_ms_p50'])} | {_ms(r['nonkey_ms_p50'])} |")
+        acc = [_pct(r.get(k)) if r.get("trained", True) else "n/t"
+               for k in ("mIoU", "wIoU", "mIoU_nonkey", "mVC_8", "mVC_16")]
+        params = "-" if r.get("params_M") is None else f"{r['params_M']:.2f}"
+        lines.append(f"| {r['method']} | {r['policy']} | {' | '.join(acc)} | {params} | "
+                     f"{r['keyframe_ratio']:.2f} | {_ms(r['key_ms_p50'])} | {_ms(r['nonkey_ms_p50'])} |")
     return "\n".join(lines)
 
 

@@ -38,7 +38,7 @@ from dcfm_ros.data.datasets import is_dense
 from dcfm_ros.data.datasets.pairs import FrameSample, read_label, read_rgb
 from dcfm_ros.data.metrics import ConfusionMatrix, mean_video_consistency
 from dcfm_ros.engine.keyframe import build_policy
-from dcfm_ros.engine.specs import PolicySpec
+from dcfm_ros.engine.specs import PolicySpec, parse_policy
 
 MVC_LENGTHS = (8, 16)
 MODES = ("p", "b")
@@ -89,6 +89,16 @@ class _Accumulator:
         return out
 
 
+def reference_stride(dataset: str, frames: Sequence[FrameSample], model: Any) -> int | None:
+    """Frames between a multi-frame model's references (MRCFA / SD-CPC) on this video: the model's
+    own spacing (both papers: t-3, t-6 at 15 Hz) on a densely labeled clip, 1 on a sparse one (CamVid
+    test: the frames are the 1 Hz labeled ones, the spacing they were trained with). None for the
+    keyframe models."""
+    if not hasattr(model, "num_references"):
+        return None
+    return int(model.default_stride) if is_dense(dataset, list(frames)) else 1
+
+
 def _finite(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
 
@@ -111,16 +121,20 @@ def evaluate(model: Any, videos: dict[str, list[FrameSample]], lut: np.ndarray, 
         raise ValueError(f"unknown mode(s) {bad}; expected a subset of {MODES}")
     cfg = model.config
     size = tuple(input_size) if input_size is not None else tuple(cfg.input_size)
+    ring = hasattr(model, "num_references")  # MRCFA / SD-CPC: one P-mode row, every frame a full pass
+    if ring:
+        modes, policies, schedules = ["p"], [parse_policy("fixed:1")], ("sync",)  # type: ignore[assignment]
     per_frame = [p.kind == "fixed" and p.interval == 1 for p in policies]
     jobs = [(m, p, sc) for p, pf in zip(policies, per_frame, strict=True) for m in modes
             for sc in (schedules if m == "p" else ("sync",)) if not (m == "b" and pf)]
     acc = {(m, p.text, sc): _Accumulator(cfg.num_classes, ignore_index) for m, p, sc in jobs}
     dense_names = [v for v, frames in videos.items() if is_dense(dataset, frames)]
     # One backend for every engine and B mode: the same weights, graphs and sessions throughout.
-    net = make_backend(backend, model, device, precision, input_size=size, cache_dir=backend_cache_dir)
-    engines = {(p.text, sc): StreamEngine(model, build_policy(p), input_size=size, backend=net, schedule=sc,
-                                          nonkey_blend=nonkey_blend)
-               for m, p, sc in jobs if m == "p"}
+    net = None if ring else make_backend(backend, model, device, precision, input_size=size,
+                                         cache_dir=backend_cache_dir)
+    engines = {} if ring else {(p.text, sc): StreamEngine(model, build_policy(p), input_size=size,
+                                                          backend=net, schedule=sc, nonkey_blend=nonkey_blend)
+                               for m, p, sc in jobs if m == "p"}
     total_frames = sum(len(f) for f in videos.values())
     done = 0
     for vi, (name, frames) in enumerate(videos.items()):
@@ -131,7 +145,12 @@ def evaluate(model: Any, videos: dict[str, list[FrameSample]], lut: np.ndarray, 
             t0 = time.perf_counter()
             fresh = None
             if mode == "p":
-                eng = engines[(pol.text, sched)]
+                stride = reference_stride(dataset, frames, model)
+                if ring and (pol.text, stride) not in engines:
+                    engines[(pol.text, stride)] = StreamEngine(model, build_policy(pol), device=device,
+                                                               precision=precision, input_size=size,
+                                                               backend=backend, reference_stride=stride)
+                eng = engines[(pol.text, stride if ring else sched)]
                 eng.reset()
                 results = [eng.process(img) for img in images]
                 preds = [r.labels for r in results]
@@ -155,6 +174,10 @@ def evaluate(model: Any, videos: dict[str, list[FrameSample]], lut: np.ndarray, 
         notes.append("no densely labeled video in this split: mVC is not meaningful and is reported as null")
     notes.append("B mode with fixed:1 equals P mode (every frame is a keyframe) and is not repeated")
     notes.append("mIoU excludes classes absent from both ground truth and prediction")
+    if ring:
+        notes.append(f"{model.model_class} runs the whole network on every frame with the ring of earlier "
+                     f"frames' features: one P-mode row (references every {model.default_stride} frames on "
+                     "dense clips, every frame on 1 Hz ones); --modes/--policies/--schedule do not apply")
     if any(sc != "sync" for sc in schedules):
         notes.append("with spread:N / lag:L the key/non-key split is by the common feature used: 'key' = "
                      "frames that used their own F_co (forced ones), 'nonkey' = frames that reused an older "
@@ -165,7 +188,7 @@ def evaluate(model: Any, videos: dict[str, list[FrameSample]], lut: np.ndarray, 
         "input_size": list(size),
         "device": str(resolve_device(device)),
         "precision": precision,
-        "backend": net.describe(),
+        "backend": net.describe() if net is not None else "torch (reference ring)",
         "nonkey_blend": nonkey_blend,
         "num_videos": len(videos),
         "num_frames": total_frames,

@@ -24,20 +24,33 @@ Topics written (frame_id "camera" unless --frame-id):
   <label-topic>              sensor_msgs/Image mono8 train ids, 255 = void (default /camera/labels),
                              only for frames that have a label, same header stamp as the image
 Header stamps (and record times) are start + i / rate, so a bag made twice from the same input is
-identical. mcap bags use zstd chunk compression (plain rosbag2 metadata; `ros2 bag` reads them).
+identical.
+
+Several cameras in one bag: `--camera NAME` starts a camera; the source and the camera options after
+it (--rate, --labels, --split, --sequence, --max-frames, --start-frame, --resize, --compressed,
+--jpeg-quality, --image-topic, --label-topic, --frame-id) are that camera's, those before the first
+--camera are every camera's defaults (a source there, e.g. --camvid ROOT, serves every camera that
+names none of its own). A camera's topics are /NAME/image (/NAME/image/compressed) and
+/NAME/labels, frame_id NAME; every camera starts at --start-time and runs at its own rate; the
+messages of all cameras are written in one log-time order. The bag's custom data lists the cameras.
+mcap bags use zstd chunk compression (plain rosbag2 metadata; `ros2 bag` reads them).
 
 Example (the demo clip in demo/):
   dcfm-make-bag demo/camvid_val_0016E5 --camvid ../shared/data/camvid --split val --sequence 0016E5 \
       --compressed --jpeg-quality 85
   dcfm-make-bag --extract demo/camvid_val_0016E5 my_dataset --split train --sequence drive1
+  dcfm-make-bag out/three_cams --compressed --camvid ../shared/data/camvid --split val \\
+      --camera front --sequence 0016E5 --camera left --sequence 0016E5 --start-frame 50 --rate 10 \\
+      --camera right --video drive.mp4 --resize 480x360
 """
 
 from __future__ import annotations
 
+import heapq
 import json
 import math
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +98,7 @@ class BagSummary:
     rate: float
     start_ns: int
     size_bytes: int
+    camera: str | None = None
 
 
 def _read_rgb(path: Path) -> np.ndarray:
@@ -207,6 +221,131 @@ def _resize(frame: SourceFrame, size: tuple[int, int] | None) -> SourceFrame:
     return SourceFrame(frame.name, rgb, labels)
 
 
+@dataclass
+class CameraSource:
+    """One camera of a bag: its frames, its rate and topics (a multi-camera bag has one per camera)."""
+
+    frames: Iterator[SourceFrame]
+    rate: float
+    image_topic: str = "/camera/image"
+    label_topic: str = "/camera/labels"
+    frame_id: str = "camera"
+    compressed: bool = False
+    jpeg_quality: int = 85
+    max_frames: int | None = None
+    skip_frames: int = 0
+    resize: tuple[int, int] | None = None
+    source: dict[str, object] | None = None
+    name: str | None = None  # the camera's name in a multi-camera bag (its custom data)
+
+    @property
+    def camera_topic(self) -> str:
+        return self.image_topic.rstrip("/") + "/compressed" if self.compressed else self.image_topic
+
+    def check(self) -> None:
+        if not (math.isfinite(self.rate) and self.rate > 0):
+            raise ValueError(f"rate must be a positive number of Hz, got {self.rate}")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise ValueError(f"max_frames must be >= 1, got {self.max_frames}")
+
+
+@dataclass
+class _Tally:
+    frames: int = 0
+    labeled: int = 0
+
+
+def _camera_messages(cam: CameraSource, index: int, start_ns: int,
+                     tally: _Tally) -> Iterator[tuple[int, int, str, object]]:
+    """(stamp, camera index, topic, message) of one camera in stamp order; counts into `tally`."""
+    shape: tuple[int, ...] | None = None
+    n = 0
+    for i, frame in enumerate(cam.frames):
+        if i < cam.skip_frames:
+            continue
+        if cam.max_frames is not None and n >= cam.max_frames:
+            break
+        frame = _resize(frame, cam.resize)
+        if frame.labels is not None and frame.labels.shape != frame.rgb.shape[:2]:
+            raise SourceError(f"frame {frame.name}: label size {frame.labels.shape[::-1]} differs from "
+                              f"image size {frame.rgb.shape[1::-1]}")
+        if shape is not None and frame.rgb.shape != shape:
+            # allowed in ROS, but a bag made from one sequence should not change size silently
+            print(f"dcfm-make-bag: note: frame {frame.name} is {frame.rgb.shape[1::-1]}, earlier frames "
+                  f"{shape[1::-1]}", file=sys.stderr)
+        shape = frame.rgb.shape
+        stamp = start_ns + round(n * 1e9 / cam.rate)
+        msg = (compressed_image_msg(frame.rgb, stamp, cam.frame_id, cam.jpeg_quality) if cam.compressed
+               else image_msg(frame.rgb, stamp, cam.frame_id))
+        n += 1
+        tally.frames = n
+        yield stamp, index, cam.camera_topic, msg
+        if frame.labels is not None:
+            tally.labeled += 1
+            yield stamp, index, cam.label_topic, label_msg(frame.labels, stamp, cam.frame_id)
+
+
+def _camera_info(cam: CameraSource, tally: _Tally) -> dict[str, object]:
+    return dict(cam.source or {}, rate_hz=cam.rate, frames=tally.frames, labeled=tally.labeled,
+                compressed=cam.compressed, jpeg_quality=cam.jpeg_quality if cam.compressed else None,
+                label_void=255, label_topic=cam.label_topic if tally.labeled else None)
+
+
+def write_cameras(out: Path, cameras: Sequence[CameraSource], *, storage: str = "mcap",
+                  start_ns: int = int(DEFAULT_START_S * 1e9)) -> list[BagSummary]:
+    """Write every camera of `cameras` to a new bag at `out`, one image topic (and label topic) each,
+    messages in stamp order across cameras; camera k's stamps are start_ns + i / rate_k. With one
+    camera the bag is the single-camera bag of `write_bag`; with several its custom data lists them
+    (`cameras`: one entry per camera, as a single-camera bag's). Returns one summary per camera."""
+    if not cameras:
+        raise ValueError("a bag needs at least one camera")
+    if start_ns <= 0:
+        raise ValueError("start time must be positive (time 0 means 'unset' to a ROS clock)")
+    for cam in cameras:
+        cam.check()
+    used: dict[str, str] = {}
+    for k, cam in enumerate(cameras):
+        who = cam.name or f"camera {k + 1}"
+        for topic in (cam.camera_topic, cam.label_topic):
+            if topic in used and used[topic] != who:
+                raise ValueError(f"topic {topic} is used by {used[topic]} and by {who}: give each camera "
+                                 "its own --image-topic / --label-topic")
+            used[topic] = who
+    tallies = [_Tally() for _ in cameras]
+    with BagWriter(out, storage=storage) as bag:
+        declared: set[str] = set()
+        for cam in cameras:  # camera topics first: a bag lists its cameras even before any label
+            bag.add_topic(cam.camera_topic, COMPRESSED_IMAGE if cam.compressed else IMAGE)
+            declared.add(cam.camera_topic)
+        streams = [_camera_messages(cam, k, start_ns, tallies[k]) for k, cam in enumerate(cameras)]
+        for stamp, _k, topic, msg in heapq.merge(*streams, key=lambda m: (m[0], m[1])):
+            if topic not in declared:
+                bag.add_topic(topic, IMAGE)
+                declared.add(topic)
+            bag.write(topic, stamp, msg)
+        for cam, tally in zip(cameras, tallies, strict=True):
+            if tally.frames == 0:
+                who = f" of camera {cam.name}" if cam.name else ""
+                raise SourceError(f"the source{who} gave no frame (after --start-frame)")
+        if len(cameras) == 1:
+            info: dict[str, object] = _camera_info(cameras[0], tallies[0])
+        else:
+            entries = [dict(_camera_info(c, t), name=c.name, image_topic=c.camera_topic)
+                       for c, t in zip(cameras, tallies, strict=True)]
+            info = {"cameras": entries, "label_void": 255,
+                    "frames": sum(t.frames for t in tallies), "labeled": sum(t.labeled for t in tallies)}
+        bag.set_custom_data("dcfm_ros.make_bag", json.dumps(info, sort_keys=True))
+    size = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
+    summaries = []
+    for cam, tally in zip(cameras, tallies, strict=True):
+        topics = {cam.camera_topic: COMPRESSED_IMAGE if cam.compressed else IMAGE}
+        if tally.labeled:
+            topics[cam.label_topic] = IMAGE
+        summaries.append(BagSummary(out, tally.frames, tally.labeled, topics, cam.rate, start_ns, size,
+                                    cam.name))
+    return summaries
+
+
 def write_bag(out: Path, frames: Iterator[SourceFrame], *, rate: float, compressed: bool = False,
               jpeg_quality: int = 85, storage: str = "mcap", image_topic: str = "/camera/image",
               label_topic: str = "/camera/labels", frame_id: str = "camera",
@@ -214,51 +353,23 @@ def write_bag(out: Path, frames: Iterator[SourceFrame], *, rate: float, compress
               skip_frames: int = 0, resize: tuple[int, int] | None = None,
               source: dict[str, object] | None = None) -> BagSummary:
     """Write `frames` to a new bag at `out`; stamps are start_ns + i / rate. Returns a summary."""
-    if not (math.isfinite(rate) and rate > 0):
-        raise ValueError(f"rate must be a positive number of Hz, got {rate}")
-    if max_frames is not None and max_frames < 1:
-        raise ValueError(f"max_frames must be >= 1, got {max_frames}")
-    if start_ns <= 0:
-        raise ValueError("start time must be positive (time 0 means 'unset' to a ROS clock)")
-    cam_topic = image_topic.rstrip("/") + "/compressed" if compressed else image_topic
-    topics: dict[str, str] = {cam_topic: COMPRESSED_IMAGE if compressed else IMAGE}
-    n = labeled = 0
-    shape: tuple[int, ...] | None = None
-    with BagWriter(out, storage=storage) as bag:
-        bag.add_topic(cam_topic, topics[cam_topic])
-        for i, frame in enumerate(frames):
-            if i < skip_frames:
-                continue
-            if max_frames is not None and n >= max_frames:
-                break
-            frame = _resize(frame, resize)
-            if frame.labels is not None and frame.labels.shape != frame.rgb.shape[:2]:
-                raise SourceError(f"frame {frame.name}: label size {frame.labels.shape[::-1]} differs from "
-                                  f"image size {frame.rgb.shape[1::-1]}")
-            if shape is not None and frame.rgb.shape != shape:
-                # allowed in ROS, but a bag made from one sequence should not change size silently
-                print(f"dcfm-make-bag: note: frame {frame.name} is {frame.rgb.shape[1::-1]}, earlier frames "
-                      f"{shape[1::-1]}", file=sys.stderr)
-            shape = frame.rgb.shape
-            stamp = start_ns + round(n * 1e9 / rate)
-            msg = (compressed_image_msg(frame.rgb, stamp, frame_id, jpeg_quality) if compressed
-                   else image_msg(frame.rgb, stamp, frame_id))
-            bag.write(cam_topic, stamp, msg)
-            if frame.labels is not None:
-                if label_topic not in topics:
-                    topics[label_topic] = IMAGE
-                    bag.add_topic(label_topic, IMAGE)
-                bag.write(label_topic, stamp, label_msg(frame.labels, stamp, frame_id))
-                labeled += 1
-            n += 1
-        if n == 0:
-            raise SourceError("the source gave no frame (after --start-frame)")
-        info = dict(source or {}, rate_hz=rate, frames=n, labeled=labeled, compressed=compressed,
-                    jpeg_quality=jpeg_quality if compressed else None, label_void=255,
-                    label_topic=label_topic if labeled else None)
-        bag.set_custom_data("dcfm_ros.make_bag", json.dumps(info, sort_keys=True))
-    size = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
-    return BagSummary(out, n, labeled, topics, rate, start_ns, size)
+    cam = CameraSource(frames, rate, image_topic, label_topic, frame_id, compressed, jpeg_quality,
+                       max_frames, skip_frames, resize, source)
+    return write_cameras(out, [cam], storage=storage, start_ns=start_ns)[0]
+
+
+def bag_cameras(custom_data: Mapping[str, str]) -> list[dict[str, object]]:
+    """The cameras a dcfm-make-bag bag records (one entry each: image_topic, label_topic, rate_hz,
+    class_names, ...); [] for a bag from elsewhere. A single-camera bag's entry has no image_topic."""
+    try:
+        info = json.loads(custom_data.get("dcfm_ros.make_bag", "") or "{}")
+    except json.JSONDecodeError:
+        return []
+    if not isinstance(info, dict):
+        return []
+    if isinstance(info.get("cameras"), list):
+        return [c for c in info["cameras"] if isinstance(c, dict)]
+    return [info] if info else []
 
 
 @dataclass(frozen=True)
@@ -279,11 +390,11 @@ def _write_png(path: Path, pixels: np.ndarray) -> None:
     tmp.replace(path)
 
 
-def _camera_topic(bag: BagReader, topic: str | None, label_topic: str | None) -> str:
+def _camera_topic(bag: BagReader, topic: str | None, label_topics: set[str]) -> str:
     if topic is not None:
         bag.require_topic(topic, (IMAGE, COMPRESSED_IMAGE), "camera")
         return topic
-    cams = [t.name for t in bag.image_topics() if t.name != label_topic]
+    cams = [t.name for t in bag.image_topics() if t.name not in label_topics]
     if len(cams) != 1:
         raise SourceError(f"bag {bag.path} has {len(cams)} camera topics ({', '.join(cams) or 'none'}); "
                           "choose one with --topic")
@@ -297,9 +408,12 @@ def extract_bag(bag_path: Path, root: Path, *, split: str = "train", sequence: s
     if every < 1:
         raise ValueError(f"--every must be >= 1, got {every}")
     with BagReader(bag_path) as bag:
-        info = json.loads(bag.custom_data.get("dcfm_ros.make_bag", "{}") or "{}")
-        label_topic = info.get("label_topic")
-        cam = _camera_topic(bag, topic, label_topic)
+        cameras = bag_cameras(bag.custom_data)
+        label_topics = {str(c["label_topic"]) for c in cameras if c.get("label_topic")}
+        cam = _camera_topic(bag, topic, label_topics)
+        entry = next((c for c in cameras if c.get("image_topic", cam) == cam), {})
+        label_topic = entry.get("label_topic")
+        info = entry
         seq = sequence or bag.path.name
         img_dir, lbl_dir = root / split / "images" / seq, root / split / "labels" / seq
         if img_dir.is_dir() and any(img_dir.iterdir()) and not overwrite:

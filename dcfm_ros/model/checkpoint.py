@@ -3,7 +3,8 @@
 Layout (docs/ARCHITECTURE.md): tensors are `DCFM.state_dict()`; the safetensors metadata holds
     format = "dcfm_ros", format_version = "1", dcfm_config = JSON of DCFMConfig.to_dict(),
     extra = JSON object (training info), dtype = "float32" | "float16" (how floats are stored),
-    model_class = "DCFM" | "TFC" (which network the config builds; absent in older files = DCFM).
+    model_class = "DCFM" | "TFC" | "MRCFA" | "SDCPC" (which network the config builds; absent in older
+    files = DCFM), model_options = JSON object of the class's switches (MRCFA's ablations; absent = {}).
 safetensors never unpickles, so a checkpoint from anywhere is safe to open. Saving writes a temporary
 file next to the target and renames it over the target, so a reader (the node, an evaluation run)
 sees either the old file or the new one, never half a file.
@@ -24,13 +25,16 @@ from torch import Tensor, nn
 from dcfm_ros.model.build import build_model
 from dcfm_ros.model.config import DCFMConfig
 from dcfm_ros.model.dcfm import DCFM
-from dcfm_ros.model.tfc import TFC, build_tfc
+from dcfm_ros.model.mrcfa import build_mrcfa
+from dcfm_ros.model.sdcpc import build_sdcpc
+from dcfm_ros.model.tfc import build_tfc
 
 FORMAT = "dcfm_ros"
 FORMAT_VERSION = "1"
 _MAX_LISTED = 10
 # model_class -> builder(config, pretrained); the class writes its own name (`model_class` attribute).
-MODEL_CLASSES = {"DCFM": build_model, "TFC": build_tfc}
+# MRCFA / SDCPC builders also take the checkpoint's `model_options` as keyword arguments.
+MODEL_CLASSES = {"DCFM": build_model, "TFC": build_tfc, "MRCFA": build_mrcfa, "SDCPC": build_sdcpc}
 
 
 class CheckpointError(ValueError):
@@ -79,6 +83,9 @@ def save_checkpoint(path: str | Path, model: nn.Module, extra: dict[str, Any] | 
         "dtype": "float16" if half else "float32",
         "model_class": getattr(model, "model_class", "DCFM"),
     }
+    options = getattr(model, "model_options", None)
+    if options:
+        metadata["model_options"] = json.dumps(options)
 
     tensors: dict[str, Tensor] = {}
     for key, value in model.state_dict().items():
@@ -149,9 +156,16 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
     if model_class not in MODEL_CLASSES:
         raise CheckpointError(f"{path}: unknown model_class {model_class!r}; this version builds "
                               f"{', '.join(MODEL_CLASSES)}")
+    try:
+        options = json.loads(metadata.get("model_options", "{}"))
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: bad 'model_options' metadata (not JSON): {exc}") from exc
+    if not isinstance(options, dict):
+        raise CheckpointError(f"{path}: bad 'model_options' metadata (not a JSON object)")
     return {
         "config": config,
         "model_class": model_class,
+        "model_options": options,
         "extra": extra,
         "format_version": version,
         "dtype": metadata.get("dtype", "float32"),
@@ -160,10 +174,11 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
-                    expected_num_classes: int | None = None) -> tuple[DCFM | TFC, dict[str, Any]]:
+                    expected_num_classes: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model from the stored config and load its weights strictly; never unpickles.
 
-    Returns (model in eval mode on `map_location`, meta) with meta as in `read_checkpoint_meta`.
+    Returns (model in eval mode on `map_location`: DCFM, TFC, MRCFA or SDCPC, as `model_class` says;
+    meta as in `read_checkpoint_meta`).
     expected_num_classes: fail if the checkpoint predicts a different number of classes.
     Raises CheckpointError naming the file for every kind of bad file; nothing half-loaded is
     ever returned.
@@ -175,7 +190,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
         raise CheckpointError(f"{path}: checkpoint has {config.num_classes} classes, expected "
                               f"{expected_num_classes}")
     try:
-        model = MODEL_CLASSES[meta["model_class"]](config, None)
+        model = MODEL_CLASSES[meta["model_class"]](config, None, **meta["model_options"])
     except Exception as exc:
         raise CheckpointError(f"{path}: cannot build backbone {config.backbone!r} from its config: "
                               f"{type(exc).__name__}: {exc}") from exc

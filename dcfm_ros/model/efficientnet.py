@@ -87,13 +87,18 @@ class EfficientNetHi(nn.Module):
         init_new_layers(self.fuse)
 
     def forward(self, f_in: Tensor) -> Tensor:
+        return self.stages(f_in)[1]  # type: ignore[return-value]
+
+    def stages(self, f_in: Tensor, fuse: bool = True) -> tuple[list[Tensor], Tensor | None]:
+        """([F_in @1/4, 40 ch @1/8, 112 ch @1/16, 320 ch @1/32], F_co or None when not `fuse`): the
+        four stage outputs (what the multi-frame peers MRCFA / SD-CPC take from MiT's stages)."""
         feats = [f_in]
         x = f_in
         for i, (block, rate) in enumerate(zip(self.blocks, self.drop_rates, strict=True)):
             x = block(x, drop_connect_rate=rate)
             if i in self.taps:
                 feats.append(x)
-        return self._fuse(feats)
+        return feats, self._fuse(feats) if fuse else None
 
     def _fuse(self, feats: list[Tensor]) -> Tensor:
         size = feats[0].shape[-2:]

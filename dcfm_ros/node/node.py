@@ -39,6 +39,7 @@ from dcfm_ros.node.params import (
     StartupError,
     apply_changes,
     build_engine,
+    build_multi_engine,
     declare_parameters,
     read_settings,
 )
@@ -46,6 +47,7 @@ from dcfm_ros.node.params import (
 if TYPE_CHECKING:
     from dcfm_ros.engine import KeyframePolicy, StreamEngine
     from dcfm_ros.engine.schedules import KeyframeSchedule
+    from dcfm_ros.node.cameras import Cameras
 
 NODE_NAME = "dcfm_node"
 DIAGNOSTICS_PERIOD_S = 1.0
@@ -70,8 +72,12 @@ class DCFMNode(Node):
         try:
             declare_parameters(self)
             self._settings = read_settings(self)
-            self.engine: StreamEngine = build_engine(self._settings)
-            self._setup()
+            self._cameras: Cameras | None = None
+            if self._settings.cameras:  # several cameras, one model: node/cameras.py
+                self._setup_cameras()
+            else:
+                self.engine: StreamEngine = build_engine(self._settings)
+                self._setup()
         except BaseException:
             self.destroy_node()
             raise
@@ -81,6 +87,31 @@ class DCFMNode(Node):
         if self._viewer_participant is not None:
             self._viewer_participant.close()
             self._viewer_participant = None
+
+    def _setup_cameras(self) -> None:
+        from dcfm_ros.node.cameras import Cameras
+
+        s = self._settings
+        self._throttle = ReasonThrottle(LOG_THROTTLE_S)
+        self.multi = build_multi_engine(s)
+        try:
+            single, faults = engine_call(lambda pair: pair[0].process(pair[1]))
+        except ValueError as exc:
+            raise StartupError(str(exc)) from exc
+        if faults:
+            self.get_logger().warning(f"fault injection on: engine calls {faults} will raise")
+        self._viewer_participant = ViewerParticipant(self, self._viewer_args)
+        self._cameras = Cameras(self, self._viewer_participant.node, s, self.multi, LATCHED_QOS,
+                                lambda engine, image: single((engine, image)), self._log_throttled)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.add_post_set_parameters_callback(self._on_parameters_set)
+        self._diag_timer = self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics,
+                                             clock=Clock(clock_type=ClockType.STEADY_TIME))
+        m = self.multi
+        self.get_logger().info(
+            f"model {s.model_path} ({m.num_classes} classes, input {m.input_size[0]}x{m.input_size[1]}) "
+            f"on {m.backend.describe()}, shared by {len(m.cameras)} cameras; keyframe policy {m.policy!r}, "
+            f"schedule {s.keyframe.schedule}; drop_policy {s.drop_policy}; {self._cameras.describe()}")
 
     def _setup(self) -> None:
         # Not imported at module level: the engine loads torch, and main imports this module before
@@ -182,12 +213,20 @@ class DCFMNode(Node):
     # -- lifecycle ---------------------------------------------------------------------------------
 
     def start(self) -> None:
+        if self._cameras is not None:
+            self._cameras.start()
+            return
         self._outputs.start()
         self._worker.start()
 
     def stop(self, timeout: float = 30.0) -> bool:
         """Stop the worker (after the frame in progress) and wait for it; False when it is still in
         that frame after `timeout` s (then it is abandoned: a daemon thread that publishes nothing)."""
+        if self._cameras is not None:
+            if not self._cameras.stop(timeout):
+                self.get_logger().warning(f"inference thread still in a frame after {timeout} s: abandoned")
+                return False
+            return True
         self._stopping.set()
         self._queue.close()
         if self._worker.is_alive():
@@ -217,11 +256,19 @@ class DCFMNode(Node):
         new = apply_changes(self._settings, params)  # validated a moment ago by _on_set_parameters
         if new.keyframe.policy_fields() != self._settings.keyframe.policy_fields():
             policy = new.keyframe.make_policy()
-            with self._policy_lock:
-                self._pending_policy = policy  # the worker swaps it in before its next frame
+            if self._cameras is not None:
+                self._cameras.set_policy(policy)  # every camera, before the worker's next round
+            else:
+                with self._policy_lock:
+                    self._pending_policy = policy  # the worker swaps it in before its next frame
             self.get_logger().info(f"keyframe policy is now {policy!r}")
         if (new.keyframe.schedule, new.keyframe.spread) != (self._settings.keyframe.schedule,
                                                             self._settings.keyframe.spread):
+            if self._cameras is not None:
+                self._cameras.set_schedule(new.keyframe.make_schedule)  # one instance per camera
+                self.get_logger().info(f"keyframe schedule is now {new.keyframe.schedule} on every camera")
+                self._settings = new
+                return
             schedule = new.keyframe.make_schedule()
             with self._policy_lock:
                 self._pending_schedule = schedule
@@ -229,8 +276,16 @@ class DCFMNode(Node):
         self._settings = new
 
     def _publish_diagnostics(self) -> None:
-        totals, window = self.stats.take_window()
         s = self._settings
+        if self._cameras is not None:
+            m = self.multi
+            self._cameras.publish_diagnostics(s, {
+                "device": str(m.device), "precision": m.backend.precision, "backend": m.backend.name,
+                "keyframe_policy": repr(m.policy), "drop_policy": s.drop_policy,
+                "image_transport": s.image_transport, "cameras": ",".join(m.cameras),
+                "input_size": f"{m.input_size[0]}x{m.input_size[1]}", "model": str(s.model_path)})
+            return
+        totals, window = self.stats.take_window()
         static = {
             "device": str(self.engine.device),
             "precision": self.engine.precision,

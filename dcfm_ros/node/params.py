@@ -29,6 +29,7 @@ from dcfm_ros.engine.settings import (
     ParamType,
     StartupError,
     build_engine,
+    build_multi_engine,
     default_model_path,
     mask_topic_suffix,
     settings_from_values,
@@ -39,8 +40,8 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_MODEL_FILE", "PARAMETERS", "PARAMETER_NAMES", "RUNTIME_PARAMETERS", "KeyframeSettings",
            "NodeSettings", "ParameterError", "StartupError", "apply_changes", "build_engine",
-           "declare_parameters", "default_model_path", "descriptor", "mask_topic_suffix", "read_settings",
-           "read_values", "settings_from_values"]
+           "build_multi_engine", "declare_parameters", "default_model_path", "descriptor",
+           "mask_topic_suffix", "read_settings", "read_values", "settings_from_values"]
 
 _ROS_TYPES = {
     ParamType.STRING: Parameter.Type.STRING,

@@ -1,7 +1,7 @@
 """dcfm-bag-eval: play a rosbag2 through the real dcfm_node over ROS topics, record what it publishes,
 and write a report (report.json / report.md, plots, overlay video, contact sheet).
 
-    dcfm-bag-eval BAG [--image-topic T] [--gt-topic T] (--max | --rate R) [--params FILE]
+    dcfm-bag-eval BAG [--image-topic T ...] [--gt-topic T ...] (--max | --rate R) [--params FILE]
                   [--param NAME=VALUE ...] [--model FILE] [--out DIR] [--start S] [--max-frames N]
                   [--transport UDPv4|DEFAULT|SHM|LARGE_DATA] [--video-codec auto|h264|vp9|mpeg4]
 
@@ -33,6 +33,11 @@ How it runs:
 6. --viewer [CASES]: the run without a viewer, then one per case with a viewer process subscribed
    (color+overlay, all, compressed), side by side in DIR/viewers.md (bag_eval/viewer_runs.py).
 
+Several cameras: `--image-topic` given more than once plays every one of those topics through one node
+with the parameter `cameras` (names from the topics: /front/image -> front) and writes a report per
+camera (DIR/<camera>/) and one overall (DIR/report.md|json: per camera and overall frames, throughput,
+latency, keyframe ratio, metrics); see dcfm_ros.evaluation.bag_eval.multicam.
+
 SIGINT / SIGTERM (any number, in any order): no further frame is sent, the node is stopped (SIGINT,
 SIGKILL after 20 s; it runs in a session of its own, so a terminal's Ctrl-C reaches only this tool),
 and the report of what was played is written, marked incomplete ("complete": false and the reason in
@@ -62,9 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("bag", type=Path, help="input rosbag2 directory (or a .mcap/.db3 file)")
-    p.add_argument("--image-topic", help="camera topic (Image or CompressedImage); default: the bag's only "
-                   "image topic")
-    p.add_argument("--gt-topic", help="ground-truth label topic (mono8 train ids, 255 = void)")
+    p.add_argument("--image-topic", action="append", help="camera topic (Image or CompressedImage); default: "
+                   "the bag's only image topic. Repeat it for several cameras through one node (parameter "
+                   "cameras; names from the topics): a report per camera and one overall")
+    p.add_argument("--gt-topic", action="append", help="ground-truth label topic (mono8 train ids, 255 = "
+                   "void); with several --image-topic one per camera, in the same order (none: no ground "
+                   "truth for that camera)")
     speed = p.add_mutually_exclusive_group()
     speed.add_argument("--max", action="store_true", help="as fast as the node keeps up, no frame lost "
                        "(back-pressure; drop_policy none)")
@@ -133,9 +141,24 @@ def _main(argv: list[str] | None, stop: StopRequest) -> int:
     out_dir = output_dir(args)
     if not report.get("complete", True):
         print(f"INCOMPLETE: {report.get('incomplete_reason')}")
-    lat = report["latency_ms"]["all"]
+
     def num(v: float | None, digits: int) -> str:
         return "n/a" if v is None else f"{v:.{digits}f}"
+
+    if "cameras" in report and "overall" in report:  # several cameras
+        for name, row in [*report["cameras"].items(), ("overall", report["overall"])]:
+            lat, m = row["latency_ms"], row.get("metrics") or {}
+            miou = row.get("miou", m.get("miou"))
+            print(f"{name}: frames in {row['frames_in']}, out {row['frames_out']}, dropped "
+                  f"{row['frames_dropped']}; {num(row['throughput_fps'], 2)} fps; latency p50 "
+                  f"{num(lat['p50'], 1)} ms, p99 {num(lat['p99'], 1)} ms; keyframe ratio "
+                  f"{num(row['keyframe_ratio'], 3)}; mIoU {num(miou, 4)}")
+        for w in report.get("warnings", []):
+            print(f"warning: {w}")
+        print(f"report:  {out_dir / 'report.md'}  ({out_dir / 'report.json'}); per camera: "
+              f"{', '.join(str(out_dir / f) for f in report['files']['cameras'].values())}")
+        return stop.exit_status() if stop.requested else 0
+    lat = report["latency_ms"]["all"]
 
     print(f"frames in {report['frames_in']}, out {report['frames_out']}, dropped {report['frames_dropped']}, "
           f"skipped {report['frames_skipped']}; {num(report['throughput_fps'], 2)} fps; latency p50 "

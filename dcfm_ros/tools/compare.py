@@ -25,6 +25,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="name of the --dcfm rows, e.g. 'DCFM (700 it)' next to the shipped model's")
     p.add_argument("--blend", default="cosine",
                    help="nonkey_blend of the DCFM + blend rows; a comma list gives one row each")
+    p.add_argument("--peer", action="append", default=[], metavar="LABEL=CKPT",
+                   help="a multi-frame peer's checkpoint (MRCFA / SD-CPC, e.g. 'MRCFA=runs/mrcfa/model."
+                        "safetensors'), one row each; repeatable (ablations)")
     p.add_argument("--tfc-untrained", action="store_true",
                    help="the TFC checkpoint is not trained: report only its times (accuracy n/t)")
     p.add_argument("--policies", default="fixed:2,fixed:5,motion:0.1,feature:0.75",
@@ -56,6 +59,11 @@ def main(argv: list[str] | None = None) -> int:
             methods.append(Method(f"{args.dcfm_label} + {blend} blend", args.dcfm, blend))
         if args.tfc:
             methods.append(Method("TFC", args.tfc, "auto", trained=not args.tfc_untrained))
+        for text in args.peer:
+            label, sep, ckpt = text.partition("=")
+            if not sep or not label.strip() or not ckpt.strip():
+                raise ValueError(f"--peer expects LABEL=CKPT, got {text!r}")
+            methods.append(Method(label.strip(), ckpt.strip(), "none"))
         if args.merge:
             report = merge_reports(args.merge)
         else:

@@ -86,6 +86,7 @@ LOSS_DEFAULTS: dict[str, tuple[float, float]] = {
     "folder": (0.4, 10.0),  # your own driving-like recordings: the CamVid/Cityscapes column
 }
 DATASET_TYPES = tuple(LOSS_DEFAULTS)
+METHODS = ("dcfm", "tfc", "mrcfa", "sdcpc")
 
 
 class ConfigError(ValueError):
@@ -112,12 +113,17 @@ class ModelSection:
     init_from: str | None = None
     sync_bn: bool = False
     freeze_bn: bool = False
-    method: str = "dcfm"  # "dcfm" | "tfc" (the comparison method, dcfm_ros.model.tfc)
+    method: str = "dcfm"  # "dcfm" | "tfc" | "mrcfa" | "sdcpc" (the comparison methods, dcfm_ros.model)
+    options: dict[str, Any] = field(default_factory=dict)  # mrcfa/sdcpc switches (e.g. {sar: false})
 
     def __post_init__(self) -> None:
         self.input_size = _pair(self.input_size, "model.input_size")  # type: ignore[assignment]
-        if self.method not in ("dcfm", "tfc"):
-            raise ConfigError(f"model.method must be dcfm or tfc, got {self.method!r}")
+        if self.method not in METHODS:
+            raise ConfigError(f"model.method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if not isinstance(self.options, dict):
+            raise ConfigError(f"model.options must be a mapping, got {self.options!r}")
+        if self.options and self.method not in ("mrcfa", "sdcpc"):
+            raise ConfigError("model.options are for model.method mrcfa or sdcpc")
         if self.pretrained is not None:
             self.pretrained = str(self.pretrained)
         if self.init_from is not None:
@@ -189,8 +195,18 @@ class LossSection:
     class_weights: str | list[float] | None = None  # None | "median_frequency" | one weight per class
     class_weight_power: float = 1.0  # exponent on median-frequency weights; a given list is used as it is
     lambda_sim: float = 0.0  # TFC's focal BCE on the shallow-feature similarity (needs labeled neighbours)
+    lambda_cr: float = 0.0  # SD-CPC's prototype contrastive loss L_CR (eq. 7 lambda_1)
+    lambda_mf: float = 0.0  # SD-CPC's multivariate decorrelation L_MF (eq. 7 lambda_2)
+    tau: float = 0.1  # SD-CPC's contrastive temperature (eq. 5)
 
     def __post_init__(self) -> None:
+        for k in ("lambda_cr", "lambda_mf", "tau"):
+            try:
+                setattr(self, k, float(getattr(self, k)))
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"loss.{k}: a number expected, got {getattr(self, k)!r}") from exc
+        if self.lambda_cr < 0 or self.lambda_mf < 0 or not self.tau > 0:
+            raise ConfigError("loss.lambda_cr / lambda_mf must be >= 0 and loss.tau > 0")
         if float(self.lambda_sim) < 0:
             raise ConfigError(f"loss.lambda_sim must be >= 0, got {self.lambda_sim!r}")
         self.lambda_sim = float(self.lambda_sim)

@@ -43,13 +43,10 @@ from tqdm import tqdm
 from dcfm_ros.data.datasets import (
     DatasetSpec,
     LabeledFrames,
-    PairDataset,
     dataset_spec,
-    pair_samples,
     video_frames,
 )
 from dcfm_ros.data.datasets.checks import check_labels
-from dcfm_ros.data.datasets.labeled_pairs import LabeledPairDataset
 from dcfm_ros.data.metrics import ConfusionMatrix
 from dcfm_ros.data.transforms import ColorJitter, PairAugment
 from dcfm_ros.model import DCFM, DCFMConfig, load_checkpoint, save_checkpoint, upsample_logits
@@ -58,7 +55,7 @@ from dcfm_ros.training import distributed
 from dcfm_ros.training.class_weights import class_pixel_counts, median_frequency_weights
 from dcfm_ros.training.config import ConfigError, TrainConfig
 from dcfm_ros.training.losses import TrainingObjective
-from dcfm_ros.training.methods import build_training_model, needs_neighbour_labels, training_losses
+from dcfm_ros.training.methods import build_training_model, normalize_frames, training_losses, training_set
 from dcfm_ros.training.optim import DECODER_KEYS, PolyWarmup, build_optimizer
 
 SHIPPED, SHIPPED_FILE = "shipped", "camvid_efficientnet_lite0.safetensors"
@@ -194,9 +191,8 @@ class Trainer:
         self.batch_size = distributed.per_rank_batch(cfg.train.batch_size, cfg.train.batch_scope,
                                                      self.dist.world_size)
         self.global_batch = self.batch_size * self.dist.world_size
-        pairs = pair_samples(d.type, d.root, d.train_split, d.neighbour_offsets)
-        dataset = LabeledPairDataset if needs_neighbour_labels(cfg) else PairDataset  # L_sim, TFC
-        self.train_set = dataset(pairs, self.lut, build_augment(cfg, self.mcfg.mean))
+        # pairs (DCFM, TFC) or clips of earlier references (MRCFA, SD-CPC)
+        self.train_set = training_set(cfg, self.model, self.lut, build_augment(cfg, self.mcfg.mean))
         if len(self.train_set) < self.global_batch:
             raise ConfigError(f"global batch {self.global_batch} ({self.dist.world_size} rank(s) x "
                               f"{self.batch_size}) > {len(self.train_set)} training pairs")
@@ -367,8 +363,10 @@ class Trainer:
                 batch = next(batches)
                 mf = self.memory_format
                 x_l = self.model.normalize_input(batch["image"].to(self.device, non_blocking=True))
-                x_u = self.model.normalize_input(batch["neighbour"].to(self.device, non_blocking=True))
-                x_l, x_u = x_l.contiguous(memory_format=mf), x_u.contiguous(memory_format=mf)
+                # (B, 3, H, W) neighbour, or (B, R, 3, H, W) references of a clip
+                x_u = normalize_frames(self.model, batch["neighbour"].to(self.device, non_blocking=True))
+                x_l = x_l.contiguous(memory_format=mf)
+                x_u = x_u.contiguous(memory_format=mf) if x_u.dim() == 4 else x_u
                 y_l = batch["label"].to(self.device, non_blocking=True)
                 y_u = batch["neighbour_label"].to(self.device) if "neighbour_label" in batch else None
                 with self._autocast():

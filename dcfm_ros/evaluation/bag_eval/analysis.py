@@ -122,18 +122,21 @@ class Analysis:
     contact_sheet_columns: str | None = None
     analysed: int = 0  # records gone through (all of them unless stopped)
     stopped: bool = False
+    confusion: Any = None  # the ConfusionMatrix behind `metrics` (multi-camera: summed over cameras)
+    mvc_runs: dict[int, list[float]] | None = None  # mVC_l of each run of frames, by l
 
 
 def analyze(in_bag: Path, out_bag: Path, records: Sequence[FrameRecord], *, image_topic: str,
             gt_topic: str | None, class_names: Sequence[str], palette: Sequence[Sequence[int]],
             out_dir: Path, video: bool = True, contact_frames: int = CONTACT_FRAMES,
             video_codecs: Sequence[str] = CODECS, sliced: bool = False,
-            should_stop: Callable[[], bool] = lambda: False) -> Analysis:
+            should_stop: Callable[[], bool] = lambda: False, labels_topic: str | None = None) -> Analysis:
     """Match labels and GT to frames by stamp; metrics, overlay video and contact sheet (streaming).
 
     `sliced`: the records are a slice of the bag, so unusable GT messages outside it are not listed.
     `should_stop()` true ends the pass at the current frame: metrics, video and sheet then cover the
-    frames gone through (`analysed`)."""
+    frames gone through (`analysed`). `labels_topic`: the output bag's labels topic (default
+    /segmentation/labels; a camera of a multi-camera node has its own)."""
     from dcfm_ros.data.metrics import ConfusionMatrix
     from dcfm_ros.evaluation import pictures as pic
     from dcfm_ros.evaluation import report as rp
@@ -151,7 +154,7 @@ def analyze(in_bag: Path, out_bag: Path, records: Sequence[FrameRecord], *, imag
         images = StampLookup(src.frames(image_topic, start_ns=start_ns), wanted)
         gts = (StampLookup(src.frames(gt_topic, "labels", start_ns=start_ns),
                            topic_stamps(src, gt_topic, start_ns) & wanted) if gt_topic else None)
-        labels_topic = OUT_TOPICS["labels"][0]
+        labels_topic = labels_topic or OUT_TOPICS["labels"][0]
         preds = StampLookup(dst.frames(labels_topic, "labels"), {r.stamp_ns for r in ok})
         # contact sheet: frames with labels, preferably with ground truth
         candidates = ([r for r in ok if r.stamp_ns in gts.known] if gts is not None else []) or ok
@@ -252,6 +255,7 @@ def analyze(in_bag: Path, out_bag: Path, records: Sequence[FrameRecord], *, imag
                        "wiou": summary["wIoU"], "pixel_acc": summary["pixel_acc"],
                        "per_class_iou": summary["per_class_IoU"], "mvc8": vc.result(8),
                        "mvc16": vc.result(16), "mvc_runs": vc.run_count}
+        out.confusion, out.mvc_runs = cm, {n: list(v) for n, v in vc.runs.items()}
         if metric_frames == 0:
             warnings.append(f"no frame has both labels and ground truth on {gt_topic}: metrics are empty")
     return out

@@ -54,6 +54,13 @@ def choose_image_topic(bag: BagReader, asked: str | None, gt_topic: str | None) 
     return cands[0]
 
 
+def _listed(value: str | list[str] | None) -> list[str]:
+    """--image-topic / --gt-topic as given: a list (repeatable flags), one string, or None."""
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
 def output_dir(args: argparse.Namespace) -> Path:
     if args.out is not None:
         return Path(args.out)
@@ -76,6 +83,16 @@ def run(args: argparse.Namespace, stop: StopRequest | None = None) -> dict[str, 
     incomplete."""
     from dcfm_ros.evaluation import report as rp
 
+    if len(_listed(args.image_topic)) > 1:  # several cameras through one node
+        from dcfm_ros.evaluation.bag_eval.multicam import run_multi
+
+        return run_multi(argparse.Namespace(**{**vars(args), "image_topic": _listed(args.image_topic),
+                                               "gt_topic": _listed(args.gt_topic)}), output_dir(args), stop)
+    gt_topics = _listed(args.gt_topic)
+    if len(gt_topics) > 1:
+        raise BagEvalError(f"{len(gt_topics)} --gt-topic for one camera")
+    args = argparse.Namespace(**{**vars(args), "image_topic": (_listed(args.image_topic) or [None])[0],
+                                 "gt_topic": (gt_topics or [None])[0]})
     stop = stop or StopRequest()
     rate = 1.0 if args.rate is None else float(args.rate)
     if not args.max and not (math.isfinite(rate) and rate > 0):

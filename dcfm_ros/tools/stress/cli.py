@@ -1,6 +1,7 @@
 """dcfm-stress: soak, fuzz and fault runs through the real dcfm_node (subprocess, rclpy, reliable link).
 
     dcfm-stress soak   [--frames 10000] [--size 360x480] [--input-size 180x240] [--model FILE]
+                       [--cameras N [--separate-nodes]]
     dcfm-stress fuzz   [--raw 1000] [--compressed 300] [--seed 0]
     dcfm-stress faults [--frames 30]
     dcfm-stress confidence
@@ -97,6 +98,97 @@ def soak(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "exit_code": rc, "size": list(args.size), "input_size": params.get("input_size", "model's"),
         "model": params["model"], "in_flight": args.in_flight,
     }
+
+
+def soak_cameras(args: argparse.Namespace, tmp: Path, one_node: bool) -> dict[str, Any]:
+    """--cameras N: N camera streams at the engine's pace (each at most --in-flight unanswered, served
+    in turn), through one node with cameras (one_node) or N single-camera nodes; drop_policy none."""
+    from dcfm_ros.tools.stress.session import StreamsSession
+
+    frames = demo_frames(args.size)
+    msgs = [_jpeg_msg(f) if args.compressed else image_msg(f) for f in frames]
+    params: dict[str, Any] = {"model": _model(args), "device": args.device, "drop_policy": "none",
+                              "qos.depth": 50}
+    if args.compressed:
+        params["image_transport"] = "compressed"
+    if args.input_size:
+        params["input_size"] = list(args.input_size)
+    s = StreamsSession(params, tmp, _domain(), args.cameras, one_node=one_node, env=_threads(args),
+                       transport=args.transport, compressed=args.compressed)
+    order: dict[str, list[tuple[int, int]]] = {n: [] for n in s.names}
+    sent: dict[tuple[str, tuple[int, int]], float] = {}
+    rss: dict[int, float] = {}
+    per_camera = max(1, args.frames // args.cameras)
+    try:
+        s.wait_ready()
+        rss[0] = s.rss_mb()
+        t0 = time.perf_counter()
+        for i in range(per_camera):
+            for k, n in enumerate(s.names):
+                s.spin_until(lambda n=n: sum(key not in s.labels[n] for key in order[n][-args.in_flight:])
+                             < args.in_flight, 120.0, f"room to send frame {i} of {n}")
+                msg = msgs[(i + 17 * k) % len(msgs)]  # each camera its own part of the drive
+                key = s.send(n, msg)
+                sent[(n, key)] = time.perf_counter()
+                order[n].append(key)
+            done = (i + 1) * args.cameras
+            if (i + 1) % max(1, args.mark // args.cameras) == 0 or i + 1 == per_camera:
+                rss[done] = s.rss_mb()
+                print(f"  {done} frames, node RSS {rss[done]:.1f} MiB, "
+                      f"{done / (time.perf_counter() - t0):.1f} fps", file=sys.stderr, flush=True)
+        with contextlib.suppress(RuntimeError):
+            s.spin_until(lambda: all(k in s.labels[n] for n in s.names for k in order[n]), 60.0,
+                         "the last answers")
+        wall = time.perf_counter() - t0
+    finally:
+        codes = s.stop()
+    lat_all: list[float] = []
+    cams = {}
+    for n in s.names:
+        lat = [(s.labels[n][k] - sent[(n, k)]) * 1000.0 for k in order[n] if k in s.labels[n]]
+        lat_all += lat
+        ends = [s.labels[n][k] for k in order[n] if k in s.labels[n]]
+        span = (max(ends) - sent[(n, order[n][0])]) if ends else float("nan")
+        cams[n] = {"sent": len(order[n]), "answered": len(lat), "lost": len(order[n]) - len(lat),
+                   "fps": len(lat) / span if span > 0 else float("nan"), "p50_ms": _pct(lat, 0.5),
+                   "p99_ms": _pct(lat, 0.99)}
+    fps = [c["fps"] for c in cams.values()]
+    marks = sorted(k for k in rss if k)
+    return {"setup": f"one node, {args.cameras} cameras" if one_node else f"{args.cameras} nodes",
+            "cameras": args.cameras, "frames_sent": sum(c["sent"] for c in cams.values()),
+            "frames_answered": len(lat_all), "frames_lost": sum(c["lost"] for c in cams.values()),
+            "fps": len(lat_all) / wall, "wall_s": wall, "per_camera": cams,
+            "per_camera_fps_min": min(fps), "per_camera_fps_max": max(fps),
+            "latency_ms": {"p50": _pct(lat_all, 0.5), "p99": _pct(lat_all, 0.99)},
+            "rss_mb_total": rss, "rss_mb_idle": rss[0], "rss_mb_end": rss[marks[-1]] if marks else rss[0],
+            "exit_codes": codes, "size": list(args.size), "input_size": params.get("input_size", "model's"),
+            "model": params["model"], "in_flight": args.in_flight, "threads_per_node": args.threads,
+            "transport": args.transport, "input": "jpeg" if args.compressed else "rgb8"}
+
+
+def _jpeg_msg(rgb: np.ndarray) -> Any:
+    """sensor_msgs/CompressedImage, JPEG quality 85 (as a camera driver's compressed transport)."""
+    from sensor_msgs.msg import CompressedImage
+
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    msg = CompressedImage(format="rgb8; jpeg compressed bgr8")
+    msg.data = buf.tobytes()
+    msg.header.frame_id = "camera"
+    return msg
+
+
+def print_soak_cameras(r: dict[str, Any]) -> None:
+    print(f"soak ({r['setup']}): {r['frames_sent']} demo frames {r['size'][0]}x{r['size'][1]} {r['input']}, "
+          f"network "
+          f"input {r['input_size']}, drop_policy none, reliable, {r['in_flight']} in flight per camera, "
+          f"OMP_NUM_THREADS {r['threads_per_node']} per node, Fast DDS {r['transport']}")
+    print(f"  answered {r['frames_answered']}, lost {r['frames_lost']}; aggregate {r['fps']:.2f} fps over "
+          f"{r['wall_s']:.0f} s; per camera {r['per_camera_fps_min']:.2f} .. {r['per_camera_fps_max']:.2f} "
+          f"fps; latency p50 {r['latency_ms']['p50']:.1f} p99 {r['latency_ms']['p99']:.1f} ms")
+    print(f"  RSS of all node processes: idle {r['rss_mb_idle']:.1f} MiB, end {r['rss_mb_end']:.1f} MiB; "
+          f"exit codes {r['exit_codes']}")
 
 
 def print_soak(r: dict[str, Any]) -> None:
@@ -338,6 +430,14 @@ def main(argv: list[str] | None = None) -> int:
     ps.add_argument("--in-flight", type=int, default=2, help="unanswered frames allowed (default 2)")
     ps.add_argument("--mark", type=int, default=1000,
                     help="RSS every N frames; the latency windows' length (default 1000)")
+    ps.add_argument("--cameras", type=int, default=0, help="N camera streams through one node with the "
+                    "parameter cameras (--frames in all, served in turn); 0: the single-camera soak")
+    ps.add_argument("--transport", default="UDPv4", choices=("UDPv4", "SHM", "LARGE_DATA", "DEFAULT"),
+                    help="with --cameras: Fast DDS builtin transport of the run (default UDPv4)")
+    ps.add_argument("--compressed", action="store_true", help="with --cameras: JPEG CompressedImage input "
+                    "(image_transport compressed) instead of raw rgb8")
+    ps.add_argument("--separate-nodes", action="store_true", help="with --cameras N: N single-camera "
+                    "nodes instead (the comparison: same client, same frames)")
     pf = sub.add_parser("fuzz", help="malformed and hostile messages")
     pf.add_argument("--raw", type=int, default=1000, help="hostile sensor_msgs/Image messages")
     pf.add_argument("--compressed", type=int, default=300, help="hostile CompressedImage messages")
@@ -348,7 +448,10 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("confidence", help="mean confidence on the demo drive and on out-of-domain scenes")
     args = p.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix=f"dcfm-stress-{args.what}-"))
-    if args.what == "soak":
+    if args.what == "soak" and args.cameras > 0:
+        r = soak_cameras(args, tmp, one_node=not args.separate_nodes)
+        print(json.dumps(r, indent=2)) if args.json else print_soak_cameras(r)
+    elif args.what == "soak":
         r = soak(args, tmp)
         print(json.dumps(r, indent=2)) if args.json else print_soak(r)
     elif args.what == "fuzz":

@@ -181,3 +181,119 @@ def image_msg(rgb: Any, encoding: str = "rgb8") -> Any:
     msg.data = data
     msg.header.frame_id = "camera"
     return msg
+
+
+class StreamsSession:
+    """Several camera streams, served either by one dcfm_node with `cameras` (one stream per camera)
+    or by one dcfm_node per stream (each in its own namespace): the same client, the same frames, so
+    the two set-ups are measured alike. A stream is (input topic, labels topic, info topic)."""
+
+    def __init__(self, params: Mapping[str, Any], log_dir: Path, domain_id: int, streams: int, *,
+                 one_node: bool, env: Mapping[str, str] | None = None, depth: int = 100,
+                 transport: str = "UDPv4", compressed: bool = False) -> None:
+        ros_env = {"ROS_DOMAIN_ID": str(domain_id), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+                   "FASTDDS_BUILTIN_TRANSPORTS": transport}
+        os.environ.update(ros_env)
+        child_env = {**os.environ, **ros_env, "PYTHONUNBUFFERED": "1", "RCUTILS_COLORIZED_OUTPUT": "0",
+                     **(env or {})}
+        self.names = [f"cam{i}" for i in range(streams)]
+        if one_node:
+            runs = [({**params, "cameras": self.names}, NS)]
+            self.prefix = {n: f"{NS}/{n}" for n in self.names}
+        else:
+            runs = [(dict(params), f"{NS}_{n}") for n in self.names]
+            self.prefix = {n: f"{NS}_{n}" for n in self.names}
+        self.procs: list[subprocess.Popen] = []
+        self._logs = []
+        self.log_dir = log_dir
+        for k, (p, ns) in enumerate(runs):
+            cmd = node_command(p)
+            cmd[-1] = f"__ns:={ns}"
+            log = open(log_dir / f"node{k}.log", "wb")  # noqa: SIM115 - closed in stop()
+            self._logs.append(log)
+            self.procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env))
+        import rclpy
+        from rclpy.context import Context
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import CompressedImage, Image
+
+        from dcfm_ros.msg import SegmentationInfo
+
+        self.ctx = Context()
+        rclpy.init(context=self.ctx, domain_id=domain_id)
+        self.node = rclpy.create_node("dcfm_stress_client", context=self.ctx)
+        in_type, in_topic = (CompressedImage, "image/compressed") if compressed else (Image, "image")
+        self.executor = SingleThreadedExecutor(context=self.ctx)
+        self.executor.add_node(self.node)
+        qos = QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE)
+        self.labels: dict[str, dict[tuple[int, int], float]] = {n: {} for n in self.names}
+        self.infos: dict[str, dict[tuple[int, int], Any]] = {n: {} for n in self.names}
+        self._subs = []
+        self.pubs = {}
+        for n in self.names:
+            pre = self.prefix[n]
+            self._subs.append(self.node.create_subscription(
+                Image, f"{pre}/segmentation/labels",
+                lambda m, n=n: self.labels[n].__setitem__(stamp_key(m.header), time.perf_counter()), qos))
+            self._subs.append(self.node.create_subscription(
+                SegmentationInfo, f"{pre}/segmentation/info",
+                lambda m, n=n: self.infos[n].__setitem__(stamp_key(m.header), m), qos))
+            self.pubs[n] = self.node.create_publisher(in_type, f"{pre}/{in_topic}", qos)
+        self._last_stamp = (0, 0)
+
+    def spin_until(self, done: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not done():
+            for k, p in enumerate(self.procs):
+                if p.poll() is not None:
+                    raise RuntimeError(f"dcfm_node {k} exited ({p.returncode}) while waiting for {what}; log "
+                                       f"{self.log_dir / f'node{k}.log'}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"timed out after {timeout} s waiting for {what}; logs in {self.log_dir}")
+            self.executor.spin_once(timeout_sec=0.01)
+
+    def wait_ready(self) -> None:
+        from rclpy.qos import ReliabilityPolicy
+
+        def ready() -> bool:
+            for pub in self.pubs.values():
+                subs = self.node.get_subscriptions_info_by_topic(pub.topic_name)
+                if pub.get_subscription_count() == 0 or not any(
+                        s.qos_profile.reliability == ReliabilityPolicy.RELIABLE for s in subs):
+                    return False
+            return all(s.get_publisher_count() > 0 for s in self._subs)
+
+        self.spin_until(ready, START_TIMEOUT_S * max(1, len(self.procs) // 2), "the node(s)")
+
+    def send(self, name: str, msg: Any) -> tuple[int, int]:
+        now = time.time_ns()
+        stamp = max((now // 10**9, now % 10**9), (self._last_stamp[0], self._last_stamp[1] + 1))
+        if stamp[1] >= 10**9:
+            stamp = (stamp[0] + 1, 0)
+        self._last_stamp = stamp
+        msg.header.stamp.sec, msg.header.stamp.nanosec = stamp
+        self.pubs[name].publish(msg)
+        return stamp
+
+    def rss_mb(self) -> float:
+        """Resident memory of every node process together (VmRSS), MiB."""
+        total = 0.0
+        for p in self.procs:
+            for line in Path(f"/proc/{p.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) / 1024.0
+        return total
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 30.0) -> list[int]:
+        codes = []
+        for p, log in zip(self.procs, self._logs, strict=True):
+            stop_process(p, sig, timeout)
+            log.close()
+            codes.append(p.returncode)
+        import rclpy
+
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.ctx)
+        return codes
