@@ -5,8 +5,9 @@ in turn, so a busy machine slows them alike; ratios against the first variant of
 
 Variants: `host` (one fused call a frame, pre/post-processing in torch), `io` (graph I/O: uint8 in,
 labels out), `stages` (the profiling mode: the stage calls one by one), `io-bf16` (OpenVINO's bf16
-hint), and with --cameras the clip resized to each camera size (labels at the camera's size: `io`, or made
-at the network's size: `io-net`).
+hint), `io-int8` (the int8 frame graphs, engine/backends/quantize.py), and with --cameras the clip
+resized to each camera size (labels at the camera's size: `io`, or made at the network's size:
+`io-net`).
 
     PYTHONPATH=. python scripts/bench_fast_path.py --backends openvino,onnxruntime --threads 2
 """
@@ -30,16 +31,21 @@ from dcfm_ros.tools.clips import cpu_name, default_clip, load_clip
 SHIPPED = "dcfm_ros/models/camvid_efficientnet_lite0.safetensors"
 
 
-def engines_for(model, backend: str, camera: tuple[int, int] | None) -> dict[str, tuple]:
+def engines_for(model, backend: str, camera: tuple[int, int] | None,
+                only: set[str] | None = None) -> dict[str, tuple]:
     """name -> (key engine, non-key engine); each pair shares one backend instance."""
     out = {}
     variants = [("host", "fp32", {}), ("io", "fp32", {"graph_io": True}),
                 ("stages", "fp32", {"stages": True})]
     if backend == "openvino":
         variants.append(("io-bf16", "bf16", {"graph_io": True}))
+    if backend in ("openvino", "onnxruntime"):
+        variants.append(("io-int8", "int8", {"graph_io": True}))
     if camera is not None:
         variants = [("host", "fp32", {}), ("io", "fp32", {"graph_io": True}),
                     ("io-net", "fp32", {"graph_io": True, "labels_at": "network"})]
+    if only:
+        variants = [v for v in variants if v[0] in only]
     nets: dict[str, object] = {}
     for name, precision, opts in variants:
         net = nets.get(precision) or make_backend(backend, model, "cpu", precision)
@@ -59,7 +65,10 @@ def main() -> int:
     p.add_argument("--cameras", default=None,
                    help="comma list of HxW camera sizes (the clip's frames resized to each), measured in "
                         "the same interleaved run; default: the clip as it is")
+    p.add_argument("--variants", default=None,
+                   help="comma list of the variants to run (default: all), e.g. io,io-bf16,io-int8")
     args = p.parse_args()
+    only = set(args.variants.split(",")) if args.variants else None
     torch.set_num_threads(args.threads)
     model, _ = load_checkpoint(SHIPPED)
     frames, clip = load_clip(default_clip(), args.warmup + args.frames)
@@ -69,7 +78,11 @@ def main() -> int:
     sized = {c: frames if c is None else [cv2.resize(f, (c[1], c[0]), interpolation=cv2.INTER_LINEAR)
                                           for f in frames] for c in cams}
     load0 = os.getloadavg()[0]
-    runs = {f"{b.strip()}@{'clip' if c is None else f'{c[1]}x{c[0]}'}": (c, engines_for(model, b.strip(), c))
+
+    def label(c: tuple[int, int] | None) -> str:
+        return "clip" if c is None else f"{c[1]}x{c[0]}"
+
+    runs = {f"{b.strip()}@{label(c)}": (c, engines_for(model, b.strip(), c, only))
             for b in args.backends.split(",") if b.strip() for c in cams}
     times = {(b, v, k): [] for b, (_, vs) in runs.items() for v in vs for k in ("key", "nonkey")}
     # CPU time of the whole process (every thread: the runtime's and torch's) per frame: threads that

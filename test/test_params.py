@@ -162,7 +162,7 @@ def defaults(**changes: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(("changes", "name"), [
     ({"device": "gpu"}, "device"),
     ({"device": "cuda:x"}, "device"),
-    ({"precision": "int8"}, "precision"),
+    ({"precision": "int4"}, "precision"),
     ({"labels_at": "half"}, "labels_at"),
     ({"keyframe__policy": "adaptive"}, "keyframe.policy"),
     ({"keyframe__interval": 0}, "keyframe.interval"),
@@ -309,6 +309,9 @@ def test_labels_at_reaches_the_engine(tiny_checkpoint: Path) -> None:
     ({"model": "/no/such/file.safetensors"}, ("model file not found",)),
     ({"mask_classes": ["Road", "Bus"]}, ("Bus", "traffic light")),
     ({"precision": "fp16", "device": "cpu"}, ("precision",)),
+    # int8 is a valid choice, but not on torch, and not without calibration frames for the model
+    ({"precision": "int8", "backend": "torch"}, ("has no int8", "openvino", "onnxruntime")),
+    ({"precision": "int8", "backend": "onnxruntime"}, ("needs calibration frames", "dcfm-export")),
 ])
 def test_start_up_errors(tiny_checkpoint: Path, changes: dict[str, Any], words: tuple[str, ...]) -> None:
     values = defaults(model=str(tiny_checkpoint))

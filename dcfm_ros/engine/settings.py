@@ -90,7 +90,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("precision", T.STRING, "auto", "Inference precision. auto: the fastest one measured to keep "
               "the labels on this backend and CPU/GPU (openvino on a CPU with native bf16: bf16; "
               "tensorrt: fp16; else fp32), logged at start-up with the reason. bf16 on the CPU needs "
-              "backend openvino; fp16/bf16 on torch need a CUDA device.",
+              "backend openvino; fp16/bf16 on torch need a CUDA device. int8: post-training "
+              "quantization on backend openvino or onnxruntime, calibrated on the frames shipped with "
+              "the model (check a model with dcfm-export --precision int8 first).",
               constraints="one of " + ", ".join(PRECISIONS)),
     ParamSpec("labels_at", T.STRING, "auto", "Where the labels are made when the backend runs the pre/post-"
               "processing in its graph (onnxruntime, openvino on the CPU; elsewhere always camera). camera: "

@@ -9,6 +9,9 @@ Grammars (case-insensitive, ':'-separated):
                feature:THR[:MIN[:MAX]]  share of pixels with shallow-feature similarity < 0.8 above THR
     schedule   sync | background | spread[:N] | lag:L   (lag is offline only: dcfm-evaluate)
     blend      none | auto | cosine[:feature|logits][:key|prev][:STRENGTH]   (engine/blend.py says why)
+    calibration  folder:DIR[:N] | video:FILE[:N] | bag:PATH:TOPIC[:N]   (int8; N frames, default 64,
+               spread evenly; frames of the model's TRAINING split only: a path through a folder
+               named val/test (CamVid's val, valannot, test, ...) is refused)
     camera     a ROS name token (letters, digits, _), each camera once (node parameter cameras)
 A bad spec is a ValueError whose message names the grammar; `dcfm_ros.tools.args` turns these into
 argparse types.
@@ -24,7 +27,7 @@ from typing import Literal
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino", "tensorrt")
 # "auto": the fastest precision this backend and CPU/GPU have among those measured to keep the labels
 # (engine/backends/__init__.py, pick_precision; docs/fast-path.md)
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
 KEYFRAME_POLICIES = ("fixed", "motion", "feature")
 # the score a keyframe policy decides on (KeyframePolicy.score): what the engine must compute for it
 PolicyScore = Literal["none", "motion", "similarity"]
@@ -217,6 +220,60 @@ def parse_blend(text: str | BlendSpec | None, default: str = "none") -> BlendSpe
 def split_list(text: str) -> list[str]:
     """"a, b,,c" -> ["a", "b", "c"] (comma-separated CLI lists)."""
     return [t.strip() for t in str(text).split(",") if t.strip()]
+
+
+# -- int8 calibration ------------------------------------------------------------------------------
+
+CALIBRATION_KINDS = ("folder", "video", "bag")
+DEFAULT_CALIBRATION_FRAMES = 64
+# Folder names of held-out splits: calibrating on them would tune the int8 graphs on what they are
+# judged on. Compared case-insensitively with every component of the path.
+HELD_OUT_NAMES = frozenset({"val", "valid", "validation", "valannot", "test", "testing", "testannot"})
+_CALIBRATION_GRAMMAR = ("folder:DIR[:N] | video:FILE[:N] | bag:PATH:TOPIC[:N] (frames of the model's "
+                        "training split, e.g. folder:/data/camvid/train:64)")
+
+
+@dataclass(frozen=True)
+class CalibrationSpec:
+    """Where int8 calibration frames come from: `count` frames spread evenly over a folder of images,
+    a video file or a bag's image topic."""
+
+    kind: str
+    path: str
+    count: int = DEFAULT_CALIBRATION_FRAMES
+    topic: str = ""
+
+    def text(self) -> str:
+        mid = f"{self.path}:{self.topic}" if self.kind == "bag" else self.path
+        return f"{self.kind}:{mid}:{self.count}"
+
+
+def parse_calibration(text: str) -> CalibrationSpec:
+    """The calibration grammar (module doc) -> CalibrationSpec; refuses held-out split folders."""
+    raw = str(text).strip()
+    kind, sep, rest = raw.partition(":")
+    kind = kind.lower()
+    if not sep or kind not in CALIBRATION_KINDS or not rest:
+        raise ValueError(f"calibration must be {_CALIBRATION_GRAMMAR}, got {text!r}")
+    count = DEFAULT_CALIBRATION_FRAMES
+    head, sep, tail = rest.rpartition(":")
+    if sep and tail.isdigit():
+        rest, count = head, int(tail)
+    if count < 1:
+        raise ValueError(f"calibration needs at least 1 frame, got {count} in {text!r}")
+    topic = ""
+    if kind == "bag":
+        path, sep, topic = rest.rpartition(":")
+        if not sep or not topic.startswith("/") or not path:
+            raise ValueError(f"a bag calibration names its image topic: bag:PATH:TOPIC[:N], e.g. "
+                             f"bag:drive.mcap:/camera/image/compressed:64, got {text!r}")
+        rest = path
+    parts = [q.lower() for q in rest.replace("\\", "/").split("/")]
+    held = sorted(HELD_OUT_NAMES.intersection(parts))
+    if held:
+        raise ValueError(f"calibration {text!r} reads from a held-out split ({'/'.join(held)}): int8 is "
+                         f"calibrated on the model's training frames only (e.g. folder:.../train)")
+    return CalibrationSpec(kind, rest, count, topic)
 
 
 def check_camera_names(names: Sequence[str]) -> tuple[str, ...]:

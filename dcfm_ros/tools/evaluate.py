@@ -57,7 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "for TFC) | cosine[:feature|logits][:key|prev][:strength], e.g. cosine:prev:0.5")
     p.add_argument("--size", help="network input HxW (default: the checkpoint's input_size)")
     p.add_argument("--device", default="auto", help="cpu | cuda | auto")
-    p.add_argument("--precision", default="fp32", help="fp32 | fp16 | bf16 (engine precisions)")
+    p.add_argument("--precision", default="fp32",
+                   help="fp32 | fp16 | bf16 | int8 (engine precisions; int8: backend openvino or "
+                        "onnxruntime, on the model's shipped calibration)")
     p.add_argument("--backend", default="auto",
                    help="auto | torch | onnxruntime | openvino | tensorrt (inference backend)")
     p.add_argument("--backend-cache-dir", default=None,

@@ -66,6 +66,11 @@ def resolve_backend(name: str, device: str | torch.device = "auto", precision: s
         return "torch"
     if precision == "bf16":
         return "openvino" if find_spec("openvino") is not None else "torch"
+    if precision == "int8":  # torch refuses it with a message naming these two
+        for name in ("openvino", "onnxruntime"):
+            if find_spec(name) is not None:
+                return name
+        return "torch"
     if precision not in ("auto", "fp32"):
         return "torch"
     for name in ("openvino", "onnxruntime"):

@@ -17,8 +17,10 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dcfm_ros.engine.backends.onnx_export import (
+    META_PREFIX,
     Manifest,
     StaleExportError,
     check_metadata,
@@ -27,6 +29,9 @@ from dcfm_ros.engine.backends.onnx_export import (
     graph_metadata,
 )
 from dcfm_ros.model import DCFM
+
+if TYPE_CHECKING:
+    from dcfm_ros.engine.backends.calibration import Calibration
 
 log = logging.getLogger("dcfm_ros.engine.backends")
 
@@ -45,8 +50,17 @@ def stderr_progress(line: str) -> None:
 
 
 def expected_metadata(model: DCFM, size: tuple[int, int], model_hash: str,
-                      dtype: str = "fp32") -> dict[str, str]:
-    return graph_metadata(model, size, model_hash, dtype=dtype)
+                      dtype: str = "fp32", calibration_sha256: str | None = None) -> dict[str, str]:
+    meta = graph_metadata(model, size, model_hash, dtype=dtype)
+    if calibration_sha256 is not None:  # int8: the frames the graphs were calibrated on
+        meta[META_PREFIX + "calibration_sha256"] = calibration_sha256
+    return meta
+
+
+def int8_key(model_hash: str, size: tuple[int, int], method: str, calibration_sha256: str) -> str:
+    """The cache folder name of int8 graphs: the fp32 folder's, with the method and the calibration's
+    hash (frames + count), so other calibration frames give another folder."""
+    return export_key(model_hash, size, f"int8-{method}-{calibration_sha256[:16]}")
 
 
 def _valid(folder: Path, expected: dict[str, str]) -> Manifest:
@@ -95,6 +109,46 @@ def ensure_export(model: DCFM, size: tuple[int, int], model_hash: str, cache_dir
             os.replace(tmp, folder)
         except OSError:
             if not folder.is_dir():  # not a lost race with another process: a real failure
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder, _valid(folder, expected)
+
+
+def ensure_int8(model: DCFM, size: tuple[int, int], model_hash: str, cache_dir: str | Path | None,
+                method: str, calibration: Calibration,
+                progress: Callable[[str], None] | None = stderr_progress,
+                rebuild: bool = False) -> tuple[Path, Manifest]:
+    """The cache folder with `model`'s int8 graphs at `size` (quantize.quantize_folder by `method` on
+    `calibration`), next to the fp32 folder it is made from; quantized now if missing, stale or
+    `rebuild`. Refused and rebuilt like ensure_export's folders."""
+    from dcfm_ros.engine.backends.quantize import int8_dtype, quantize_folder
+
+    fp32_folder, fp32_manifest = ensure_export(model, size, model_hash, cache_dir, progress)
+    root = fp32_folder.parent
+    folder = root / int8_key(model_hash, size, method, calibration.sha256)
+    expected = expected_metadata(model, size, model_hash, int8_dtype(method), calibration.sha256)
+    if not rebuild:
+        try:
+            return folder, _valid(folder, expected)
+        except StaleExportError as exc:
+            if folder.exists():
+                log.warning("%s; rebuilding it", exc)
+                if progress is not None:
+                    progress(f"{exc}; rebuilding it")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=root))
+    try:
+        if progress is not None:
+            progress(f"quantizing {model.config.backbone} at {size[0]}x{size[1]} to int8 ({method}, "
+                     f"{len(calibration.frames)} calibration frames, once per calibration) into {folder}")
+        quantize_folder(fp32_folder, fp32_manifest, tmp, method, calibration, progress)
+        if folder.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+        try:
+            os.replace(tmp, folder)
+        except OSError:
+            if not folder.is_dir():
                 raise
     finally:
         if tmp.exists():

@@ -176,7 +176,7 @@ def graph_metadata(model: DCFM, size: tuple[int, int], model_hash: str,
 
 def check_metadata(found: dict[str, str], expected: dict[str, str], what: str) -> None:
     """Refuse `what` when a key that identifies model, size or version differs (StaleExportError)."""
-    for key in ("export_version", "model_sha256", "input_size", "dtype", "opset"):
+    for key in ("export_version", "model_sha256", "input_size", "dtype", "opset", "calibration_sha256"):
         k = META_PREFIX + key
         if found.get(k) != expected.get(k):
             raise StaleExportError(f"{what} is stale or foreign: {k} is {found.get(k)!r}, expected "

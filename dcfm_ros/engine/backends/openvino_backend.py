@@ -55,9 +55,9 @@ class OpenVINOBackend(OnnxRuntimeBackend):
         self._ov = ov
         if self.device.type != "cpu":
             raise RuntimeError(f"backend 'openvino' runs on the CPU here, got device {self.device}")
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"backend 'openvino' runs fp32 or bf16 (its inference precision hint), got "
-                             f"precision {precision!r}")
+        if precision not in ("fp32", "bf16", "int8"):
+            raise ValueError(f"backend 'openvino' runs fp32, bf16 (its inference precision hint) or int8 "
+                             f"(NNCF), got precision {precision!r}")
         self.precision = precision
         self._core = ov.Core()
         if precision == "bf16" and not cpu_has_bf16(self._core):
@@ -66,6 +66,7 @@ class OpenVINOBackend(OnnxRuntimeBackend):
                              f"'auto'")
         # fp32: the labels of the torch model. bf16: OpenVINO runs the same fp32 graphs with bf16
         # arithmetic where the CPU has it (its inference precision hint; no re-export, no calibration).
+        # int8: the NNCF-quantized frame graphs (quantize.py); what stays float runs in f32.
         self._config = {"INFERENCE_NUM_THREADS": torch.get_num_threads(), "PERFORMANCE_HINT": "LATENCY",
                         "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
 

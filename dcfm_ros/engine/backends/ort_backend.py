@@ -27,7 +27,8 @@ from dcfm_ros.engine.backends.base import (
     InferenceBackend,
     StageMarks,
 )
-from dcfm_ros.engine.backends.cache import ensure_export, expected_metadata, stderr_progress
+from dcfm_ros.engine.backends.cache import ensure_export, ensure_int8, expected_metadata, stderr_progress
+from dcfm_ros.engine.backends.calibration import Calibration, read_calibration, shipped_calibration
 from dcfm_ros.engine.backends.onnx_export import (
     FRAME_EXTRAS,
     FRAME_GRAPHS,
@@ -40,7 +41,9 @@ from dcfm_ros.engine.backends.onnx_export import (
     io_variant,
     model_sha256,
 )
+from dcfm_ros.engine.backends.quantize import int8_dtype, method_for
 from dcfm_ros.engine.device import resolve_device
+from dcfm_ros.engine.specs import CalibrationSpec
 from dcfm_ros.model import DCFM
 from dcfm_ros.model.layers import DeepState
 
@@ -168,9 +171,12 @@ class OnnxRuntimeBackend(InferenceBackend):
 
     def __init__(self, model: DCFM, device: str | torch.device = "auto", precision: str = "fp32", *,
                  input_size: tuple[int, int] | None = None, cache_dir: str | Path | None = None,
-                 progress: Callable[[str], None] | None = stderr_progress, **_: Any) -> None:
+                 progress: Callable[[str], None] | None = stderr_progress,
+                 calibration: str | CalibrationSpec | None = None, **_: Any) -> None:
         self.device = resolve_device(device)
         self.cache_dir = cache_dir
+        self._calibration_spec = calibration
+        self._calibration: Calibration | None = None
         self._init_runtime(precision)
         self.model = model.to("cpu").float().eval()
         self.progress = progress
@@ -188,9 +194,12 @@ class OnnxRuntimeBackend(InferenceBackend):
         import onnxruntime as ort
 
         self._ort = ort
-        if precision != "fp32":
-            raise ValueError(f"backend 'onnxruntime' runs the fp32 graphs; precision {precision!r} needs "
-                             f"backend 'tensorrt' or 'torch'")
+        if precision not in ("fp32", "int8"):
+            raise ValueError(f"backend 'onnxruntime' runs the fp32 graphs or int8 (static QDQ); precision "
+                             f"{precision!r} needs backend 'tensorrt' or 'torch'")
+        if precision == "int8" and self.device.type != "cpu":
+            raise ValueError("backend 'onnxruntime' runs int8 on the CPU here; on a GPU use backend "
+                             "'tensorrt' or precision 'fp32'")
         self.precision = precision
         if self.device.type == "cuda":
             gpu = ort_cuda_providers()
@@ -228,11 +237,32 @@ class OnnxRuntimeBackend(InferenceBackend):
             raise StaleExportError(f"ONNX file {path} has inputs {names}, its manifest says {spec.inputs}")
         return session
 
+    def calibration(self) -> Calibration:
+        """The int8 calibration frames: those asked for, else the ones shipped with this model."""
+        if self._calibration is None:
+            spec = self._calibration_spec or shipped_calibration(self.model_hash)
+            if spec is None:
+                raise ValueError(f"precision 'int8' needs calibration frames of the model's training split "
+                                 f"(none ship with model {self.model_hash[:12]}): pass calibration, e.g. "
+                                 f"folder:/data/mine/train:64, and check the accuracy first with "
+                                 f"dcfm-export MODEL --precision int8 --calibration SPEC --check ...")
+            self._calibration = read_calibration(spec)
+        return self._calibration
+
     def _prepare(self, size: tuple[int, int]) -> _GraphSet:
-        expected = expected_metadata(self.model, size, self.model_hash)
+        int8 = self.precision == "int8"
+        if int8:
+            method, calib = method_for(self.name), self.calibration()
+            expected = expected_metadata(self.model, size, self.model_hash, int8_dtype(method), calib.sha256)
+        else:
+            expected = expected_metadata(self.model, size, self.model_hash)
         for attempt in (0, 1):
-            folder, manifest = ensure_export(self.model, size, self.model_hash, self.cache_dir,
-                                             self.progress, rebuild=attempt == 1)
+            if int8:
+                folder, manifest = ensure_int8(self.model, size, self.model_hash, self.cache_dir, method,
+                                               calib, self.progress, rebuild=attempt == 1)
+            else:
+                folder, manifest = ensure_export(self.model, size, self.model_hash, self.cache_dir,
+                                                 self.progress, rebuild=attempt == 1)
             try:
                 graphs = _GraphSet(folder, manifest, lambda p, s, d: self._open_session(p, s, expected, d))
                 break

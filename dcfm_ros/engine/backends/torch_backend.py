@@ -30,6 +30,10 @@ class TorchBackend(InferenceBackend):
     def __init__(self, model: DCFM, device: str | torch.device = "auto", precision: str = "fp32", *,
                  channels_last: bool = True, **_: Any) -> None:
         self.device = resolve_device(device)
+        if precision == "int8":
+            raise ValueError("backend 'torch' has no int8: precision 'int8' (post-training quantization) "
+                             "runs on backend 'openvino' or 'onnxruntime'; pick one of them, or precision "
+                             "'fp32' / 'auto' on torch")
         self.precision = precision
         self.amp_dtype = resolve_precision(precision, self.device)
         self.channels_last = channels_last
