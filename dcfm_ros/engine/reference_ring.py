@@ -219,4 +219,6 @@ def reference_stream(model: nn.Module, backend: str | InferenceBackend, device: 
         raise ValueError(f"{model.model_class} runs on the torch or onnxruntime backend (got {name!r}): the "
                          "other graph backends export DCFM's stage interface, not a reference ring "
                          "(docs/peers.md)")
+    if precision == "auto":  # the peers were measured in fp32 only (docs/peers.md); bf16 is OpenVINO's
+        precision = "fp32"
     return ReferenceStream(model, device, precision, stride, name, input_size)
