@@ -72,6 +72,20 @@ def _valid(folder: Path, expected: dict[str, str]) -> Manifest:
     return manifest
 
 
+def _reuse(folder: Path, expected: dict[str, str],
+           progress: Callable[[str], None] | None) -> Manifest | None:
+    """The folder's manifest when its graphs are what `expected` says; None (said when the folder
+    exists but is stale or foreign, so the caller rebuilds it) otherwise."""
+    try:
+        return _valid(folder, expected)
+    except StaleExportError as exc:
+        if folder.exists():
+            log.warning("%s; rebuilding it", exc)
+            if progress is not None:
+                progress(f"{exc}; rebuilding it")
+        return None
+
+
 def ensure_export(model: DCFM, size: tuple[int, int], model_hash: str, cache_dir: str | Path | None,
                   progress: Callable[[str], None] | None = stderr_progress,
                   rebuild: bool = False, dtype: str = "fp32") -> tuple[Path, Manifest]:
@@ -79,14 +93,9 @@ def ensure_export(model: DCFM, size: tuple[int, int], model_hash: str, cache_dir
     root = resolve_cache_dir(cache_dir) / "onnx"
     folder = root / export_key(model_hash, size, dtype)
     expected = expected_metadata(model, size, model_hash, dtype)
-    if not rebuild:
-        try:
-            return folder, _valid(folder, expected)
-        except StaleExportError as exc:
-            if folder.exists():
-                log.warning("%s; rebuilding it", exc)
-                if progress is not None:
-                    progress(f"{exc}; rebuilding it")
+    cached = None if rebuild else _reuse(folder, expected, progress)
+    if cached is not None:
+        return folder, cached
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -129,14 +138,9 @@ def ensure_int8(model: DCFM, size: tuple[int, int], model_hash: str, cache_dir: 
     root = fp32_folder.parent
     folder = root / int8_key(model_hash, size, method, calibration.sha256)
     expected = expected_metadata(model, size, model_hash, int8_dtype(method), calibration.sha256)
-    if not rebuild:
-        try:
-            return folder, _valid(folder, expected)
-        except StaleExportError as exc:
-            if folder.exists():
-                log.warning("%s; rebuilding it", exc)
-                if progress is not None:
-                    progress(f"{exc}; rebuilding it")
+    cached = None if rebuild else _reuse(folder, expected, progress)
+    if cached is not None:
+        return folder, cached
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=root))
     try:
         if progress is not None:
