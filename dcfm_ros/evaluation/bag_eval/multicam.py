@@ -20,7 +20,6 @@ import argparse
 import json
 import math
 import re
-import shutil
 import signal
 import sys
 import time
@@ -38,7 +37,7 @@ from dcfm_ros.evaluation.bag_eval.node_process import (
     default_domain_id,
     ros_environment,
 )
-from dcfm_ros.evaluation.bag_eval.params import effective_params, model_info, write_params_file
+from dcfm_ros.evaluation.bag_eval.params import model_info, prepare_output, run_params
 from dcfm_ros.evaluation.bag_eval.playback import _fill_info, _Recorder
 from dcfm_ros.evaluation.bag_eval.stopping import Interrupted, StopRequest
 from dcfm_ros.evaluation.bagio import BadMessage, BagReader, BagWriter
@@ -129,21 +128,13 @@ def run_multi(args: argparse.Namespace, out_dir: Path, stop: StopRequest | None 
     cams = [Camera(n, i, g) for n, i, g in zip(camera_names(image_topics), infos, gts, strict=True)]
     image_transport, node_input = NODE_INPUT[infos[0].msgtype]
 
-    overrides = list(args.param) + ([("model", args.model)] if args.model else [])
-    values = effective_params(args.params, overrides, max_mode=args.max, transport=image_transport)
+    values = run_params(args, image_transport)
     values["cameras"] = [c.name for c in cams]
     model, cfg = model_info(values)
     if stop.requested:
         raise Interrupted(f"stopped by {stop.name} before the node started; nothing written")
+    params_path = prepare_output(out_dir, args.overwrite, values)
     out_bag = out_dir / "bag"
-    if out_bag.exists():
-        if not args.overwrite:
-            raise BagEvalError(f"{out_bag} exists already (use --overwrite or another --out)")
-        shutil.rmtree(out_bag)
-    (out_dir / "report.json").unlink(missing_ok=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    params_path = out_dir / "node_params.yaml"
-    write_params_file(values, params_path)
     cmd = [sys.executable, "-m", "dcfm_ros.node.main", "--ros-args", "--params-file", str(params_path)]
     for c in cams:
         cmd += ["-r", f"{c.name}/{node_input}:={c.topic.name}"]

@@ -4,6 +4,7 @@ written to DIR/node_params.yaml; and the checkpoint those parameters name."""
 from __future__ import annotations
 
 import argparse
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -131,3 +132,25 @@ def model_info(values: Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
              "input_size": list(cfg.input_size), "class_names": list(cfg.class_names),
              "extra": meta.get("extra", {})}, cfg)
 
+
+def run_params(args: argparse.Namespace, transport: str) -> dict[str, Any]:
+    """The node's effective parameters for this dcfm-bag-eval run (its --params, --param, --model,
+    --max and the input's image transport)."""
+    overrides = list(args.param) + ([("model", args.model)] if args.model else [])
+    return effective_params(args.params, overrides, max_mode=args.max, transport=transport)
+
+
+def prepare_output(out_dir: Path, overwrite: bool, values: Mapping[str, Any]) -> Path:
+    """Make `out_dir` ready for a run: an old output bag removed (only with `overwrite`), an old report
+    deleted so it can never pass for this run's, and the node's parameters written; returns the params
+    file's path."""
+    out_bag = out_dir / "bag"
+    if out_bag.exists():
+        if not overwrite:
+            raise BagEvalError(f"{out_bag} exists already (use --overwrite or another --out)")
+        shutil.rmtree(out_bag)
+    (out_dir / "report.json").unlink(missing_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    params_path = out_dir / "node_params.yaml"
+    write_params_file(values, params_path)
+    return params_path

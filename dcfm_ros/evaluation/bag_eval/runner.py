@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 import signal
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ from dcfm_ros.evaluation.bag_eval.node_process import (
     default_domain_id,
     ros_environment,
 )
-from dcfm_ros.evaluation.bag_eval.params import effective_params, model_info, write_params_file
+from dcfm_ros.evaluation.bag_eval.params import model_info, prepare_output, run_params
 from dcfm_ros.evaluation.bag_eval.playback import FrameSlice, play
 from dcfm_ros.evaluation.bag_eval.stopping import Interrupted, StopRequest
 from dcfm_ros.evaluation.bag_eval.viewer_process import ViewerProcess
@@ -118,23 +117,14 @@ def run(args: argparse.Namespace, stop: StopRequest | None = None) -> dict[str, 
         bag_start = bag.start_ns
     image_transport, node_input = NODE_INPUT[info.msgtype]
 
-    overrides = list(args.param) + ([("model", args.model)] if args.model else [])
-    values = effective_params(args.params, overrides, max_mode=args.max, transport=image_transport)
+    values = run_params(args, image_transport)
     model, cfg = model_info(values)
     if stop.requested:  # e.g. while torch was loading for model_info: nothing has been written yet
         raise Interrupted(f"stopped by {stop.name} before the node started; nothing written")
 
     out_dir = output_dir(args)
+    params_path = prepare_output(out_dir, args.overwrite, values)
     out_bag = out_dir / "bag"
-    if out_bag.exists():
-        if not args.overwrite:
-            raise BagEvalError(f"{out_bag} exists already (use --overwrite or another --out)")
-        shutil.rmtree(out_bag)
-    # an old report must never pass for this run's, whatever happens to this one
-    (out_dir / "report.json").unlink(missing_ok=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    params_path = out_dir / "node_params.yaml"
-    write_params_file(values, params_path)
     record = [k for k, flag in (("color", args.record_color), ("overlay", args.record_overlay)) if flag]
 
     cmd = [sys.executable, "-m", "dcfm_ros.node.main", "--ros-args", "--params-file", str(params_path),
