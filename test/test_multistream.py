@@ -9,25 +9,15 @@ from __future__ import annotations
 
 import threading
 
-import cv2
 import numpy as np
 import pytest
 import torch
+from test_engine import SIZE, clip
 
 from dcfm_ros.engine import FixedInterval, MotionThreshold, StreamEngine, make_backend
 from dcfm_ros.engine.multistream import MultiStreamEngine
 from dcfm_ros.engine.specs import check_camera_names
 from dcfm_ros.model import CAMVID_CLASSES, CAMVID_PALETTE, DCFMConfig, build_model
-
-SIZE = (64, 96)
-
-
-def clip(n: int, seed: int, size: tuple[int, int] = SIZE, shift: int = 3) -> list[np.ndarray]:
-    """n frames of a smooth random scene panning `shift` pixels per frame."""
-    rng = np.random.default_rng(seed)
-    base = cv2.resize(rng.integers(0, 256, (8, 24, 3), dtype=np.uint8), (size[1] * 2, size[0]),
-                      interpolation=cv2.INTER_CUBIC)
-    return [np.ascontiguousarray(np.roll(base, shift * i, axis=1)[:, : size[1]]) for i in range(n)]
 
 
 @pytest.fixture(scope="module")
