@@ -50,21 +50,41 @@ def _feed_interleaved(multi: MultiStreamEngine, clips: dict[str, list[np.ndarray
     return got
 
 
-@pytest.mark.parametrize("schedule", ["sync", "spread"])
-def test_each_camera_equals_a_single_camera_engine(model: torch.nn.Module, schedule: str) -> None:
+def _batch_sizes(backend: object) -> list[int]:
+    """Record the batch size of every enc_lo call of `backend` (the torch backend)."""
+    sizes: list[int] = []
+    enc_lo = backend.enc_lo  # type: ignore[attr-defined]
+
+    def spy(x: torch.Tensor) -> torch.Tensor:
+        sizes.append(int(x.shape[0]))
+        return enc_lo(x)
+
+    backend.enc_lo = spy  # type: ignore[attr-defined]
+    return sizes
+
+
+@pytest.mark.parametrize(("schedule", "batch"),
+                         [("sync", False), ("spread", False), ("sync", True), ("spread", True)])
+def test_each_camera_equals_a_single_camera_engine(model: torch.nn.Module, schedule: str,
+                                                   batch: bool) -> None:
     """Three cameras, different scenes, rates (frame counts) and one at another resolution, a motion
     policy (keyframes fall on different frames per camera): each camera's labels, keyframe flags and
-    common ages equal those of its own single-camera engine, frame for frame."""
+    common ages equal those of its own single-camera engine, frame for frame; also when each round
+    runs as one batch (keyframes of some cameras beside non-key frames of others)."""
     policy = MotionThreshold(0.02, min_interval=1, max_interval=4)
     clips = {"front": clip(9, seed=1, shift=6), "left": clip(6, seed=2, shift=1),
              "rear": clip(7, seed=3, size=(48, 80), shift=4)}
     backend = make_backend("torch", model, "cpu", "fp32")
+    sizes = _batch_sizes(backend)
     multi: MultiStreamEngine[int] = MultiStreamEngine(model, list(clips), policy, backend=backend,
-                                                      schedule=schedule, drop_policy="none")
+                                                      schedule=schedule, drop_policy="none", batch=batch)
     try:
         got = _feed_interleaved(multi, clips)
     finally:
         multi.close()
+    # batched: rounds of three frames went through enc_lo together (spread's forced keyframes,
+    # which time their deep units, run alone); unbatched: one frame per call
+    assert (max(sizes) == 3) if batch else (set(sizes) == {1})
     keyframe_patterns = set()
     for cam, frames in clips.items():
         ref = _reference(model, frames, policy, schedule)
@@ -151,11 +171,12 @@ def test_a_camera_that_stops_never_stalls_the_others(model: torch.nn.Module) -> 
     assert [tag for cam, tag in got if cam == "dead"] == [0]
 
 
-def test_a_bad_frame_counts_for_its_camera_only(model: torch.nn.Module) -> None:
+@pytest.mark.parametrize("batch", [False, True])
+def test_a_bad_frame_counts_for_its_camera_only(model: torch.nn.Module, batch: bool) -> None:
     policy = FixedInterval(3)
     backend = make_backend("torch", model, "cpu", "fp32")
     multi: MultiStreamEngine[int] = MultiStreamEngine(model, ["good", "bad"], policy, backend=backend,
-                                                      drop_policy="none")
+                                                      drop_policy="none", batch=batch)
     good, bad = clip(4, seed=9), clip(4, seed=10)
     broken = np.zeros((SIZE[0], SIZE[1], 4), np.uint8)  # four channels: refused by the engine
     outs = []
@@ -251,3 +272,47 @@ def test_close_wakes_the_worker_and_names_are_checked(model: torch.nn.Module) ->
             check_camera_names(bad)
     with pytest.raises(KeyError, match="unknown camera 'x'"):
         multi.submit("x", np.zeros((4, 4, 3), np.uint8), 0)
+
+
+def test_a_failed_batch_fails_its_frames_and_resets_their_cameras(model: torch.nn.Module) -> None:
+    backend = make_backend("torch", model, "cpu", "fp32")
+    multi: MultiStreamEngine[int] = MultiStreamEngine(model, ["a", "b"], FixedInterval(100), backend=backend,
+                                                      drop_policy="none", batch=True)
+    frames = clip(3, seed=13)
+    enc_lo = backend.enc_lo
+    calls = {"n": 0}
+
+    def flaky(x: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("injected out of memory")
+        return enc_lo(x)
+
+    backend.enc_lo = flaky  # type: ignore[method-assign]
+    outs = []
+    try:
+        for i in range(3):
+            multi.submit("a", frames[i], i)
+            multi.submit("b", frames[i], i)
+            outs += multi.step(timeout=0)
+    finally:
+        multi.close()
+    res = {(o.camera, o.tag): o for o in outs}
+    assert isinstance(res[("a", 1)].error, RuntimeError) and isinstance(res[("b", 1)].error, RuntimeError)
+    # both cameras' caches were dropped: their next frames key again, together in one batch
+    assert res[("a", 2)].result.is_keyframe and res[("b", 2)].result.is_keyframe
+    assert {c: v["failed"] for c, v in multi.counters().items()} == {"a": 1, "b": 1}
+
+
+def test_camera_batching_parameter() -> None:
+    from dcfm_ros.engine.settings import batch_cameras
+
+    class Net:
+        def __init__(self, name: str, device: str) -> None:
+            self.name, self.device = name, torch.device(device)
+
+    assert batch_cameras("auto", Net("torch", "cuda")) is True
+    assert batch_cameras("auto", Net("torch", "cpu")) is False  # measured slower on the CPU
+    assert batch_cameras("auto", Net("openvino", "cpu")) is False
+    assert batch_cameras("on", Net("openvino", "cpu")) is True  # asked for; batch-1 graphs run alone
+    assert batch_cameras("off", Net("torch", "cuda")) is False

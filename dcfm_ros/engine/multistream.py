@@ -14,9 +14,12 @@ camera never starves a slow one: every camera with a frame waiting is served onc
 `run` processes one round; a frame that fails (bad image, engine error) is counted for its camera
 only, and that camera's next frame is a keyframe after an engine error.
 
-Batching: today each frame of a round goes through its own engine in turn (the stages run one camera
-at a time). The round is the unit a batched pass would take (enc_lo, fuse and head for all, the deep
-pass for the keyframes among them) once the engine exposes its decide/run/commit steps.
+Batching (`batch=True`, engine/batching.py): a round's frames go through each camera's `decide`, then
+one batched pass (enc_lo, fuse and head for all, the deep pass for the keyframes among them, each
+row with its own camera's common part), then each camera's `finish` and `commit`. Frames that cannot
+be batched (a graph backend's batch-1 graphs, graph I/O, a schedule with its own keyframe path) run
+one at a time as without it; so does a round of one frame. On a 2-core CPU a batch is slower than
+one frame at a time (docs/multicamera.md), so the node asks for it only on CUDA.
 """
 
 from __future__ import annotations
@@ -28,10 +31,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 import numpy as np
+import torch
 
+from dcfm_ros.engine.batching import run_batch
 from dcfm_ros.engine.keyframe import KeyframePolicy
+from dcfm_ros.engine.preprocess import validate_image
 from dcfm_ros.engine.specs import check_camera_names
-from dcfm_ros.engine.stream import FrameResult, StreamEngine
+from dcfm_ros.engine.stream import FramePlan, FrameResult, StreamEngine
 
 if TYPE_CHECKING:
     from dcfm_ros.engine.backends import InferenceBackend
@@ -100,13 +106,14 @@ class MultiStreamEngine(Generic[T]):
     schedule: a spec ("sync", "spread", "background", ...) or a factory giving each camera its own
     KeyframeSchedule (a schedule holds a camera's deep pass in flight, so it is never shared).
     graph_io, labels_at: as StreamEngine's, for every camera.
+    batch: run each round's frames as one batched pass where the backend can (see the module doc).
     """
 
     def __init__(self, model: DCFM, cameras: Sequence[str], policy: KeyframePolicy, *,
                  backend: InferenceBackend, input_size: tuple[int, int] | None = None,
                  schedule: str | Callable[[], KeyframeSchedule] = "sync", spread: int = 3,
                  nonkey_blend: str | None = "auto", drop_policy: str = "latest", graph_io: bool = False,
-                 labels_at: str = "camera") -> None:
+                 labels_at: str = "camera", batch: bool = False) -> None:
         names = check_camera_names(cameras)
         if not names:
             raise ValueError("MultiStreamEngine needs at least one camera")
@@ -115,6 +122,7 @@ class MultiStreamEngine(Generic[T]):
         self.backend = backend
         self.model = model
         self.drop_policy = drop_policy
+        self.batch = bool(batch)
         self._cond = threading.Condition()
         self._closed = False
         self._next = 0  # index of the camera served first in the next round
@@ -218,7 +226,11 @@ class MultiStreamEngine(Generic[T]):
                  process: Callable[[StreamEngine, np.ndarray], FrameResult] | None = None
                  ) -> Iterator[Outcome[T]]:
         """run(), each frame's outcome handed out as soon as it is done (a camera's outputs need not
-        wait for the rest of the round)."""
+        wait for the rest of the round). With `batch` (and no `process`) a round runs batched."""
+        frames = list(frames)
+        if self.batch and process is None and len(frames) > 1:
+            yield from self._run_batched(frames)
+            return
         for p in frames:
             stream = self._stream(p.camera)
             try:
@@ -226,16 +238,59 @@ class MultiStreamEngine(Generic[T]):
                     raise ValueError(f"frame {p.seq} of camera {p.camera} has no image")
                 result = process(stream.engine, p.image) if process else stream.engine.process(p.image)
             except Exception as exc:  # this frame of this camera only
-                if not isinstance(exc, ValueError):
-                    stream.engine.reset()  # the cache is not trusted after e.g. an out of memory
-                with self._cond:
-                    stream.counters.failed += 1
-                yield Outcome(p.camera, p.tag, None, exc, p.seq)
+                yield self._failed(stream, p, exc)
                 continue
-            with self._cond:
-                stream.counters.processed += 1
-                stream.counters.keyframes += int(result.is_keyframe)
-            yield Outcome(p.camera, p.tag, result, None, p.seq)
+            yield self._done(stream, p, result)
+
+    def _done(self, stream: CameraStream, p: Pending[T], result: FrameResult) -> Outcome[T]:
+        with self._cond:
+            stream.counters.processed += 1
+            stream.counters.keyframes += int(result.is_keyframe)
+        return Outcome(p.camera, p.tag, result, None, p.seq)
+
+    def _failed(self, stream: CameraStream, p: Pending[T], exc: Exception) -> Outcome[T]:
+        if not isinstance(exc, ValueError):
+            stream.engine.reset()  # the cache is not trusted after e.g. an out of memory
+        with self._cond:
+            stream.counters.failed += 1
+        return Outcome(p.camera, p.tag, None, exc, p.seq)
+
+    def _run_batched(self, frames: list[Pending[T]]) -> Iterator[Outcome[T]]:
+        # decide for every camera, one batched call for those that can share it, then each camera's
+        # finish and commit; a frame that fails is its camera's only (a failed batch: each of its frames)
+        planned: list[tuple[CameraStream, Pending[T], FramePlan]] = []
+        with torch.inference_mode():
+            for p in frames:
+                stream = self._stream(p.camera)
+                try:
+                    if p.image is None:
+                        raise ValueError(f"frame {p.seq} of camera {p.camera} has no image")
+                    validate_image(p.image)
+                    planned.append((stream, p, stream.engine.decide(p.image, stream.engine.state)))
+                except Exception as exc:
+                    yield self._failed(stream, p, exc)
+            calls = [s.engine.batch_call(plan) for s, _, plan in planned]
+            rows = [i for i, c in enumerate(calls) if c is not None]
+            outs = {}
+            if len(rows) > 1:
+                try:
+                    batch = run_batch(planned[rows[0]][0].engine.backend, [calls[i] for i in rows],
+                                      [planned[i][2].timer for i in rows])
+                    outs = dict(zip(rows, batch, strict=True))
+                except Exception as exc:
+                    for i in rows:
+                        yield self._failed(planned[i][0], planned[i][1], exc)
+                    planned = [x for i, x in enumerate(planned) if i not in set(rows)]
+                    outs = {}
+            for i, (stream, p, plan) in enumerate(planned):
+                try:
+                    engine = stream.engine
+                    run = engine.finish(plan, outs[i]) if i in outs else engine.run(plan)
+                    result = engine.commit(plan, run)
+                except Exception as exc:
+                    yield self._failed(stream, p, exc)
+                    continue
+                yield self._done(stream, p, result)
 
     def step(self, timeout: float | None = None) -> list[Outcome[T]]:
         """take() and run() one round."""

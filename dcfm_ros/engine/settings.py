@@ -41,6 +41,7 @@ DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 TRANSPORTS = ("raw", "compressed")
 RELIABILITIES = ("auto", "best_effort", "reliable")
 DROP_POLICIES = ("latest", "none")
+CAMERA_BATCHING = ("auto", "on", "off")
 _INT_MAX = 100_000
 
 
@@ -151,6 +152,12 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "diagnostics status. Unset or []: one camera on image and segmentation/... (as without "
               "this parameter).",
               constraints="ROS name tokens (letters, digits, _), each once"),
+    ParamSpec("camera_batching", T.STRING, "auto", "With cameras: run the frames of several cameras that "
+              "are ready together as one batched pass (enc_lo, fuse and head for all, the deep pass for "
+              "the keyframes among them). on / off; auto: on for backend torch on CUDA, off elsewhere "
+              "(on a 2-core CPU a batch was slower than one frame at a time; the graph backends run "
+              "batch-1 graphs, so on has no effect there).",
+              constraints="one of " + ", ".join(CAMERA_BATCHING)),
     ParamSpec("input_size", T.INTEGER_ARRAY, None, "[H, W] the network runs at (images are resized to it, "
               "outputs come back at camera resolution). Unset or []: the model's own input size.",
               constraints="[H, W], positive ints"),
@@ -260,6 +267,7 @@ class NodeSettings:
     backend: str = "auto"
     backend_cache_dir: str = ""
     cameras: tuple[str, ...] = ()
+    camera_batching: str = "auto"
     viewer_rate: float = 0.0
     jpeg_quality: int = 80
     labels_at: str = "auto"
@@ -392,6 +400,7 @@ def settings_from_values(values: Mapping[str, Any]) -> NodeSettings:
         backend=_choice(values, "backend", BACKENDS),
         backend_cache_dir=_path_or_empty(values, "backend_cache_dir"),
         cameras=cameras,
+        camera_batching=_choice(values, "camera_batching", CAMERA_BATCHING),
         viewer_rate=_in_range(values, "viewer_rate", 0.0, 1000.0),
         jpeg_quality=_int(values, "jpeg_quality", 1, 100),
         labels_at=_choice(values, "labels_at", LABEL_SIZES),
@@ -487,6 +496,14 @@ def _stream_engine(settings: NodeSettings, model: DCFM, net: InferenceBackend) -
         raise StartupError(_cannot_run(settings, exc)) from exc
 
 
+def batch_cameras(camera_batching: str, backend: InferenceBackend) -> bool:
+    """Whether a multi-camera node batches its rounds: `on`, `off`, or `auto` (torch on CUDA only:
+    docs/multicamera.md measured a batch slower than one frame at a time on a 2-core CPU)."""
+    if camera_batching == "auto":
+        return backend.name == "torch" and backend.device.type == "cuda"
+    return camera_batching == "on"
+
+
 def build_multi_engine(settings: NodeSettings) -> MultiStreamEngine:
     """The engine of a node with `cameras`: one model and backend, one stream per camera."""
     from dcfm_ros.engine.multistream import MultiStreamEngine
@@ -500,6 +517,7 @@ def build_multi_engine(settings: NodeSettings) -> MultiStreamEngine:
         return MultiStreamEngine(model, settings.cameras, settings.keyframe.make_policy(), backend=net,
                                  input_size=settings.input_size, schedule=settings.keyframe.make_schedule,
                                  nonkey_blend=settings.nonkey_blend, drop_policy=settings.drop_policy,
-                                 graph_io=True, labels_at=settings.labels_at)  # as the single camera's
+                                 graph_io=True, labels_at=settings.labels_at,  # as the single camera's
+                                 batch=batch_cameras(settings.camera_batching, net))
     except (RuntimeError, ValueError) as exc:
         raise StartupError(_cannot_run(settings, exc)) from exc

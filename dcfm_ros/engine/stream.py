@@ -42,6 +42,7 @@ from torch import Tensor
 
 from dcfm_ros.engine.backends import InferenceBackend, make_backend
 from dcfm_ros.engine.backends.base import FrameOutputs, GraphIO, stage_path
+from dcfm_ros.engine.batching import BatchCall
 from dcfm_ros.engine.blend import NonkeyBlend, low_similarity_share, parse_blend
 from dcfm_ros.engine.confidence import Confidence, confidence_from_top, frame_confidence
 from dcfm_ros.engine.device import StageTimer
@@ -335,16 +336,38 @@ class StreamEngine:
 
     def run(self, plan: FramePlan) -> FrameRun:
         """The frame's one backend call; starts a deferred deep pass from its F_in."""
-        st, sched, net, timer = plan.state, plan.state.schedule, self._net, plan.timer
-        camera = self._graph_io(plan)
         if plan.kind == "key":
-            out = sched.forced_keyframe(net, plan.x, plan.outputs, timer, camera)
+            out = plan.state.schedule.forced_keyframe(self._net, plan.x, plan.outputs, plan.timer,
+                                                      self._graph_io(plan))
+        else:
+            out = self._net.nonkey_frame(plan.x, self._cache_for(plan).common, plan.outputs, plan.timer,
+                                         camera=self._graph_io(plan))
+        return self.finish(plan, out)
+
+    def _cache_for(self, plan: FramePlan) -> CommonCache:
+        # a non-key frame's common part: a deferred pass's that arrived for it, else the stream's
+        return plan.arrived if plan.arrived is not None else plan.state.cache  # type: ignore[return-value]
+
+    def batch_call(self, plan: FramePlan) -> BatchCall | None:
+        """The plan's frame as one row of a batch of several streams' frames (engine/batching.py),
+        or None where it must run on its own: a backend whose graphs have batch 1, graph I/O, the
+        profiling mode, a schedule that runs its keyframes or frames its own way."""
+        kind = type(plan.state.schedule)
+        own_key = plan.kind == "key" and kind.forced_keyframe is not KeyframeSchedule.forced_keyframe
+        if (not self.backend.batches or self.graph_io or self.stages or self._ring is not None
+                or kind.frame_stream is not KeyframeSchedule.frame_stream or own_key):
+            return None
+        common = None if plan.kind == "key" else self._cache_for(plan).common
+        return BatchCall(plan.x, common, plan.outputs)
+
+    def finish(self, plan: FramePlan, out: FrameOutputs) -> FrameRun:
+        """What follows the frame's call (its own, or its row of a batch): the similarity to the
+        blend's reference, the feature policy's decision, a deferred deep pass started."""
+        st, sched, net = plan.state, plan.state.schedule, self._net
+        if plan.kind == "key":
             cache, fresh = CommonCache(out.common, plan.frame), True  # type: ignore[arg-type]
         else:
-            cache = plan.arrived if plan.arrived is not None else st.cache
-            out = net.nonkey_frame(plan.x, cache.common, plan.outputs, timer,  # type: ignore[union-attr]
-                                   camera=camera)
-            fresh = plan.arrived is not None
+            cache, fresh = self._cache_for(plan), plan.arrived is not None
         key_sim, low = None, 0.0
         if not plan.forced and out.sim is not None and (st.blend.spec.enabled or plan.decides_after):
             key_sim = st.blend.key_similarity(out.sim)

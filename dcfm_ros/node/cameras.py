@@ -110,7 +110,7 @@ class Cameras:
     def __init__(self, node: Node, viewer_node: Node, settings: NodeSettings, engine: MultiStreamEngine,
                  latched_qos: QoSProfile, process: Any, log_throttled: Any) -> None:
         self.node, self.engine, self.settings = node, engine, settings
-        self._process = process  # the engine call, maybe with fault injection (node/faults.py)
+        self._process = process  # None: the engine itself; else with fault injection (node/faults.py)
         self._log = log_throttled
         self._stopping = threading.Event()
         self._pending_lock = threading.Lock()

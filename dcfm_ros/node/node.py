@@ -101,8 +101,10 @@ class DCFMNode(Node):
         if faults:
             self.get_logger().warning(f"fault injection on: engine calls {faults} will raise")
         self._viewer_participant = ViewerParticipant(self, self._viewer_args)
+        # Without fault injection the engine is called directly, so a round can run as one batch.
+        process = (lambda engine, image: single((engine, image))) if faults else None
         self._cameras = Cameras(self, self._viewer_participant.node, s, self.multi, LATCHED_QOS,
-                                lambda engine, image: single((engine, image)), self._log_throttled)
+                                process, self._log_throttled)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.add_post_set_parameters_callback(self._on_parameters_set)
         self._diag_timer = self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics,
@@ -111,7 +113,8 @@ class DCFMNode(Node):
         self.get_logger().info(
             f"model {s.model_path} ({m.num_classes} classes, input {m.input_size[0]}x{m.input_size[1]}) "
             f"on {m.backend.describe()}, shared by {len(m.cameras)} cameras; keyframe policy {m.policy!r}, "
-            f"schedule {s.keyframe.schedule}; drop_policy {s.drop_policy}; {self._cameras.describe()}")
+            f"schedule {s.keyframe.schedule}; drop_policy {s.drop_policy}; camera batching "
+            f"{'on' if m.batch else 'off'} ({s.camera_batching}); {self._cameras.describe()}")
 
     def _setup(self) -> None:
         # Not imported at module level: the engine loads torch, and main imports this module before

@@ -90,6 +90,9 @@ class InferenceBackend(ABC):
     graph_io: ClassVar[bool] = False
     # why precision "auto" became `precision` (backends.pick_precision); "" when it was asked for
     precision_reason: str = ""
+    # whether the stages take a batch of several streams' frames (engine/batching.py); graph
+    # backends run graphs exported at batch 1
+    batches: ClassVar[bool] = False
 
     @abstractmethod
     def enc_lo(self, x: Tensor) -> Tensor:

@@ -26,6 +26,7 @@ class TorchBackend(InferenceBackend):
     """Runs `model` in eval mode on `device` (moved there)."""
 
     name = "torch"
+    batches = True  # the model's modules take any batch size
 
     def __init__(self, model: DCFM, device: str | torch.device = "auto", precision: str = "fp32", *,
                  channels_last: bool = True, **_: Any) -> None:
