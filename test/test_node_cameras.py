@@ -30,7 +30,7 @@ class MultiCameraNode:
     """The node process, a test-side node with one publisher per camera, and one reference engine per
     camera."""
 
-    def __init__(self, ctx: Any, log_dir: Path, checkpoint: Path) -> None:
+    def __init__(self, ctx: Any, log_dir: Path, checkpoint: Path, batching: str) -> None:
         from dcfm_ros.msg import SegmentationClasses, SegmentationInfo
         from diagnostic_msgs.msg import DiagnosticArray
         from sensor_msgs.msg import Image
@@ -40,7 +40,7 @@ class MultiCameraNode:
 
         params = {"model": str(checkpoint), "cameras": list(CAMERAS), "backend": "torch", "device": "cpu",
                   "keyframe.policy": "fixed", "keyframe.interval": INTERVAL, "drop_policy": "none",
-                  "qos.reliability": "reliable"}
+                  "qos.reliability": "reliable", "camera_batching": batching}
         self.proc = NodeProcess(params, log_dir, "multicam", ros_args=("-r", f"__ns:={NS}"))
         self.h = Harness(ctx, "tester_multicam")
         self.h.watch = self.proc
@@ -124,10 +124,10 @@ def _latched() -> Any:
                       durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
-@pytest.fixture(scope="module")
-def node(ros_context: Any, tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
-         ) -> Iterator[MultiCameraNode]:
-    n = MultiCameraNode(ros_context, tmp_path_factory.mktemp("multicam"), tiny_checkpoint)
+@pytest.fixture(scope="module", params=["off", "on"])  # on: rounds of both cameras as one batch
+def node(ros_context: Any, tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory,
+         request: pytest.FixtureRequest) -> Iterator[MultiCameraNode]:
+    n = MultiCameraNode(ros_context, tmp_path_factory.mktemp("multicam"), tiny_checkpoint, request.param)
     try:
         yield n
     finally:
