@@ -362,6 +362,30 @@ def test_graph_io_at_a_large_camera_and_labels_made_at_the_network_size(frames) 
         StreamEngine(model, FixedInterval(2), backend=net, graph_io=True, labels_at="half")
 
 
+def test_a_new_camera_size_prepares_its_key_and_nonkey_graphs_on_its_first_frame(frames) -> None:
+    """The graph-I/O variants are built per camera size: the first (key) frame of a size opens the
+    non-key one too, so the first non-key frame does not pay for building its graph."""
+    import cv2
+
+    model = small_dcfm()
+    net = OnnxRuntimeBackend(model, "cpu", input_size=SMALL)
+    engine = StreamEngine(model, FixedInterval(3), backend=net, graph_io=True, labels_at="camera")
+    graphs = net._sets[0]
+
+    def io_sessions() -> set[str]:
+        return {n.split(":")[1] for n in graphs.sessions if n.startswith("io:")}
+
+    assert io_sessions() == set()
+    assert engine.process(frames[0]).is_keyframe
+    assert io_sessions() == {"key", "nonkey"}
+    opened = set(graphs.sessions)
+    assert not engine.process(frames[1]).is_keyframe
+    assert set(graphs.sessions) == opened  # nothing built on the non-key frame
+    big = cv2.resize(frames[2], (SMALL[1] * 2, SMALL[0] * 2))
+    assert engine.process(big).is_keyframe  # a new size: forced keyframe, its graphs built with it
+    assert len([n for n in graphs.sessions if n.startswith("io:")]) == 4
+
+
 def test_graph_io_stays_off_where_it_cannot_apply(frames) -> None:
     model = small_dcfm()
     net = OnnxRuntimeBackend(model, "cpu", input_size=SMALL)

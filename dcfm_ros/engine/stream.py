@@ -298,6 +298,8 @@ class StreamEngine:
         working = sched.in_flight
         if forced:
             sched.cancel()  # its cache belongs to another size, or to before reset()
+            if self.graph_io and shape != st.image_shape:
+                self._prepare_camera(shape)
         else:
             arrived = sched.advance(self._net)  # this frame's piece, or a pass finished before it
         if working and sched.on_frames:
@@ -387,9 +389,17 @@ class StreamEngine:
         return FrameRun(out, cache, fresh, key_sim, low, wants, is_key)  # type: ignore[arg-type]
 
     def _graph_io(self, plan: FramePlan) -> GraphIO | None:
-        if not self.graph_io:
-            return None
-        return GraphIO(plan.shape, label_size(self.labels_at, plan.shape, self.input_size))
+        return self._io_for(plan.shape) if self.graph_io else None
+
+    def _io_for(self, shape: tuple[int, int]) -> GraphIO:
+        return GraphIO(shape, label_size(self.labels_at, shape, self.input_size))
+
+    def _prepare_camera(self, shape: tuple[int, int]) -> None:
+        # A new camera size: its key and non-key graphs (built per size) at once, so only this
+        # first frame pays, not also the first non-key frame after it (make demo's p99).
+        st = self.state
+        self.backend.prepare_camera(self._io_for(shape),
+                                    extras=st.policy.score == "similarity" or not st.schedule.inline)
 
     def _key_from_f_in(self, plan: FramePlan, out: FrameOutputs) -> FrameOutputs:
         key = self._net.key_from_f_in(out.f_in, out.sim, plan.outputs, plan.timer)  # type: ignore[arg-type]

@@ -184,6 +184,12 @@ class InferenceBackend(ABC):
         extra outputs, `stages` the stage graphs (profiling, feature policy, deferred schedules)."""
         return
 
+    def prepare_camera(self, camera: GraphIO, extras: bool) -> None:
+        """Get the frame calls with the I/O in the graph ready for a camera size (graph_io backends
+        build them per size), key and non-key together, so the first non-key frame at a new size
+        does not pay for its graph. A no-op where nothing needs preparing."""
+        return
+
     def prepare_deep_units(self) -> None:
         """Get run_deep_units ready (e.g. open its graphs), so the first piece run on a frame does not
         pay for it. A no-op where nothing needs preparing."""

@@ -288,6 +288,16 @@ class OnnxRuntimeBackend(InferenceBackend):
         for graphs in self._sets:
             self._warm_up(graphs, graphs.open(names))
 
+    def prepare_camera(self, camera: GraphIO, extras: bool) -> None:
+        graphs = self._sets[0]
+        wide = self.model.config.num_classes > 255
+        names = [graphs.io_graph(kind, x, camera.camera, wide, camera.labels)
+                 for kind in FRAME_GRAPHS for x in ((False, True) if extras else (False,))]
+        for name in graphs.open(names):  # a first run allocates: now, not on a frame
+            spec = graphs.specs[name]
+            self._run(graphs, name, [torch.zeros(spec.input_shapes[0], dtype=torch.uint8),
+                                     *(torch.zeros(s) for s in spec.input_shapes[1:])])
+
     def _graphs_for(self, name: str, inputs: Sequence[Tensor]) -> _GraphSet:
         for graphs in self._sets:
             if graphs.accepts(name, inputs):
