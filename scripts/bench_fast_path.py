@@ -7,7 +7,7 @@ Variants: `host` (one fused call a frame, pre/post-processing in torch), `io` (g
 labels out), `stages` (the profiling mode: the stage calls one by one), `io-bf16` (OpenVINO's bf16
 hint), `io-int8` (the int8 frame graphs, engine/backends/quantize.py), and with --cameras the clip
 resized to each camera size (labels at the camera's size: `io`, or made at the network's size:
-`io-net`).
+`io-net`; `node`: the node's defaults on openvino, bf16 and labels_at auto).
 
     PYTHONPATH=. python scripts/bench_fast_path.py --backends openvino,onnxruntime --threads 2
 """
@@ -44,6 +44,8 @@ def engines_for(model, backend: str, camera: tuple[int, int] | None,
     if camera is not None:
         variants = [("host", "fp32", {}), ("io", "fp32", {"graph_io": True}),
                     ("io-net", "fp32", {"graph_io": True, "labels_at": "network"})]
+        if backend == "openvino":  # the node's defaults: precision auto (bf16 here), labels_at auto
+            variants.append(("node", "bf16", {"graph_io": True, "labels_at": "auto"}))
     if only:
         variants = [v for v in variants if v[0] in only]
     nets: dict[str, object] = {}
