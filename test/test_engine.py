@@ -363,3 +363,20 @@ def test_bench_cli_table_and_bad_size(capsys) -> None:
     assert "DCFM non-key" in out and "fixed K=3" in out and "random init" in out
     with pytest.raises(SystemExit):
         bench_main(["--size", "480by853"])
+
+
+def test_bench_overhead_times_the_graphs_the_engine_runs(tmp_path, capsys) -> None:
+    """--overhead --graph-io times the engine against the same I/O-variant graphs called bare (uint8
+    image in), on the graph backends; a backend without bare graphs is refused."""
+    for i, frame in enumerate(clip(3, size=(48, 64), shift=6)):
+        cv2.imwrite(str(tmp_path / f"f{i:03d}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    common = ["--backbone", "efficientnet-lite0", "--size", "48x64", "--frames", "2", "--warmup", "0",
+              "--device", "cpu", "--clip", str(tmp_path), "--num-classes", "5", "--overhead"]
+    assert bench_main([*common, "--backends", "onnxruntime", "--graph-io", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines() if line.startswith("{")]
+    got = rows[-1]
+    row = got.get("onnxruntime", got)
+    assert row["graph_key_ms"] > 0 and row["engine_nonkey_ms"] > 0
+    assert row["ratio_key_engine_graph"] > 0 and row["ratio_nonkey_engine_graph"] > 0
+    with pytest.raises(SystemExit, match="no fused graphs"):
+        bench_main([*common, "--backends", "torch"])

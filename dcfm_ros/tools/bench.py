@@ -14,9 +14,10 @@ call on the graph backends (the baseline, too, is one graph there), or with --st
 profiling mode) the four stages enc_lo, enc_hi, ffm, head called and timed one by one;
 "e2e" times are the wall time of StreamEngine.process(), i.e. also upload, resize, normalise,
 logits upsampling to the image size, argmax and the copy back to the host.
---overhead instead times, interleaved per frame, StreamEngine's key and non-key frames against the
-same backend's fused key and non-key graphs called bare (numpy in, no conversions): the engine's
-own cost.
+--overhead instead times, interleaved per frame (each pair in both orders on alternate frames),
+StreamEngine's key and non-key frames against the same backend's fused key and non-key graphs called
+bare (numpy in, no conversions; with --graph-io their I/O variants, uint8 image in): the engine's own
+cost.
 Weights are random (timing only: the speed of these networks does not depend on the weights).
 """
 
@@ -34,8 +35,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dcfm_ros.engine.backends.base import GraphIO
 from dcfm_ros.engine.device import PRECISIONS, StageTimer
 from dcfm_ros.engine.keyframe import FixedInterval, MotionThreshold
+from dcfm_ros.engine.specs import label_size
 from dcfm_ros.engine.stream import StreamEngine
 from dcfm_ros.tools.args import size_type
 from dcfm_ros.tools.clips import clip_paths, cpu_name, default_clip, load_clip
@@ -159,26 +162,35 @@ def measure_overhead(engines: dict[str, StreamEngine], frames: list[np.ndarray],
                                      backend=net, graph_io=engine.graph_io)
         nonkey_engine.process(frames[0])
         common = nonkey_engine.state.cache.common.numpy()  # type: ignore[union-attr]
-        runs[name] = (engine, nonkey_engine, net.raw_runner("key"), net.raw_runner("nonkey"), common,
+        # With graph I/O the engine runs the frame graphs' I/O variants (uint8 image in, labels and
+        # confidence out): the same graphs are timed bare, so the ratio is the engine's own cost.
+        shape = frames[0].shape[:2]
+        camera = (GraphIO(shape, label_size(engine.labels_at, shape, engine.input_size))
+                  if engine.graph_io else None)
+        runs[name] = (engine, nonkey_engine, net.raw_runner("key", camera),
+                      net.raw_runner("nonkey", camera), common, camera is not None,
                       {"engine_key": [], "engine_nonkey": [], "graph_key": [], "graph_nonkey": []})
     pre = next(iter(engines.values())).preprocessor
     for i, f in enumerate(frames[: warmup + count]):
         with torch.inference_mode():
             x = pre.normalize(pre.upload(f)).numpy()
-        for key_engine, nonkey_engine, key_graph, nonkey_graph, common, t in runs.values():
+        image = np.ascontiguousarray(f)[None]
+        for key_engine, nonkey_engine, key_graph, nonkey_graph, common, io, t in runs.values():
+            feed = {"image": image} if io else {"x": x}
+            calls = {"engine_key": (key_engine.process, f), "graph_key": (key_graph, feed),
+                     "engine_nonkey": (nonkey_engine.process, f),
+                     "graph_nonkey": (nonkey_graph, {**feed, "common": common})}
+            # Each pair in both orders on alternate frames: the second call of a graph finds its
+            # weights in the caches the first one warmed.
+            order = ["engine_key", "graph_key", "engine_nonkey", "graph_nonkey"]
+            if i % 2:
+                order = ["graph_key", "engine_key", "graph_nonkey", "engine_nonkey"]
             samples = {}
-            t0 = time.perf_counter()
-            key_engine.process(f)
-            samples["engine_key"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            key_graph({"x": x})
-            samples["graph_key"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            nonkey_engine.process(f)
-            samples["engine_nonkey"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            nonkey_graph({"x": x, "common": common})
-            samples["graph_nonkey"] = time.perf_counter() - t0
+            for k in order:
+                call, arg = calls[k]
+                t0 = time.perf_counter()
+                call(arg)
+                samples[k] = time.perf_counter() - t0
             if i >= warmup:
                 for k, v in samples.items():
                     t[k].append(v * 1000.0)

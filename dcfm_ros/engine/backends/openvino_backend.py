@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dcfm_ros.engine.backends.base import GraphIO
 from dcfm_ros.engine.backends.onnx_export import (
     GraphSpec,
     StaleExportError,
@@ -91,8 +92,8 @@ class OpenVINOBackend(OnnxRuntimeBackend):
         return tuple(torch.from_numpy(request.get_tensor(n).data.copy())
                      for n in (spec.outputs if outputs is None else outputs))
 
-    def raw_runner(self, name: str) -> Callable[[dict[str, np.ndarray]], Any]:
-        request = self._sets[0].session(name)
+    def raw_runner(self, name: str, camera: GraphIO | None = None) -> Callable[[dict[str, np.ndarray]], Any]:
+        request = self._sets[0].session(self._raw_name(name, camera))
         return lambda feeds: request.infer(feeds)
 
     def describe(self) -> str:

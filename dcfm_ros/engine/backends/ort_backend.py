@@ -413,11 +413,18 @@ class OnnxRuntimeBackend(InferenceBackend):
                      marks: StageMarks | None = None, camera: GraphIO | None = None) -> FrameOutputs:
         return self._frame("nonkey", (x, common), want, marks, camera)
 
-    def raw_runner(self, name: str) -> Callable[[dict[str, np.ndarray]], Any]:
+    def raw_runner(self, name: str, camera: GraphIO | None = None) -> Callable[[dict[str, np.ndarray]], Any]:
         """Graph `name` of the first prepared size as the bare runtime call on numpy feeds, no
-        conversions (dcfm-bench --overhead times the engine against it)."""
-        session = self._sets[0].session(name)
+        conversions (dcfm-bench --overhead times the engine against it); `camera`: its variant with
+        the I/O in the graph (feeds "image", uint8 (1, H, W, 3), instead of "x")."""
+        session = self._sets[0].session(self._raw_name(name, camera))
         return lambda feeds: session.run(None, feeds)
+
+    def _raw_name(self, name: str, camera: GraphIO | None) -> str:
+        if camera is None:
+            return name
+        return self._sets[0].io_graph(name, False, camera.camera, self.model.config.num_classes > 255,
+                                      camera.labels)
 
     def baseline_logits(self, x: Tensor) -> Tensor:
         return self._stage("baseline", x)[0]
