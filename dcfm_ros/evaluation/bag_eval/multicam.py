@@ -39,6 +39,7 @@ from dcfm_ros.evaluation.bag_eval.node_process import (
 )
 from dcfm_ros.evaluation.bag_eval.params import model_info, prepare_output, run_params
 from dcfm_ros.evaluation.bag_eval.playback import _fill_info, _Recorder
+from dcfm_ros.evaluation.bag_eval.ros_session import RosSession
 from dcfm_ros.evaluation.bag_eval.stopping import Interrupted, StopRequest
 from dcfm_ros.evaluation.bagio import BadMessage, BagReader, BagWriter
 from dcfm_ros.evaluation.report import FrameRecord
@@ -284,11 +285,7 @@ def play_cameras(bag: BagReader, cams: list[Camera], node: NodeProcess, writer: 
                  should_stop: Callable[[], bool]) -> tuple[str | None, dict[str, list[str]]]:
     """Publish every camera's messages (log-time order) and record each camera's outputs. Returns (why
     playback stopped early or None, each camera's class map)."""
-    import rclpy
-    from rclpy.context import Context
-    from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-    from rclpy.signals import SignalHandlerOptions
     from rosgraph_msgs.msg import Clock
     from sensor_msgs.msg import CompressedImage, Image
 
@@ -300,11 +297,8 @@ def play_cameras(bag: BagReader, cams: list[Camera], node: NodeProcess, writer: 
     reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
     latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
-    ctx = Context()
-    rclpy.init(context=ctx, domain_id=domain_id, signal_handler_options=SignalHandlerOptions.NO)
-    ros_node = rclpy.create_node("dcfm_bag_eval", context=ctx)
-    executor = SingleThreadedExecutor(context=ctx)
-    executor.add_node(ros_node)
+    session = RosSession("dcfm_bag_eval", domain_id)
+    ros_node, executor = session.node, session.executor
     recs = {c.name: _Recorder() for c in cams}
     by_topic = {c.topic.name: c for c in cams}
     stopped: str | None = None
@@ -435,7 +429,5 @@ def play_cameras(bag: BagReader, cams: list[Camera], node: NodeProcess, writer: 
                 mark(c, r)
         drain()
     finally:
-        executor.shutdown()
-        ros_node.destroy_node()
-        rclpy.try_shutdown(context=ctx)
+        session.close()
     return stopped, classes

@@ -27,6 +27,7 @@ from typing import Any
 from dcfm_ros.evaluation import bagio
 from dcfm_ros.evaluation.bag_eval.errors import NodeFailedError
 from dcfm_ros.evaluation.bag_eval.node_process import NodeProcess
+from dcfm_ros.evaluation.bag_eval.ros_session import RosSession
 from dcfm_ros.evaluation.bagio import BadMessage, BagReader, BagWriter
 from dcfm_ros.evaluation.report import FrameRecord
 
@@ -102,21 +103,13 @@ class _ViewerRecorder:
     _HEAD = struct.Struct("<BI")  # topic index, length
 
     def __init__(self, domain_id: int, topics: list[tuple[str, type]], qos: Any) -> None:
-        import rclpy
-        from rclpy.context import Context
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.signals import SignalHandlerOptions
-
         self.topics = [t for t, _ in topics]
         self.last_at = time.perf_counter()
         self.last_stamp: dict[int, int] = {}  # topic index -> header stamp of its latest message
         self._spool = tempfile.TemporaryFile()  # noqa: SIM115 - closed in replay()
-        self._ctx = Context()
-        rclpy.init(context=self._ctx, domain_id=domain_id, signal_handler_options=SignalHandlerOptions.NO)
-        self._node = rclpy.create_node("dcfm_bag_eval_recorder", context=self._ctx)
-        self._executor = SingleThreadedExecutor(context=self._ctx)
-        self._executor.add_node(self._node)
-        self.subs = [self._node.create_subscription(msg_type, topic, self._callback(i), qos, raw=True)
+        self._session = RosSession("dcfm_bag_eval_recorder", domain_id)
+        self._executor = self._session.executor
+        self.subs = [self._session.node.create_subscription(msg_type, topic, self._callback(i), qos, raw=True)
                      for i, (topic, msg_type) in enumerate(topics)]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._spin, name="dcfm-bag-eval-recorder", daemon=True)
@@ -145,13 +138,9 @@ class _ViewerRecorder:
         return all(s.get_publisher_count() > 0 for s in self.subs)
 
     def stop(self) -> None:
-        import rclpy
-
         self._stop.set()
         self._thread.join(5.0)
-        self._executor.shutdown()
-        self._node.destroy_node()
-        rclpy.try_shutdown(context=self._ctx)
+        self._session.close()
 
     def replay(self) -> Any:
         """(topic, raw bytes) of everything recorded, in arrival order; closes the spool."""
@@ -185,11 +174,7 @@ def play(bag: BagReader, image_topic: str, msgtype: str, node: NodeProcess, writ
 
     When `should_stop()` turns true, no further frame is sent; frames already sent get a short grace
     to come back, and the Playback says why it stopped (`stopped`)."""
-    import rclpy
-    from rclpy.context import Context
-    from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-    from rclpy.signals import SignalHandlerOptions
     from rosgraph_msgs.msg import Clock
     from sensor_msgs.msg import CompressedImage, Image
 
@@ -201,12 +186,8 @@ def play(bag: BagReader, image_topic: str, msgtype: str, node: NodeProcess, writ
     latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
-    ctx = Context()
-    # No rclpy signal handlers: dcfm-bag-eval's own (stopping.py) decide what a signal does.
-    rclpy.init(context=ctx, domain_id=domain_id, signal_handler_options=SignalHandlerOptions.NO)
-    ros_node = rclpy.create_node("dcfm_bag_eval", context=ctx)
-    executor = SingleThreadedExecutor(context=ctx)
-    executor.add_node(ros_node)
+    session = RosSession("dcfm_bag_eval", domain_id)
+    ros_node, executor = session.node, session.executor
     rec = _Recorder()
     out = Playback(records=[], skipped=[])
     viewer_rec: _ViewerRecorder | None = None
@@ -403,9 +384,7 @@ def play(bag: BagReader, image_topic: str, msgtype: str, node: NodeProcess, writ
     finally:
         if viewer_rec is not None:
             viewer_rec.stop()
-        executor.shutdown()
-        ros_node.destroy_node()
-        rclpy.try_shutdown(context=ctx)
+        session.close()
     return out
 
 
