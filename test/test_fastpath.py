@@ -384,6 +384,12 @@ def test_a_new_camera_size_prepares_its_key_and_nonkey_graphs_on_its_first_frame
     big = cv2.resize(frames[2], (SMALL[1] * 2, SMALL[0] * 2))
     assert engine.process(big).is_keyframe  # a new size: forced keyframe, its graphs built with it
     assert len([n for n in graphs.sessions if n.startswith("io:")]) == 4
+    # a size known in advance (node parameter camera_size): built before any frame of it
+    engine.prepare_camera((SMALL[0] * 3, SMALL[1] * 3))
+    assert len([n for n in graphs.sessions if n.startswith("io:")]) == 6
+    opened = set(graphs.sessions)
+    huge = cv2.resize(frames[3], (SMALL[1] * 3, SMALL[0] * 3))
+    assert engine.process(huge).is_keyframe and set(graphs.sessions) == opened
 
 
 def test_graph_io_stays_off_where_it_cannot_apply(frames) -> None:

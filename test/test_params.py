@@ -176,6 +176,8 @@ def defaults(**changes: Any) -> dict[str, Any]:
     ({"keyframe__spread": 0}, "keyframe.spread"),
     ({"input_size": [480]}, "input_size"),
     ({"input_size": [480, 0]}, "input_size"),
+    ({"camera_size": [1080, 1920, 3]}, "camera_size"),
+    ({"camera_batching": "sometimes"}, "camera_batching"),
     ({"mask_classes": ["Road", "Road"]}, "mask_classes"),
     ({"mask_classes": [""]}, "mask_classes"),
     ({"overlay_alpha": 2.0}, "overlay_alpha"),

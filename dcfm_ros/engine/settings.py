@@ -158,6 +158,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "(on a 2-core CPU a batch was slower than one frame at a time; the graph backends run "
               "batch-1 graphs, so on has no effect there).",
               constraints="one of " + ", ".join(CAMERA_BATCHING)),
+    ParamSpec("camera_size", T.INTEGER_ARRAY, None, "[H, W] of the camera images, if known. Where the "
+              "backend runs the pre/post-processing in its graph, that graph is made per camera size: "
+              "for this size at start-up, so the first frame takes a keyframe's time, not the graph's "
+              "build too. Unset or []: the network input size. Any other size still works (built on "
+              "its first frame).", constraints="[H, W], positive ints"),
     ParamSpec("input_size", T.INTEGER_ARRAY, None, "[H, W] the network runs at (images are resized to it, "
               "outputs come back at camera resolution). Unset or []: the model's own input size.",
               constraints="[H, W], positive ints"),
@@ -254,6 +259,7 @@ class NodeSettings:
     precision: str
     keyframe: KeyframeSettings
     input_size: tuple[int, int] | None
+    camera_size: tuple[int, int] | None
     mask_classes: tuple[str, ...]
     overlay_alpha: float
     image_transport: str
@@ -280,6 +286,17 @@ class NodeSettings:
 def default_model_path() -> Path:
     """The packaged model, located inside the installed dcfm_ros package (pip or colcon install)."""
     return Path(str(importlib.resources.files("dcfm_ros").joinpath("models", DEFAULT_MODEL_FILE)))
+
+
+def _size_or_none(values: Mapping[str, Any], name: str, empty: str) -> tuple[int, int] | None:
+    size = values[name]
+    if size is None or len(size) == 0:
+        return None
+    if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and 0 < s <= 16384
+                                 for s in size):
+        raise ParameterError(f"parameter '{name}' must be [H, W] with 0 < H, W <= 16384, or empty "
+                             f"{empty}; got {list(size)!r}")
+    return int(size[0]), int(size[1])
 
 
 def _choice(values: Mapping[str, Any], name: str, choices: Sequence[str]) -> str:
@@ -351,14 +368,8 @@ def settings_from_values(values: Mapping[str, Any]) -> NodeSettings:
         feature_threshold=_in_range(values, "keyframe.feature_threshold", 0.0, 1.0),
     )
 
-    size = values["input_size"]
-    input_size: tuple[int, int] | None = None
-    if size is not None and len(size) > 0:
-        if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and 0 < s <= 16384
-                                     for s in size):
-            raise ParameterError(f"parameter 'input_size' must be [H, W] with 0 < H, W <= 16384, or empty "
-                                 f"for the model's size; got {list(size)!r}")
-        input_size = (int(size[0]), int(size[1]))
+    input_size = _size_or_none(values, "input_size", "for the model's size")
+    camera_size = _size_or_none(values, "camera_size", "for the network input size")
 
     classes = values["mask_classes"]
     mask_classes: tuple[str, ...] = ()
@@ -387,6 +398,7 @@ def settings_from_values(values: Mapping[str, Any]) -> NodeSettings:
         precision=_choice(values, "precision", PRECISIONS),
         keyframe=keyframe,
         input_size=input_size,
+        camera_size=camera_size,
         mask_classes=mask_classes,
         overlay_alpha=_in_range(values, "overlay_alpha", 0.0, 1.0),
         image_transport=_choice(values, "image_transport", TRANSPORTS),
@@ -491,7 +503,8 @@ def _stream_engine(settings: NodeSettings, model: DCFM, net: InferenceBackend) -
                             # graph_io: on onnxruntime/openvino the frame's one call takes the camera
                             # image and returns the labels (no torch op on the frame's path); the
                             # engine turns it off where it cannot apply
-                            graph_io=True, labels_at=settings.labels_at)
+                            graph_io=True, labels_at=settings.labels_at
+                            ).prepare_camera(settings.camera_size)
     except (RuntimeError, ValueError) as exc:
         raise StartupError(_cannot_run(settings, exc)) from exc
 
@@ -514,10 +527,12 @@ def build_multi_engine(settings: NodeSettings) -> MultiStreamEngine:
         raise StartupError(f"{model.model_class} runs one camera per node (its reference ring is per "
                            "stream); leave the parameter 'cameras' empty")
     try:
-        return MultiStreamEngine(model, settings.cameras, settings.keyframe.make_policy(), backend=net,
-                                 input_size=settings.input_size, schedule=settings.keyframe.make_schedule,
-                                 nonkey_blend=settings.nonkey_blend, drop_policy=settings.drop_policy,
-                                 graph_io=True, labels_at=settings.labels_at,  # as the single camera's
-                                 batch=batch_cameras(settings.camera_batching, net))
+        multi = MultiStreamEngine(model, settings.cameras, settings.keyframe.make_policy(), backend=net,
+                                  input_size=settings.input_size, schedule=settings.keyframe.make_schedule,
+                                  nonkey_blend=settings.nonkey_blend, drop_policy=settings.drop_policy,
+                                  graph_io=True, labels_at=settings.labels_at,  # as the single camera's
+                                  batch=batch_cameras(settings.camera_batching, net))
+        multi.engine(multi.cameras[0]).prepare_camera(settings.camera_size)  # one backend for all
+        return multi
     except (RuntimeError, ValueError) as exc:
         raise StartupError(_cannot_run(settings, exc)) from exc

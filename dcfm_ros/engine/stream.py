@@ -298,8 +298,8 @@ class StreamEngine:
         working = sched.in_flight
         if forced:
             sched.cancel()  # its cache belongs to another size, or to before reset()
-            if self.graph_io and shape != st.image_shape:
-                self._prepare_camera(shape)
+            if shape != st.image_shape:
+                self.prepare_camera(shape)
         else:
             arrived = sched.advance(self._net)  # this frame's piece, or a pass finished before it
         if working and sched.on_frames:
@@ -394,12 +394,16 @@ class StreamEngine:
     def _io_for(self, shape: tuple[int, int]) -> GraphIO:
         return GraphIO(shape, label_size(self.labels_at, shape, self.input_size))
 
-    def _prepare_camera(self, shape: tuple[int, int]) -> None:
-        # A new camera size: its key and non-key graphs (built per size) at once, so only this
-        # first frame pays, not also the first non-key frame after it (make demo's p99).
-        st = self.state
-        self.backend.prepare_camera(self._io_for(shape),
-                                    extras=st.policy.score == "similarity" or not st.schedule.inline)
+    def prepare_camera(self, shape: tuple[int, int] | None = None) -> StreamEngine:
+        """With graph I/O, build the key and non-key graphs for camera images of `shape` (default: the
+        network input size) now. The engine also does it on the first frame of a new size, so that
+        only this frame pays, not the first non-key frame after it too (make demo's p99); a node that
+        knows its camera's size does it at start-up. Returns the engine."""
+        if self.graph_io:
+            st = self.state
+            self.backend.prepare_camera(self._io_for(shape or self.input_size),
+                                        extras=st.policy.score == "similarity" or not st.schedule.inline)
+        return self
 
     def _key_from_f_in(self, plan: FramePlan, out: FrameOutputs) -> FrameOutputs:
         key = self._net.key_from_f_in(out.f_in, out.sim, plan.outputs, plan.timer)  # type: ignore[arg-type]
