@@ -353,7 +353,9 @@ def play(bag: BagReader, image_topic: str, msgtype: str, node: NodeProcess, writ
             # times longer than the slowest frame so far.
             slowest = max((t - t0 - (by_stamp[s].sent_s or 0.0) for s, t in rec.labels_at.items()
                            if s in by_stamp), default=1.0)
-            quiet = min(frame_timeout, max(3.0, 3 * slowest))
+            # Nothing back yet: the first frame may still be building its graphs on a busy machine,
+            # so only --frame-timeout ends the wait.
+            quiet = min(frame_timeout, max(3.0, 3 * slowest)) if rec.labels_at else frame_timeout
             # After a stop request the grace is bounded: the user asked to stop.
             grace_end = time.perf_counter() + (quiet if should_stop() else math.inf)
             while (not all_back() and not node_idle() and time.perf_counter() - rec.last_output < quiet
