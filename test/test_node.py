@@ -553,8 +553,18 @@ def test_outputs_without_subscribers_are_not_computed(node_b: NodeUnderTest) -> 
     assert "published_color" not in values and "published_overlay" not in values
     node_b.subscribe(OUT + "color", Image)
     node_b.h.wait_discovery()
-    key = node_b.send(compressed_msg(rgb, "png"), rgb)
-    node_b.wait(key, (OUT + "color",))
+    # The node's viewer participant learns of the new subscriber on its own time (discovery runs per
+    # direction): a frame processed before that gets no colour image. Send until one has it.
+    for _ in range(20):
+        key = node_b.send(compressed_msg(rgb, "png"), rgb)
+        node_b.wait(key, (OUT + "labels",))
+        try:
+            node_b.h.spin_until(lambda k=key: node_b.find(OUT + "color", k) is not None, 2.0, "colour")
+            break
+        except AssertionError:
+            continue
+    else:
+        raise AssertionError("no segmentation/color image in 20 frames after subscribing to it")
     values = node_b.diagnostics_until(lambda v: int(v.get("published_color", 0)) >= 1, "published_color")
     assert "published_overlay" not in values
 
