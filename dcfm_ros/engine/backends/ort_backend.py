@@ -281,7 +281,10 @@ class OnnxRuntimeBackend(InferenceBackend):
         # First runs allocate and (TensorRT EP) build engines: do it now, not on the first frame.
         for name in names:
             spec = graphs.specs[name]
-            self._run(graphs, name, [torch.zeros(s, device=self.device) for s in spec.input_shapes])
+            # the graph-I/O variants take the camera's uint8 image; every other input is float
+            self._run(graphs, name, [torch.zeros(s, device=self.device,
+                                                 dtype=torch.uint8 if n == "image" else torch.float32)
+                                     for n, s in zip(spec.inputs, spec.input_shapes, strict=True)])
 
     def prepare_frames(self, extras: bool, stages: bool) -> None:
         names = [*((f"{k}_x" for k in FRAME_GRAPHS) if extras else ()), *(("sim",) if stages else ())]
@@ -290,13 +293,12 @@ class OnnxRuntimeBackend(InferenceBackend):
 
     def prepare_camera(self, camera: GraphIO, extras: bool) -> None:
         graphs = self._sets[0]
-        wide = self.model.config.num_classes > 255
-        names = [graphs.io_graph(kind, x, camera.camera, wide, camera.labels)
+        names = [self._io_name(graphs, kind, x, camera)
                  for kind in FRAME_GRAPHS for x in ((False, True) if extras else (False,))]
-        for name in graphs.open(names):  # a first run allocates: now, not on a frame
-            spec = graphs.specs[name]
-            self._run(graphs, name, [torch.zeros(spec.input_shapes[0], dtype=torch.uint8),
-                                     *(torch.zeros(s) for s in spec.input_shapes[1:])])
+        self._warm_up(graphs, graphs.open(names))
+
+    def _io_name(self, graphs: _GraphSet, kind: str, extra: bool, camera: GraphIO) -> str:
+        return graphs.io_graph(kind, extra, camera.camera, self.model.config.num_classes > 255, camera.labels)
 
     def _graphs_for(self, name: str, inputs: Sequence[Tensor]) -> _GraphSet:
         for graphs in self._sets:
@@ -390,8 +392,7 @@ class OnnxRuntimeBackend(InferenceBackend):
         base = ["logits", "common"] if kind == "key" else ["logits"]
         name = f"{kind}_x" if extras else kind
         if camera is not None:
-            name = graphs.io_graph(kind, bool(extras), camera.camera, self.model.config.num_classes > 255,
-                                   camera.labels)
+            name = self._io_name(graphs, kind, bool(extras), camera)
             base = ["labels", "top", *base[1:]]
         got = dict(zip([*base, *extras], self._run(graphs, name, inputs,
                                                    [*base, *(FRAME_EXTRAS[e] for e in extras)]), strict=True))
@@ -421,10 +422,7 @@ class OnnxRuntimeBackend(InferenceBackend):
         return lambda feeds: session.run(None, feeds)
 
     def _raw_name(self, name: str, camera: GraphIO | None) -> str:
-        if camera is None:
-            return name
-        return self._sets[0].io_graph(name, False, camera.camera, self.model.config.num_classes > 255,
-                                      camera.labels)
+        return name if camera is None else self._io_name(self._sets[0], name, False, camera)
 
     def baseline_logits(self, x: Tensor) -> Tensor:
         return self._stage("baseline", x)[0]
