@@ -280,8 +280,8 @@ class MultiStreamEngine(Generic[T]):
                 except Exception as exc:
                     for i in rows:
                         yield self._failed(planned[i][0], planned[i][1], exc)
-                    planned = [x for i, x in enumerate(planned) if i not in set(rows)]
-                    outs = {}
+                    failed = set(rows)
+                    planned = [x for i, x in enumerate(planned) if i not in failed]
             for i, (stream, p, plan) in enumerate(planned):
                 try:
                     engine = stream.engine
