@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +201,24 @@ class NodeUnderTest:
                           f"outputs {topics} of frame {key}")
         return {t: self.find(t, key) for t in topics}
 
+    def send_until_viewers(self, make: Callable[[], Any], rgb: np.ndarray | None, topics: tuple[str, ...],
+                           tries: int = 20) -> tuple[int, int]:
+        """Send frames (each `make()`, seen by the node as `rgb`) until one has every output in `topics`;
+        that frame's key.
+
+        Why: the node's viewer participant learns of a subscriber on its own time (discovery runs per
+        direction), and a frame it processes before that gets no viewer image."""
+        labels = (OUT + "labels",) if OUT + "labels" in self.box else (OUT + "info",)
+        for _ in range(tries):
+            key = self.send(make(), rgb)
+            self.wait(key, labels)
+            try:
+                self.h.spin_until(lambda k=key: all(self.find(t, k) is not None for t in topics), 2.0, "")
+            except AssertionError:
+                continue
+            return key
+        raise AssertionError(f"no frame had every one of {topics} in {tries} frames")
+
     def reference(self, key: tuple[int, int]) -> Any:
         """The reference engine's result for frame `key`, replaying the frames the node processed
         (those with a segmentation/info message; with drop_policy latest some are skipped)."""
@@ -327,7 +345,8 @@ def test_every_output_has_header_size_and_content(node_a: NodeUnderTest) -> None
     from dcfm_ros.engine import colorize, overlay
 
     rgb = texture(1)
-    key = node_a.send(raw_msg(rgb, "rgb8"), rgb)
+    key = node_a.send_until_viewers(lambda: raw_msg(rgb, "rgb8"), rgb,
+                                    (OUT + "color", OUT + "overlay", *A_MASK_TOPICS.values()))
     out = node_a.wait(key)
     labels = node_a.check_labels(key, (60, 80))
     for topic, msg in out.items():
@@ -553,18 +572,7 @@ def test_outputs_without_subscribers_are_not_computed(node_b: NodeUnderTest) -> 
     assert "published_color" not in values and "published_overlay" not in values
     node_b.subscribe(OUT + "color", Image)
     node_b.h.wait_discovery()
-    # The node's viewer participant learns of the new subscriber on its own time (discovery runs per
-    # direction): a frame processed before that gets no colour image. Send until one has it.
-    for _ in range(20):
-        key = node_b.send(compressed_msg(rgb, "png"), rgb)
-        node_b.wait(key, (OUT + "labels",))
-        try:
-            node_b.h.spin_until(lambda k=key: node_b.find(OUT + "color", k) is not None, 2.0, "colour")
-            break
-        except AssertionError:
-            continue
-    else:
-        raise AssertionError("no segmentation/color image in 20 frames after subscribing to it")
+    node_b.send_until_viewers(lambda: compressed_msg(rgb, "png"), rgb, (OUT + "color",))
     values = node_b.diagnostics_until(lambda v: int(v.get("published_color", 0)) >= 1, "published_color")
     assert "published_overlay" not in values
 
