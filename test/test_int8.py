@@ -141,6 +141,37 @@ def test_int8_without_calibration_frames_says_what_to_pass(tmp_path: Path) -> No
         make_backend("onnxruntime", small_dcfm(), "cpu", "int8", input_size=SMALL, cache_dir=tmp_path)
 
 
+@needs_camvid
+def test_the_node_calibration_parameter_reaches_the_int8_graphs(tiny_checkpoint: Path, train_folder: Path,
+                                                                 tmp_path: Path) -> None:
+    """A user's model (no calibration ships with it) runs int8 in the node with `calibration` set: the
+    int8 folder is the one named by those frames' hash, and a frame goes through. Without it, the
+    start-up error names the parameter; a held-out folder is refused before anything is exported."""
+    from dcfm_ros.engine.settings import (
+        PARAMETERS,
+        ParameterError,
+        StartupError,
+        build_engine,
+        settings_from_values,
+    )
+
+    spec = f"folder:{train_folder}:2"
+    values = {**{p.name: p.default for p in PARAMETERS}, "model": str(tiny_checkpoint), "device": "cpu",
+              "backend": "onnxruntime", "precision": "int8", "backend_cache_dir": str(tmp_path),
+              "calibration": spec}
+    engine = build_engine(settings_from_values(values))
+    assert engine.precision == "int8"
+    assert read_calibration(spec).sha256[:16] in engine.backend._sets[0].folder.name
+    frame = demo_frames(1)[0]
+    assert engine.process(frame).labels.shape == frame.shape[:2]
+    with pytest.raises(StartupError, match="needs calibration frames"):
+        build_engine(settings_from_values({**values, "calibration": ""}))
+    with pytest.raises(ParameterError, match=r"parameter 'calibration'.*held-out split"):
+        settings_from_values({**values, "calibration": f"folder:{CAMVID / 'val'}:4"})
+    with pytest.raises(ParameterError, match=r"parameter 'calibration'.*folder:DIR"):
+        settings_from_values({**values, "calibration": "train"})
+
+
 # -- dcfm-export --precision int8 ---------------------------------------------------------------------
 
 

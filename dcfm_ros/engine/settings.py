@@ -92,9 +92,15 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "the labels on this backend and CPU/GPU (openvino on a CPU with native bf16: bf16; "
               "tensorrt: fp16; else fp32), logged at start-up with the reason. bf16 on the CPU needs "
               "backend openvino; fp16/bf16 on torch need a CUDA device. int8: post-training "
-              "quantization on backend openvino or onnxruntime, calibrated on the frames shipped with "
-              "the model (check a model with dcfm-export --precision int8 first).",
+              "quantization on backend openvino or onnxruntime, calibrated on the frames named by "
+              "'calibration' (check a model with dcfm-export --precision int8 first).",
               constraints="one of " + ", ".join(PRECISIONS)),
+    ParamSpec("calibration", T.STRING, "", "precision int8 only: the frames of the model's training split "
+              "the int8 graphs are calibrated on (quantized once at start-up, then cached under "
+              "backend_cache_dir with the frames' hash in the name). Empty: the frames shipped with the "
+              "model (the packaged CamVid model has them; another model needs this set).",
+              constraints="empty, or folder:DIR[:N], video:FILE[:N] or bag:PATH:TOPIC[:N] (N frames, "
+                          "default 64); a path through a val/test folder is refused"),
     ParamSpec("labels_at", T.STRING, "auto", "Where the labels are made when the backend runs the pre/post-"
               "processing in its graph (onnxruntime, openvino on the CPU; elsewhere always camera). camera: "
               "exact, the logits upsampled to the camera's size and the argmax there. network: at the "
@@ -277,6 +283,7 @@ class NodeSettings:
     viewer_rate: float = 0.0
     jpeg_quality: int = 80
     labels_at: str = "auto"
+    calibration: str = ""
 
     @property
     def model_path(self) -> Path:
@@ -416,6 +423,7 @@ def settings_from_values(values: Mapping[str, Any]) -> NodeSettings:
         viewer_rate=_in_range(values, "viewer_rate", 0.0, 1000.0),
         jpeg_quality=_int(values, "jpeg_quality", 1, 100),
         labels_at=_choice(values, "labels_at", LABEL_SIZES),
+        calibration=_calibration(values),
     )
     # Last: the cross-field keyframe rules (threshold < 1, min <= max) come from the engine, whose
     # import loads torch; every other mistake is reported before that.
@@ -469,10 +477,25 @@ def _backend_for(settings: NodeSettings, model: DCFM) -> InferenceBackend:
         # Built here (graph export / engine build at start-up, never on a frame).
         net = make_backend(settings.backend, model, settings.device, settings.precision,
                            input_size=settings.input_size or tuple(model.config.input_size),
-                           cache_dir=settings.backend_cache_dir or None)
+                           cache_dir=settings.backend_cache_dir or None,
+                           calibration=settings.calibration or None)
     except (RuntimeError, ValueError) as exc:
         raise StartupError(_cannot_run(settings, exc)) from exc
     return net
+
+
+def _calibration(values: Mapping[str, Any]) -> str:
+    """'calibration': empty or a calibration spec (engine.specs grammar), checked here so a typo or a
+    held-out folder stops the node at start-up with the reason, before anything is exported."""
+    from dcfm_ros.engine.specs import parse_calibration
+
+    text = str(values["calibration"]).strip()
+    if text:
+        try:
+            parse_calibration(text)
+        except ValueError as exc:
+            raise ParameterError(f"parameter 'calibration': {exc}") from exc
+    return text
 
 
 def _cannot_run(settings: NodeSettings, exc: Exception) -> str:

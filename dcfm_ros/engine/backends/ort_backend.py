@@ -243,8 +243,9 @@ class OnnxRuntimeBackend(InferenceBackend):
             spec = self._calibration_spec or shipped_calibration(self.model_hash)
             if spec is None:
                 raise ValueError(f"precision 'int8' needs calibration frames of the model's training split "
-                                 f"(none ship with model {self.model_hash[:12]}): pass calibration, e.g. "
-                                 f"folder:/data/mine/train:64, and check the accuracy first with "
+                                 f"(none ship with model {self.model_hash[:12]}): pass calibration (the "
+                                 f"node's parameter 'calibration'), e.g. folder:/data/mine/train:64, and "
+                                 f"check the accuracy first with "
                                  f"dcfm-export MODEL --precision int8 --calibration SPEC --check ...")
             self._calibration = read_calibration(spec)
         return self._calibration
