@@ -155,6 +155,9 @@ class NodeUnderTest:
         settings = settings_from_values({**{p.name: p.default for p in PARAMETERS}, **params})
         assert settings.input_size == input_size, "pass input_size both as a param and to NodeUnderTest"
         self.ref = reference_engine(params, model)
+        # what the node decodes a compressed frame to (reduced_decode: a JPEG of >= 2x the network's
+        # size arrives at 1/2..1/8 scale; test_reduced_decode checks the decode itself)
+        self.network = self.ref.input_size if settings.reduced_decode else None
         # ("frame", key, rgb) / ("policy", None, policy) / ("schedule", None, name)
         self.history: list[tuple[str, Any, Any]] = []
         self.replayed = 0
@@ -182,9 +185,20 @@ class NodeUnderTest:
         key = (stamp.sec, stamp.nanosec)
         self._last_key = key
         if rgb is not None:
-            self.history.append(("frame", key, rgb))
+            self.history.append(("frame", key, self._as_node_sees(msg, rgb)))
         self.pub.publish(msg)
         return key
+
+    def _as_node_sees(self, msg: Any, rgb: np.ndarray) -> np.ndarray | tuple[np.ndarray, tuple[int, int]]:
+        from sensor_msgs.msg import CompressedImage
+
+        from dcfm_ros.node.reduced_decode import decode
+
+        if not isinstance(msg, CompressedImage):
+            return rgb
+        image = decode(msg, self.network)
+        assert np.array_equal(image.full(), rgb), "the test's frame is not what the message decodes to"
+        return (image.rgb, image.camera) if image.reduced else rgb
 
     def set_reference_policy(self, policy: Any) -> None:
         self.history.append(("policy", None, policy))
@@ -232,7 +246,8 @@ class NodeUnderTest:
             elif kind == "schedule":
                 self.ref.schedule = item
             elif k in infos:
-                self.ref_results[k] = self.ref.process(item)
+                args = item if isinstance(item, tuple) else (item,)
+                self.ref_results[k] = self.ref.process(*args)
         return self.ref_results[key]
 
     def check_labels(self, key: tuple[int, int], shape: tuple[int, int]) -> np.ndarray:

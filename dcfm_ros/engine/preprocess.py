@@ -40,6 +40,20 @@ def validate_image(image: object, what: str = "image_rgb") -> np.ndarray:
     return image
 
 
+def camera_shape(image: np.ndarray, camera: tuple[int, int] | None) -> tuple[int, int]:
+    """The (H, W) a frame's labels are made for: `camera` (the camera's size, when `image` is a reduced
+    decode of it: never smaller than the image, at most 8x larger per side, libjpeg's largest
+    scaling) or else the image's own."""
+    shape = (int(image.shape[0]), int(image.shape[1]))
+    if camera is None:
+        return shape
+    cam = validate_size(tuple(camera), "camera")
+    if not all(s <= c <= 8 * s for s, c in zip(shape, cam, strict=True)):
+        raise ValueError(f"camera {cam[0]}x{cam[1]} (H x W) cannot be what a {shape[0]}x{shape[1]} image was "
+                         f"decoded from (each side must be 1-8x the image's)")
+    return cam
+
+
 def validate_size(size: object, what: str = "input_size") -> tuple[int, int]:
     """(H, W) of positive ints."""
     try:

@@ -188,6 +188,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("image_transport", T.STRING, "raw", "raw: subscribe to image (sensor_msgs/Image). "
               "compressed: subscribe to image/compressed (sensor_msgs/CompressedImage, jpeg/png).",
               constraints="one of " + ", ".join(TRANSPORTS)),
+    ParamSpec("reduced_decode", T.BOOL, True, "image_transport compressed: decode a JPEG at 1/2, 1/4 or "
+              "1/8 scale (libjpeg's DCT scaling) where that still has the network's input size on both "
+              "sides, so a large camera costs less to decode and resize; the labels and the viewer images "
+              "stay at the camera's size (the overlay decodes the full image on the viewer thread). "
+              "false: always decode in full."),
     ParamSpec("qos.depth", T.INTEGER, 20, "History depth of the image subscription: frames DDS holds "
               "for the node while its executor is busy (reliable: more than this unread are lost).",
               int_range=(1, 1000)),
@@ -284,6 +289,7 @@ class NodeSettings:
     jpeg_quality: int = 80
     labels_at: str = "auto"
     calibration: str = ""
+    reduced_decode: bool = True
 
     @property
     def model_path(self) -> Path:
@@ -424,6 +430,7 @@ def settings_from_values(values: Mapping[str, Any]) -> NodeSettings:
         jpeg_quality=_int(values, "jpeg_quality", 1, 100),
         labels_at=_choice(values, "labels_at", LABEL_SIZES),
         calibration=_calibration(values),
+        reduced_decode=_flag(values, "reduced_decode"),
     )
     # Last: the cross-field keyframe rules (threshold < 1, min <= max) come from the engine, whose
     # import loads torch; every other mistake is reported before that.
@@ -484,6 +491,13 @@ def _backend_for(settings: NodeSettings, model: DCFM) -> InferenceBackend:
     return net
 
 
+def _flag(values: Mapping[str, Any], name: str) -> bool:
+    value = values[name]
+    if not isinstance(value, bool):
+        raise ParameterError(f"parameter '{name}' must be true or false; got {value!r}")
+    return value
+
+
 def _calibration(values: Mapping[str, Any]) -> str:
     """'calibration': empty or a calibration spec (engine.specs grammar), checked here so a typo or a
     held-out folder stops the node at start-up with the reason, before anything is exported."""
@@ -527,9 +541,25 @@ def _stream_engine(settings: NodeSettings, model: DCFM, net: InferenceBackend) -
                             # image and returns the labels (no torch op on the frame's path); the
                             # engine turns it off where it cannot apply
                             graph_io=True, labels_at=settings.labels_at
-                            ).prepare_camera(settings.camera_size)
+                            ).prepare_camera(settings.camera_size, decoded_size(settings, model))
     except (RuntimeError, ValueError) as exc:
         raise StartupError(_cannot_run(settings, exc)) from exc
+
+
+def network_size(settings: NodeSettings, model: DCFM) -> tuple[int, int]:
+    """The network input (H, W) the node runs: input_size, else the model's own."""
+    return settings.input_size or tuple(model.config.input_size)  # type: ignore[return-value]
+
+
+def decoded_size(settings: NodeSettings, model: DCFM) -> tuple[int, int] | None:
+    """The size a camera_size JPEG reaches the engine at (reduced_decode; node/reduced_decode.py),
+    None when that is the camera's own (camera_size unset: the network's size, never reduced)."""
+    compressed = settings.image_transport == "compressed"
+    if settings.camera_size is None or not (settings.reduced_decode and compressed):
+        return None
+    from dcfm_ros.engine.specs import reduced_size
+
+    return reduced_size(settings.camera_size, network_size(settings, model))
 
 
 def batch_cameras(camera_batching: str, backend: InferenceBackend) -> bool:

@@ -306,3 +306,23 @@ def label_size(labels_at: str, camera: tuple[int, int], network: tuple[int, int]
         big = camera[0] * camera[1] > LABELS_AUTO_AREA * network[0] * network[1]
         labels_at = "network" if big else "camera"
     return tuple(network) if labels_at == "network" else tuple(camera)  # type: ignore[return-value]
+
+
+# libjpeg's DCT scalings (OpenCV's IMREAD_REDUCED_*), largest first: what a JPEG can be decoded at.
+JPEG_SCALES = (8, 4, 2)
+
+
+def jpeg_scale(camera: tuple[int, int], network: tuple[int, int]) -> int:
+    """The largest JPEG_SCALES entry whose decoded image still has the network's input size on both
+    sides (libjpeg rounds a scaled side up), else 1: the camera image is decoded that much smaller
+    and the network sees as many pixels as it resizes to anyway (node/reduced_decode.py)."""
+    for s in JPEG_SCALES:
+        if all(-(-c // s) >= n for c, n in zip(camera, network, strict=True)):
+            return s
+    return 1
+
+
+def reduced_size(camera: tuple[int, int], network: tuple[int, int]) -> tuple[int, int]:
+    """(H, W) of a `camera`-sized JPEG decoded at jpeg_scale."""
+    s = jpeg_scale(camera, network)
+    return (-(-camera[0] // s), -(-camera[1] // s))

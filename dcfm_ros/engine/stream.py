@@ -48,7 +48,7 @@ from dcfm_ros.engine.confidence import Confidence, confidence_from_top, frame_co
 from dcfm_ros.engine.device import StageTimer
 from dcfm_ros.engine.keyframe import KeyframePolicy, check_policy
 from dcfm_ros.engine.network import StreamNetwork, check_network
-from dcfm_ros.engine.preprocess import FramePreprocessor, validate_image, validate_size
+from dcfm_ros.engine.preprocess import FramePreprocessor, camera_shape, validate_image, validate_size
 from dcfm_ros.engine.reference_ring import reference_stream
 from dcfm_ros.engine.schedules import CommonCache, KeyframeSchedule, make_schedule
 from dcfm_ros.engine.specs import LABEL_SIZES, label_size
@@ -275,21 +275,26 @@ class StreamEngine:
 
     # -- the frame step ------------------------------------------------------------------------------
 
-    def process(self, image_rgb: np.ndarray) -> FrameResult:
-        """Segment one (H, W, 3) uint8 RGB frame; labels are returned at (H, W)."""
+    def process(self, image_rgb: np.ndarray, camera: tuple[int, int] | None = None) -> FrameResult:
+        """Segment one (H, W, 3) uint8 RGB frame; labels are returned at (H, W), or at `camera` (the
+        camera's (H, W)) when image_rgb is a reduced decode of a larger camera image (the node's
+        reduced JPEG decode: the network needs fewer pixels than the camera sends)."""
         # Validate before touching any state: a bad frame raises and the stream carries on.
         validate_image(image_rgb)
         if self._ring is not None:
+            if camera is not None:
+                raise ValueError(f"{self.model.model_class} takes the camera's own image (camera=None)")
             return FrameResult(**self._ring.process(image_rgb, self._pre))
         with torch.inference_mode(), self.state.schedule.frame_stream(self.device):
-            plan = self.decide(image_rgb, self.state)
+            plan = self.decide(image_rgb, self.state, camera)
             return self.commit(plan, self.run(plan))
 
-    def decide(self, image_rgb: np.ndarray, state: StreamState) -> FramePlan:
+    def decide(self, image_rgb: np.ndarray, state: StreamState,
+               camera: tuple[int, int] | None = None) -> FramePlan:
         """The frame's kind and the outputs its call needs; runs the schedule's share of a deep pass
         in flight and the motion score. Changes nothing in `state` but its schedule's pass."""
         t_start = time.perf_counter()
-        shape = (int(image_rgb.shape[0]), int(image_rgb.shape[1]))
+        shape = camera_shape(image_rgb, camera)
         timer = StageTimer(self.device)
         timer.start()
         st, sched, policy = state, state.schedule, state.policy
@@ -299,7 +304,7 @@ class StreamEngine:
         if forced:
             sched.cancel()  # its cache belongs to another size, or to before reset()
             if shape != st.image_shape:
-                self.prepare_camera(shape)
+                self.prepare_camera(shape, image_rgb.shape[:2])
         else:
             arrived = sched.advance(self._net)  # this frame's piece, or a pass finished before it
         if working and sched.on_frames:
@@ -389,19 +394,24 @@ class StreamEngine:
         return FrameRun(out, cache, fresh, key_sim, low, wants, is_key)  # type: ignore[arg-type]
 
     def _graph_io(self, plan: FramePlan) -> GraphIO | None:
-        return self._io_for(plan.shape) if self.graph_io else None
+        return self._io_for(plan.shape, plan.image.shape[:2]) if self.graph_io else None
 
-    def _io_for(self, shape: tuple[int, int]) -> GraphIO:
-        return GraphIO(shape, label_size(self.labels_at, shape, self.input_size))
+    def _io_for(self, camera: tuple[int, int], image: tuple[int, ...]) -> GraphIO:
+        # The graph takes the image as given (a reduced decode is smaller than the camera) and makes
+        # the labels at the size label_size chooses for the camera.
+        return GraphIO((int(image[0]), int(image[1])), label_size(self.labels_at, camera, self.input_size))
 
-    def prepare_camera(self, shape: tuple[int, int] | None = None) -> StreamEngine:
+    def prepare_camera(self, shape: tuple[int, int] | None = None,
+                       image: tuple[int, ...] | None = None) -> StreamEngine:
         """With graph I/O, build the key and non-key graphs for camera images of `shape` (default: the
-        network input size) now. The engine also does it on the first frame of a new size, so that
-        only this frame pays, not the first non-key frame after it too (make demo's p99); a node that
-        knows its camera's size does it at start-up. Returns the engine."""
+        network input size; `image`: the size they arrive at when decoded reduced) now. The engine
+        also does it on the first frame of a new size, so that only this frame pays, not the first
+        non-key frame after it too (make demo's p99); a node that knows its camera's size does it at
+        start-up. Returns the engine."""
         if self.graph_io:
             st = self.state
-            self.backend.prepare_camera(self._io_for(shape or self.input_size),
+            camera = tuple(shape or self.input_size)
+            self.backend.prepare_camera(self._io_for(camera, image or camera),  # type: ignore[arg-type]
                                         extras=st.policy.score == "similarity" or not st.schedule.inline)
         return self
 

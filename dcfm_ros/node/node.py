@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from diagnostic_msgs.msg import DiagnosticArray
@@ -27,7 +28,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 from dcfm_ros.msg import SegmentationClasses
-from dcfm_ros.node import convert
+from dcfm_ros.node import convert, reduced_decode
 from dcfm_ros.node.diagnostics import NodeStats, diagnostics_msg
 from dcfm_ros.node.faults import engine_call
 from dcfm_ros.node.framequeue import FrameQueue
@@ -43,6 +44,7 @@ from dcfm_ros.node.params import (
     declare_parameters,
     read_settings,
 )
+from dcfm_ros.node.reduced_decode import CameraImage
 
 if TYPE_CHECKING:
     from dcfm_ros.engine import KeyframePolicy, StreamEngine
@@ -129,7 +131,8 @@ class DCFMNode(Node):
         self._stopping = threading.Event()
         self._throttle = ReasonThrottle(LOG_THROTTLE_S)
         try:
-            self._process, faults = engine_call(engine.process)
+            self._process, faults = engine_call(
+                lambda image: engine.process(image.rgb, image.camera if image.reduced else None))
         except ValueError as exc:
             raise StartupError(str(exc)) from exc
         if faults:
@@ -147,11 +150,13 @@ class DCFMNode(Node):
 
         self._queue: FrameQueue[tuple[Image | CompressedImage, float]] = FrameQueue(
             keep_latest=s.drop_policy == "latest")
+        self._to_image: Callable[[Any], CameraImage]
         if s.image_transport == "compressed":
-            self._to_rgb = convert.compressed_to_rgb
+            network = engine.input_size if s.reduced_decode else None
+            self._to_image = lambda msg: reduced_decode.decode(msg, network)
             self._in_type, in_topic = CompressedImage, "image/compressed"
         else:
-            self._to_rgb = convert.image_to_rgb
+            self._to_image = lambda msg: reduced_decode.whole(convert.image_to_rgb(msg))
             self._in_type, in_topic = Image, "image"
         self._in_topic = self.resolve_topic_name(in_topic)
         self._reliability, self._qos_why = s.qos_reliability, "set by qos.reliability"
@@ -336,7 +341,7 @@ class DCFMNode(Node):
 
     def _handle(self, msg: Image | CompressedImage, t_received: float) -> None:
         try:
-            rgb = self._to_rgb(msg)
+            image = self._to_image(msg)
         except convert.BadInputError as exc:
             n = self.stats.bad_input()
             frame_id = msg.header.frame_id
@@ -352,7 +357,7 @@ class DCFMNode(Node):
             self.engine.policy = policy
         if schedule is not None:
             self.engine.schedule = schedule
-        shape = (int(rgb.shape[0]), int(rgb.shape[1]))
+        shape = image.camera
         if self._last_shape is not None and shape != self._last_shape:
             self.stats.resolution_change()
             self.get_logger().warning(f"input resolution changed from {self._last_shape[1]}x"
@@ -361,14 +366,16 @@ class DCFMNode(Node):
         self._last_shape = shape
 
         try:
-            result = self._process(rgb)
+            result = self._process(image)
         except Exception as exc:  # out of memory, a kernel error, ...: this frame only
             self._engine_failed(exc)
             return
         confidence = result.confidence.mean if result.confidence is not None else float("nan")
         counters = self.stats.processed(result.is_keyframe, result.timings_ms.get("total", 0.0),
                                         confidence, self._settings.confidence_window)
-        self._outputs.publish(msg.header, rgb, result, t_received, counters, self._settings)
+        # a reduced decode's camera-size pixels are decoded by the viewer worker, if a viewer needs them
+        self._outputs.publish(msg.header, image.full if image.reduced else image.rgb, result, t_received,
+                              counters, self._settings)
 
     def _viewer_failed(self, exc: Exception) -> None:
         # From the viewer worker: a viewer message that could not be made or published.

@@ -139,8 +139,8 @@ class CameraOutputs:
     def stop(self) -> None:
         self.viewers.stop()
 
-    def publish(self, header: Header, rgb: np.ndarray, result: FrameResult, t_received: float,
-                counters: tuple[int, ...], settings: NodeSettings) -> None:
+    def publish(self, header: Header, rgb: np.ndarray | Callable[[], np.ndarray], result: FrameResult,
+                t_received: float, counters: tuple[int, ...], settings: NodeSettings) -> None:
         """One frame's outputs (module docstring); called on the inference thread."""
         published = []
         if self._pub_labels.get_subscription_count() > 0:
@@ -159,7 +159,8 @@ class CameraOutputs:
 
         def frame() -> ViewerFrame:
             # Copies: the engine may reuse its output arrays for the next frame; rgb is the input
-            # frame's own array (from the message), which nothing writes to.
+            # frame's own array (from the message), which nothing writes to, or the callable that
+            # decodes it in full (a reduced decode).
             conf = result.confidence.map_u8.copy() if result.confidence is not None else None
             return ViewerFrame(header, rgb, result.labels.copy(), self._palette, settings.overlay_alpha,
                                settings.jpeg_quality, conf)

@@ -112,7 +112,9 @@ class ViewerFrame:
     first (only the worker thread touches it)."""
 
     header: Any
-    rgb: np.ndarray  # (H, W, 3) uint8 camera image
+    # (H, W, 3) uint8 camera image, or what makes it (a reduced decode's full image: decoded here,
+    # on the worker, and only for a topic that needs the pixels)
+    rgb: np.ndarray | Callable[[], np.ndarray]
     labels: np.ndarray  # (H, W) uint8/uint16
     palette: Any
     alpha: float
@@ -125,7 +127,8 @@ class ViewerFrame:
 
     @functools.cached_property
     def overlay(self) -> np.ndarray:
-        return overlay(np.ascontiguousarray(self.rgb), self.color, self.alpha)
+        rgb = self.rgb if isinstance(self.rgb, np.ndarray) else self.rgb()
+        return overlay(np.ascontiguousarray(rgb), self.color, self.alpha)
 
 
 def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
