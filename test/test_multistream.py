@@ -100,6 +100,35 @@ def test_each_camera_equals_a_single_camera_engine(model: torch.nn.Module, sched
         "front": (9, 9, 0), "left": (6, 6, 0), "rear": (7, 7, 0)}
 
 
+@pytest.mark.parametrize("batch", [False, True])
+def test_a_reduced_frame_gets_labels_at_its_camera_size(model: torch.nn.Module, batch: bool) -> None:
+    """A frame handed over as a reduced decode (Pending.camera_size) gets its labels at the camera's
+    size, equal to its single-camera engine's process(image, camera); batched or not."""
+    import dataclasses
+
+    frames = {"a": clip(3, seed=7), "b": clip(3, seed=8)}
+    camera = (2 * frames["a"][0].shape[0], 2 * frames["a"][0].shape[1])
+    backend = make_backend("torch", model, "cpu", "fp32")
+    multi: MultiStreamEngine[int] = MultiStreamEngine(model, list(frames), FixedInterval(2), backend=backend,
+                                                      drop_policy="none", batch=batch)
+    got: dict[str, list] = {"a": [], "b": []}
+    try:
+        for i in range(3):
+            for cam in frames:
+                multi.submit(cam, frames[cam][i], i)
+            round_ = [dataclasses.replace(p, camera_size=camera) if p.camera == "a" else p
+                      for p in multi.take(timeout=0)]
+            for o in multi.run(round_):
+                got[o.camera].append(o.result)
+    finally:
+        multi.close()
+    ref = StreamEngine(model, FixedInterval(2), backend="torch", device="cpu")
+    for i, r in enumerate(got["a"]):
+        assert r.labels.shape == camera
+        np.testing.assert_array_equal(r.labels, ref.process(frames["a"][i], camera).labels)
+    assert all(r.labels.shape == frames["b"][0].shape[:2] for r in got["b"])
+
+
 def test_one_backend_and_a_keyframe_stays_with_its_camera(model: torch.nn.Module) -> None:
     backend = make_backend("torch", model, "cpu", "fp32")
     multi: MultiStreamEngine[int] = MultiStreamEngine(model, ["a", "b"], FixedInterval(100), backend=backend)
@@ -210,13 +239,13 @@ def test_an_engine_error_resets_only_that_camera(model: torch.nn.Module) -> None
                                                       drop_policy="none")
     frames = clip(3, seed=11)
 
-    def process(engine: StreamEngine, image: np.ndarray) -> object:
+    def process(engine: StreamEngine, image: np.ndarray, camera: tuple[int, int] | None) -> object:
         if engine is multi.engine("a") and calls.setdefault("a", 0) == 1:
             calls["a"] += 1
             raise RuntimeError("injected out of memory")
         if engine is multi.engine("a"):
             calls["a"] += 1
-        return engine.process(image)
+        return engine.process(image, camera)
 
     calls: dict[str, int] = {}
     outs = []

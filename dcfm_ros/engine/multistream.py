@@ -45,6 +45,8 @@ if TYPE_CHECKING:
     from dcfm_ros.model import DCFM
 
 T = TypeVar("T")
+# how a frame is run: StreamEngine.process(engine, image, camera_size), or a wrapper of it
+Process = Callable[[StreamEngine, np.ndarray, "tuple[int, int] | None"], FrameResult]
 DROP_POLICIES = ("latest", "none")
 
 
@@ -74,6 +76,7 @@ class Pending(Generic[T]):
     image: np.ndarray | None
     tag: T
     seq: int  # the camera's arrival number, 0-based
+    camera_size: tuple[int, int] | None = None  # (H, W) when `image` is a reduced decode of it
 
 
 @dataclass
@@ -214,17 +217,15 @@ class MultiStreamEngine(Generic[T]):
 
     # --- the work -------------------------------------------------------------------------------------
 
-    def run(self, frames: Iterable[Pending[T]],
-            process: Callable[[StreamEngine, np.ndarray], FrameResult] | None = None) -> list[Outcome[T]]:
+    def run(self, frames: Iterable[Pending[T]], process: Process | None = None) -> list[Outcome[T]]:
         """Process a round (from `take`), each frame through its camera's engine; counters updated.
-        `process(engine, image)` replaces the plain `engine.process(image)` (e.g. fault injection).
+        `process(engine, image, camera_size)` replaces the plain `engine.process(image, camera_size)`
+        (e.g. fault injection).
         An exception on one frame is that frame's Outcome.error; the other frames still run, and
         after anything but a bad image (ValueError) that camera's engine is reset."""
         return list(self.run_each(frames, process))
 
-    def run_each(self, frames: Iterable[Pending[T]],
-                 process: Callable[[StreamEngine, np.ndarray], FrameResult] | None = None
-                 ) -> Iterator[Outcome[T]]:
+    def run_each(self, frames: Iterable[Pending[T]], process: Process | None = None) -> Iterator[Outcome[T]]:
         """run(), each frame's outcome handed out as soon as it is done (a camera's outputs need not
         wait for the rest of the round). With `batch` (and no `process`) a round runs batched."""
         frames = list(frames)
@@ -236,7 +237,7 @@ class MultiStreamEngine(Generic[T]):
             try:
                 if p.image is None:
                     raise ValueError(f"frame {p.seq} of camera {p.camera} has no image")
-                result = process(stream.engine, p.image) if process else stream.engine.process(p.image)
+                result = (process or StreamEngine.process)(stream.engine, p.image, p.camera_size)
             except Exception as exc:  # this frame of this camera only
                 yield self._failed(stream, p, exc)
                 continue
@@ -266,7 +267,8 @@ class MultiStreamEngine(Generic[T]):
                     if p.image is None:
                         raise ValueError(f"frame {p.seq} of camera {p.camera} has no image")
                     validate_image(p.image)
-                    planned.append((stream, p, stream.engine.decide(p.image, stream.engine.state)))
+                    plan = stream.engine.decide(p.image, stream.engine.state, p.camera_size)
+                    planned.append((stream, p, plan))
                 except Exception as exc:
                     yield self._failed(stream, p, exc)
             calls = [s.engine.batch_call(plan) for s, _, plan in planned]

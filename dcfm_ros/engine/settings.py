@@ -585,7 +585,8 @@ def build_multi_engine(settings: NodeSettings) -> MultiStreamEngine:
                                   nonkey_blend=settings.nonkey_blend, drop_policy=settings.drop_policy,
                                   graph_io=True, labels_at=settings.labels_at,  # as the single camera's
                                   batch=batch_cameras(settings.camera_batching, net))
-        multi.engine(multi.cameras[0]).prepare_camera(settings.camera_size)  # one backend for all
+        # one backend for all cameras: preparing one camera's graphs prepares them for every camera
+        multi.engine(multi.cameras[0]).prepare_camera(settings.camera_size, decoded_size(settings, model))
         return multi
     except (RuntimeError, ValueError) as exc:
         raise StartupError(_cannot_run(settings, exc)) from exc

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -25,11 +26,12 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 from dcfm_ros.msg import SegmentationClasses
-from dcfm_ros.node import convert
+from dcfm_ros.node import convert, reduced_decode
 from dcfm_ros.node.diagnostics import NodeStats, diagnostics_msg
 from dcfm_ros.node.inputqos import input_qos, match_publishers
 from dcfm_ros.node.outputs import CameraOutputs
 from dcfm_ros.node.params import NodeSettings
+from dcfm_ros.node.reduced_decode import CameraImage
 
 if TYPE_CHECKING:
     from rclpy.node import Node
@@ -52,7 +54,10 @@ class CameraIO:
         self.last_shape: tuple[int, int] | None = None
         s = settings
         compressed = s.image_transport == "compressed"
-        self.to_rgb = convert.compressed_to_rgb if compressed else convert.image_to_rgb
+        network = engine.input_size if s.reduced_decode else None
+        self.to_image: Callable[[Any], CameraImage] = (
+            (lambda msg: reduced_decode.decode(msg, network)) if compressed
+            else (lambda msg: reduced_decode.whole(convert.image_to_rgb(msg))))
         self.in_type = CompressedImage if compressed else Image
         in_topic = "image/compressed" if compressed else "image"
         self.in_topic = node.resolve_topic_name(f"{name}/{in_topic}")
@@ -95,8 +100,8 @@ class CameraIO:
         self.stats.qos_change()
         self.node.get_logger().info(f"input QoS {old} -> {reliability} on {self.in_topic} ({why})")
 
-    def publish(self, msg: Image | CompressedImage, rgb: np.ndarray, result: FrameResult, t_received: float,
-                settings: NodeSettings) -> None:
+    def publish(self, msg: Image | CompressedImage, rgb: np.ndarray | Callable[[], np.ndarray],
+                result: FrameResult, t_received: float, settings: NodeSettings) -> None:
         """This camera's outputs of one frame (node/outputs.py: only those somebody subscribes to)."""
         confidence = result.confidence.mean if result.confidence is not None else float("nan")
         counters = self.stats.processed(result.is_keyframe, result.timings_ms.get("total", 0.0), confidence,
@@ -212,26 +217,28 @@ class Cameras:
     def _round(self, frames: list[Pending]) -> None:
         self._apply_pending()
         ready: list[Pending] = []
+        images: dict[tuple[str, int], np.ndarray | Callable[[], np.ndarray]] = {}
         for p in frames:
             cam = self.io[p.camera]
             msg, _t = p.tag
             try:
-                rgb = cam.to_rgb(msg)
+                image = cam.to_image(msg)
             except convert.BadInputError as exc:
                 n = cam.stats.bad_input()
                 self._log("warning", f"{cam.name} {exc.reason}",
                           f"bad input on {cam.in_topic} ({n} so far): {exc}")
                 continue
-            shape = (int(rgb.shape[0]), int(rgb.shape[1]))
-            if cam.last_shape is not None and shape != cam.last_shape:
+            if cam.last_shape is not None and image.camera != cam.last_shape:
                 cam.stats.resolution_change()
-            cam.last_shape = shape
-            ready.append(dataclasses.replace(p, image=rgb))
-        images = {(p.camera, p.seq): p.image for p in ready}
+            cam.last_shape = image.camera
+            ready.append(dataclasses.replace(p, image=image.rgb,
+                                             camera_size=image.camera if image.reduced else None))
+            # the viewer outputs get the camera-size pixels (a reduced decode's: decoded on demand)
+            images[(p.camera, p.seq)] = image.full if image.reduced else image.rgb
         for outcome in self.engine.run_each(ready, self._process):  # published as each is done
             self._publish(outcome, images[(outcome.camera, outcome.seq)])
 
-    def _publish(self, outcome: Outcome, rgb: np.ndarray) -> None:
+    def _publish(self, outcome: Outcome, rgb: np.ndarray | Callable[[], np.ndarray]) -> None:
         cam = self.io[outcome.camera]
         msg, t_received = outcome.tag
         if outcome.error is not None:

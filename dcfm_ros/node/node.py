@@ -97,14 +97,14 @@ class DCFMNode(Node):
         self._throttle = ReasonThrottle(LOG_THROTTLE_S)
         self.multi = build_multi_engine(s)
         try:
-            single, faults = engine_call(lambda pair: pair[0].process(pair[1]))
+            single, faults = engine_call(lambda args: args[0].process(*args[1:]))
         except ValueError as exc:
             raise StartupError(str(exc)) from exc
         if faults:
             self.get_logger().warning(f"fault injection on: engine calls {faults} will raise")
         self._viewer_participant = ViewerParticipant(self, self._viewer_args)
         # Without fault injection the engine is called directly, so a round can run as one batch.
-        process = (lambda engine, image: single((engine, image))) if faults else None
+        process = (lambda engine, image, camera: single((engine, image, camera))) if faults else None
         self._cameras = Cameras(self, self._viewer_participant.node, s, self.multi, LATCHED_QOS,
                                 process, self._log_throttled)
         self.add_on_set_parameters_callback(self._on_set_parameters)
