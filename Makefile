@@ -18,6 +18,10 @@ $(SETUP_STAMP): requirements/runtime.txt requirements/build.txt requirements/dev
 	# compat mode: a plain path entry, so the source package and the generated dcfm_ros.msg join
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation \
 	  --config-settings editable_mode=compat -e .
+	# OpenVINO sends a usage event to Google Analytics on every `import openvino` unless opted out
+	# (package openvino-telemetry); a robot's node must not phone home. OpenVINO's own switch, which
+	# writes ~/intel/openvino_telemetry:
+	$(VENV)/bin/opt_in_out --opt_out > /dev/null
 	touch $@
 
 $(MSGS_STAMP): $(SETUP_STAMP) msg/*.msg CMakeLists.txt package.xml scripts/build_msgs.sh
