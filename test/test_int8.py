@@ -242,3 +242,57 @@ def test_shipped_int8_labels_agree_with_fp32_on_the_demo_drive(name: str) -> Non
         a = [r.labels for r in runs["fp32"] if r.is_keyframe == key]
         b = [r.labels for r in runs["int8"] if r.is_keyframe == key]
         assert agreement(a, b) >= 0.97
+
+
+def test_tensorrt_int8_graphs_are_symmetric_and_agree_with_fp32_on_the_cpu() -> None:
+    """The graphs TensorRT builds its int8 engines from (qdq-sym): every Q/DQ pair is signed int8 with
+    a zero point of 0 (TensorRT's explicit quantization takes nothing else), and run on ONNX Runtime
+    they keep fp32's label on >= 97 % of the demo pixels, keyframes and non-key frames alike."""
+    import onnx
+    from onnx import numpy_helper
+
+    from dcfm_ros.model import load_checkpoint
+
+    model = load_checkpoint(SHIPPED)[0].eval()
+    frames = demo_frames(6, step=4)
+    runs = {}
+    for precision, method in (("fp32", None), ("int8", "qdq-sym")):
+        net = make_backend("onnxruntime", model, "cpu", precision, int8_method=method)
+        engine = StreamEngine(model, FixedInterval(2), backend=net)
+        runs[precision] = [engine.process(f) for f in frames]
+    folder = net._sets[0].folder
+    assert "int8-qdq-sym" in folder.name
+    for name in ("key", "nonkey"):
+        graph = onnx.load(str(folder / f"{name}.onnx")).graph
+        inits = {i.name: i for i in graph.initializer}
+        zero_points = [n.input[2] for n in graph.node
+                       if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2]
+        assert zero_points, name
+        for z in zero_points:
+            value = numpy_helper.to_array(inits[z])
+            assert value.dtype == np.int8 and not value.any(), (name, z, value.dtype)
+    for key in (True, False):
+        a = [r.labels for r in runs["fp32"] if r.is_keyframe == key]
+        b = [r.labels for r in runs["int8"] if r.is_keyframe == key]
+        assert agreement(a, b) >= 0.97
+
+
+def test_tensorrt_int8_labels_agree_with_fp32(tmp_path: Path) -> None:
+    pytest.importorskip("tensorrt", reason="the tensorrt package is not installed")
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("TensorRT int8 needs a CUDA GPU (none here)")
+    from dcfm_ros.model import load_checkpoint
+
+    model = load_checkpoint(SHIPPED)[0].eval()
+    frames = demo_frames(6, step=4)
+    runs = {}
+    for precision in ("fp32", "int8"):
+        net = make_backend("tensorrt", model, "cuda", precision, cache_dir=tmp_path)
+        assert net.precision == precision
+        runs[precision] = [StreamEngine(model, FixedInterval(2), backend=net).process(f) for f in frames]
+    for key in (True, False):
+        a = [r.labels for r in runs["fp32"] if r.is_keyframe == key]
+        b = [r.labels for r in runs["int8"] if r.is_keyframe == key]
+        assert agreement(a, b) >= 0.97

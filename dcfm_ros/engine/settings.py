@@ -92,8 +92,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "the labels on this backend and CPU/GPU (openvino on a CPU with native bf16: bf16; "
               "tensorrt: fp16; else fp32), logged at start-up with the reason. bf16 on the CPU needs "
               "backend openvino; fp16/bf16 on torch need a CUDA device. int8: post-training "
-              "quantization on backend openvino or onnxruntime, calibrated on the frames named by "
-              "'calibration' (check a model with dcfm-export --precision int8 first).",
+              "quantization on backend openvino or onnxruntime (CPU) or tensorrt (GPU), calibrated on "
+              "the frames named by 'calibration' (check a model with dcfm-export --precision int8 first).",
               constraints="one of " + ", ".join(PRECISIONS)),
     ParamSpec("calibration", T.STRING, "", "precision int8 only: the frames of the model's training split "
               "the int8 graphs are calibrated on (quantized once at start-up, then cached under "

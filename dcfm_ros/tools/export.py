@@ -47,9 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=("fp32", "int8"), default="fp32")
     p.add_argument("--backend", choices=("openvino", "onnxruntime"), default="openvino",
                    help="int8: the runtime the check runs the graphs with")
-    p.add_argument("--quantizer", choices=("qdq", "nncf"), default="qdq",
-                   help="int8: qdq (ONNX Runtime static QDQ; what the backends use) or nncf (NNCF's ONNX "
-                        "quantizer, for comparison; needs the nncf package)")
+    p.add_argument("--quantizer", choices=("qdq", "qdq-sym", "nncf"), default="qdq",
+                   help="int8: qdq (ONNX Runtime static QDQ; what openvino and onnxruntime use), qdq-sym "
+                        "(the same, symmetric: what tensorrt builds its int8 engines from; checked here "
+                        "on the CPU --backend) or nncf (NNCF's ONNX quantizer, for comparison; needs the "
+                        "nncf package)")
     p.add_argument("--calibration", default=None,
                    help="int8: folder:DIR[:N] | video:FILE[:N] | bag:PATH:TOPIC[:N], frames of the model's "
                         "TRAINING split (default: the frames shipped with the model, if any)")

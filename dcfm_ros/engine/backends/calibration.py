@@ -147,6 +147,19 @@ def shipped_calibration(model_hash: str) -> CalibrationSpec | None:
 DEFAULT_SHIPPED_COUNT = 1000  # all of the shipped frames
 
 
+def calibration_for(spec: CalibrationSpec | str | None, model_hash: str) -> Calibration:
+    """The int8 calibration frames of a backend: those `spec` names, else the ones shipped with the
+    model of this weights hash; ValueError saying what to pass when there are none."""
+    spec = spec or shipped_calibration(model_hash)
+    if spec is None:
+        raise ValueError(f"precision 'int8' needs calibration frames of the model's training split "
+                         f"(none ship with model {model_hash[:12]}): pass calibration (the node's "
+                         f"parameter 'calibration'), e.g. folder:/data/mine/train:64, and check the "
+                         f"accuracy first with dcfm-export MODEL --precision int8 --calibration SPEC "
+                         f"--check ...")
+    return read_calibration(spec)
+
+
 def network_inputs(frames: Sequence[np.ndarray], size: tuple[int, int], mean: Sequence[float],
                    std: Sequence[float]) -> list[np.ndarray]:
     """Each frame as the graphs' normalised input x (1, 3, H, W) float32, resized and normalised the

@@ -28,7 +28,7 @@ from dcfm_ros.engine.backends.base import (
     StageMarks,
 )
 from dcfm_ros.engine.backends.cache import ensure_export, ensure_int8, expected_metadata, stderr_progress
-from dcfm_ros.engine.backends.calibration import Calibration, read_calibration, shipped_calibration
+from dcfm_ros.engine.backends.calibration import Calibration, calibration_for
 from dcfm_ros.engine.backends.onnx_export import (
     FRAME_EXTRAS,
     FRAME_GRAPHS,
@@ -172,9 +172,13 @@ class OnnxRuntimeBackend(InferenceBackend):
     def __init__(self, model: DCFM, device: str | torch.device = "auto", precision: str = "fp32", *,
                  input_size: tuple[int, int] | None = None, cache_dir: str | Path | None = None,
                  progress: Callable[[str], None] | None = stderr_progress,
-                 calibration: str | CalibrationSpec | None = None, **_: Any) -> None:
+                 calibration: str | CalibrationSpec | None = None, int8_method: str | None = None,
+                 **_: Any) -> None:
         self.device = resolve_device(device)
         self.cache_dir = cache_dir
+        # int8_method: the quantizer whose graphs run (quantize.METHODS); "qdq-sym" runs tensorrt's
+        # int8 graphs on the CPU, to check them where there is no GPU
+        self._int8_method = int8_method
         self._calibration_spec = calibration
         self._calibration: Calibration | None = None
         self._init_runtime(precision)
@@ -240,20 +244,13 @@ class OnnxRuntimeBackend(InferenceBackend):
     def calibration(self) -> Calibration:
         """The int8 calibration frames: those asked for, else the ones shipped with this model."""
         if self._calibration is None:
-            spec = self._calibration_spec or shipped_calibration(self.model_hash)
-            if spec is None:
-                raise ValueError(f"precision 'int8' needs calibration frames of the model's training split "
-                                 f"(none ship with model {self.model_hash[:12]}): pass calibration (the "
-                                 f"node's parameter 'calibration'), e.g. folder:/data/mine/train:64, and "
-                                 f"check the accuracy first with "
-                                 f"dcfm-export MODEL --precision int8 --calibration SPEC --check ...")
-            self._calibration = read_calibration(spec)
+            self._calibration = calibration_for(self._calibration_spec, self.model_hash)
         return self._calibration
 
     def _prepare(self, size: tuple[int, int]) -> _GraphSet:
         int8 = self.precision == "int8"
         if int8:
-            method, calib = method_for(self.name), self.calibration()
+            method, calib = self._int8_method or method_for(self.name), self.calibration()
             expected = expected_metadata(self.model, size, self.model_hash, int8_dtype(method), calib.sha256)
         else:
             expected = expected_metadata(self.model, size, self.model_hash)

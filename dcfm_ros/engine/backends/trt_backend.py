@@ -8,6 +8,11 @@ record names another model, size, precision, GPU or TensorRT version is refused 
 
 fp16 uses graphs exported in half precision and a strongly typed network: TensorRT 11 removed the
 weakly typed FP16 builder flag, and a strongly typed fp16 graph builds the same way on TensorRT 10.
+int8 is TensorRT's explicit quantization: the key and nonkey engines are built (strongly typed, no
+precision flags) from the symmetric QDQ graphs of quantize.py's `qdq-sym` on the calibration frames
+(those given, else the ones shipped with the model); the stage graphs stay fp32. TensorRT's older
+implicit calibration (an IInt8Calibrator and its calibration cache) is deprecated since TensorRT 10,
+so it is not used: the calibration's hash names the int8 folder and the engines' records instead.
 Engines run on torch's current CUDA stream with torch tensors bound in place (no copies).
 """
 
@@ -24,7 +29,14 @@ import torch
 from torch import Tensor
 
 from dcfm_ros.engine.backends.base import FrameOutputs, GraphIO, InferenceBackend, StageMarks
-from dcfm_ros.engine.backends.cache import ensure_export, resolve_cache_dir, stderr_progress
+from dcfm_ros.engine.backends.cache import (
+    ensure_export,
+    ensure_int8,
+    int8_key,
+    resolve_cache_dir,
+    stderr_progress,
+)
+from dcfm_ros.engine.backends.calibration import calibration_for
 from dcfm_ros.engine.backends.onnx_export import (
     GraphSpec,
     StaleExportError,
@@ -40,18 +52,19 @@ log = logging.getLogger("dcfm_ros.engine.backends")
 STAGES = ("enc_lo", "enc_hi", "common", "fuse", "head")
 # the fused frame graphs (onnx_export.FRAME_GRAPHS): one engine call per plain frame
 FRAMES = ("key", "nonkey")
-_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
+# the dtype of the graphs' float inputs and outputs per precision (int8: fp32 around the Q/DQ pairs)
+_DTYPES = {"fp16": torch.float16, "fp32": torch.float32, "int8": torch.float32}
 
 
 class TensorRTBackend(InferenceBackend):
-    """Runs `model`'s stages as TensorRT engines on a CUDA device (fp16 or fp32)."""
+    """Runs `model`'s stages as TensorRT engines on a CUDA device (fp16, fp32 or int8)."""
 
     name = "tensorrt"
 
     def __init__(self, model: DCFM, device: str | torch.device = "auto", precision: str = "fp16", *,
                  input_size: tuple[int, int] | None = None, cache_dir: str | Path | None = None,
                  progress: Callable[[str], None] | None = stderr_progress,
-                 workspace_gb: float = 4.0, **_: Any) -> None:
+                 workspace_gb: float = 4.0, calibration: Any = None, **_: Any) -> None:
         try:
             import tensorrt as trt
         except ImportError as exc:
@@ -62,7 +75,7 @@ class TensorRTBackend(InferenceBackend):
         if self.device.type != "cuda":
             raise RuntimeError(f"backend 'tensorrt' runs on a CUDA device only, got {self.device}")
         if precision not in _DTYPES:
-            raise ValueError(f"backend 'tensorrt' supports fp16 and fp32, got precision {precision!r}")
+            raise ValueError(f"backend 'tensorrt' supports fp16, fp32 and int8, got precision {precision!r}")
         self.precision = precision
         self._dtype = _DTYPES[precision]
         self.model = model.to("cpu").float().eval()
@@ -72,13 +85,21 @@ class TensorRTBackend(InferenceBackend):
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         model_hash = model_sha256(self.model)
-        folder, self.manifest = ensure_export(self.model, self.size, model_hash, cache_dir,  # type: ignore[arg-type]
-                                              progress, dtype=precision)
+        calib_sha = ""
+        if precision == "int8":
+            calib = calibration_for(calibration, model_hash)
+            folder, self.manifest = ensure_int8(self.model, self.size, model_hash, cache_dir,  # type: ignore[arg-type]
+                                                "qdq-sym", calib, progress)
+            calib_sha = calib.sha256
+            key = int8_key(model_hash, self.size, "qdq-sym", calib_sha)  # type: ignore[arg-type]
+        else:
+            folder, self.manifest = ensure_export(self.model, self.size, model_hash, cache_dir,  # type: ignore[arg-type]
+                                                  progress, dtype=precision)
+            key = export_key(model_hash, self.size, precision)  # type: ignore[arg-type]
         gpu = torch.cuda.get_device_name(self.device)
         self._record = {"model_sha256": model_hash, "input_size": list(self.size), "precision": precision,
-                        "gpu": gpu, "tensorrt": trt.__version__}
+                        "gpu": gpu, "tensorrt": trt.__version__, "calibration_sha256": calib_sha}
         tag = "".join(c if c.isalnum() else "_" for c in f"{gpu}-trt{trt.__version__}")
-        key = export_key(model_hash, self.size, precision)  # type: ignore[arg-type]
         self._engine_dir = resolve_cache_dir(cache_dir) / "tensorrt" / f"{key}-{tag}"
         self._onnx_dir = folder
         self._engines: dict[str, tuple[Any, Any]] = {}
