@@ -244,22 +244,29 @@ def test_export_hard_writes_a_folder_dataset_dcfm_train_trains_on(drives: list[P
 
 @pytest.mark.ros
 @pytest.mark.slow
-def test_demo_bag_numbers_equal_dcfm_bag_eval_through_the_node(tmp_path: Path) -> None:
+@pytest.mark.parametrize("camera", [None, (960, 720)], ids=["demo", "960x720"])
+def test_demo_bag_numbers_equal_dcfm_bag_eval_through_the_node(tmp_path: Path, camera) -> None:
     """The real node over ROS (dcfm-bag-eval --max) and dcfm-fleet-eval on the same frames of the demo bag
     with the same (default) parameters: the same keyframes, the node's per-frame confidence (float32 on
-    /segmentation/info), and mIoU / mVC to the last bit."""
+    /segmentation/info), and mIoU / mVC to the last bit. Also with the clip at a 960x720 camera (W x H),
+    whose JPEGs the node decodes at half scale (reduced_decode): fleet-eval decodes them the same way."""
     from dcfm_ros.evaluation.bagio import deserialize
     from dcfm_ros.tools.bag_eval import main as bag_eval
 
-    n = "24"
+    n = "24" if camera is None else "8"
+    drive = DEMO
+    if camera is not None:
+        drive = tmp_path / "large"
+        write_bag(drive, iter(_demo_frames(int(n))), rate=15.0, compressed=True, resize=camera,
+                  image_topic=CAMERA.removesuffix("/compressed"), label_topic=LABELS)
     ev = tmp_path / "bag_eval"
-    assert bag_eval([str(DEMO), "--gt-topic", LABELS, "--max", "--max-frames", n, "--no-video", "--out",
+    assert bag_eval([str(drive), "--gt-topic", LABELS, "--max", "--max-frames", n, "--no-video", "--out",
                      str(ev), "-q"]) == 0
     node = json.loads((ev / "report.json").read_text())
     with BagReader(ev / "bag") as bag:
         infos = [deserialize(r.data, r.msgtype) for r in bag.raw(["/segmentation/info"])]
     out = tmp_path / "fleet"
-    assert main([str(DEMO), "--gt-topic", LABELS, "--max-frames", n, "--out", str(out), "-q"]) == 0
+    assert main([str(drive), "--gt-topic", LABELS, "--max-frames", n, "--out", str(out), "-q"]) == 0
     (r,) = _results(out).values()
     assert r["frames"] == node["frames_out"] == int(n)
     assert r["per_frame"]["keyframe"] == [bool(i.is_keyframe) for i in infos]

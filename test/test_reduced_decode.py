@@ -13,10 +13,11 @@ from sensor_msgs.msg import CompressedImage
 from test_fastpath import SHIPPED, demo_frames
 
 from dcfm_ros.engine import FixedInterval, StreamEngine
+from dcfm_ros.engine.jpeg import jpeg_size
 from dcfm_ros.engine.specs import jpeg_scale, reduced_size
 from dcfm_ros.model import load_checkpoint
 from dcfm_ros.node.convert import BadInputError
-from dcfm_ros.node.reduced_decode import decode, jpeg_size
+from dcfm_ros.node.reduced_decode import decode
 from dcfm_ros.node.viewer_publisher import ViewerFrame
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -101,6 +101,7 @@ class Frame:
     stamp_ns: int
     log_ns: int
     image: np.ndarray
+    camera: tuple[int, int] | None = None  # the camera's (H, W) when `image` is a reduced JPEG decode
 
 
 @dataclass(frozen=True)
@@ -413,9 +414,11 @@ class BagReader:
             raise BagError(f"bag {self.path} is damaged: {type(exc).__name__}: {exc}") from exc
 
     def frames(self, topic: str, kind: Literal["image", "labels"] = "image",
-               start_ns: int | None = None) -> Iterator[Frame | BadMessage]:
+               start_ns: int | None = None, reduce_to: tuple[int, int] | None = None
+               ) -> Iterator[Frame | BadMessage]:
         """Decoded frames of one topic, in log-time order (from record time `start_ns` on if given);
-        undecodable messages come as BadMessage.
+        undecodable messages come as BadMessage. reduce_to: a network input size: JPEG camera frames of
+        at least twice that are decoded reduced, as the node does (engine/jpeg.py; Frame.camera).
 
         A repeated header stamp on the topic is a BadMessage too (frames are matched by stamp, so a
         duplicate would make matching ambiguous).
@@ -423,7 +426,7 @@ class BagReader:
         info = self.require_topic(topic, IMAGE_TYPES, "camera" if kind == "image" else "label")
         seen: set[int] = set()
         for raw in self.raw([topic], start_ns=start_ns):
-            item = decode_raw(raw, kind)
+            item = decode_raw(raw, kind, reduce_to)
             if isinstance(item, Frame):
                 if item.stamp_ns in seen:
                     reason = f"duplicate header stamp {item.stamp_ns} ns on {info.name}"
@@ -442,12 +445,19 @@ def deserialize(data: bytes | memoryview, msgtype: str) -> Any:
                           f"{type(exc).__name__}: {exc}") from exc
 
 
-def decode_raw(raw: RawMessage, kind: Literal["image", "labels"]) -> Frame | BadMessage:
+def decode_raw(raw: RawMessage, kind: Literal["image", "labels"],
+               reduce_to: tuple[int, int] | None = None) -> Frame | BadMessage:
     """One raw Image/CompressedImage -> Frame, or BadMessage with the reason."""
     stamp_ns: int | None = None
     try:
         msg = deserialize(raw.data, raw.msgtype)
         stamp_ns = stamp_to_ns(msg.header.stamp)
+        if kind == "image" and reduce_to is not None and hasattr(msg, "format"):
+            from dcfm_ros.engine.jpeg import decode_reduced
+
+            found = decode_reduced(np.asarray(msg.data, dtype=np.uint8), reduce_to)
+            if found is not None:
+                return Frame(raw.topic, raw.index, stamp_ns, raw.log_ns, found[0], found[1])
         image = decode_image(msg) if kind == "image" else decode_labels(msg)
     except DecodeError as exc:
         return BadMessage(raw.topic, raw.index, raw.log_ns, str(exc), stamp_ns)

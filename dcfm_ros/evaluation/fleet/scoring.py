@@ -119,14 +119,16 @@ class BagScorer:
             failed: list[str] = []
             engine_ms = 0.0
             metric_frames = 0
-            for item in bag.frames(topics.image.name, "image"):
+            # JPEG frames decoded as the node decodes them (reduced_decode), so the labels are the node's
+            reduce_to = engine.input_size if self.settings.reduced_decode else None
+            for item in bag.frames(topics.image.name, "image", reduce_to=reduce_to):
                 if isinstance(item, BadMessage):
                     skipped.append(item)
                     continue
                 if spec.max_frames is not None and len(index) + len(failed) >= spec.max_frames:
                     break
                 try:
-                    result = engine.process(item.image)
+                    result = engine.process(item.image, item.camera)
                 except Exception as exc:  # as the node: this frame only, the next one is a keyframe
                     engine.reset()
                     failed.append(f"frame {item.index}: {type(exc).__name__}: {exc}")
