@@ -117,3 +117,19 @@ def test_the_overlay_of_a_reduced_frame_uses_the_full_image_decoded_on_demand() 
                         palette=[(0, 0, 0)], alpha=0.5, jpeg_quality=80)
     assert frame.color.shape == (4, 6, 3) and not calls  # the colour image needs no camera pixels
     assert np.array_equal(frame.overlay, np.full((4, 6, 3), 100, np.uint8)) and calls == [1]
+
+
+def test_the_size_a_known_camera_reaches_the_engine_at() -> None:
+    """camera_size + compressed + reduced_decode: the engine prepares its graphs for the reduced
+    image at start-up (settings.decoded_size), else for the camera's own size."""
+    from dcfm_ros.engine.settings import PARAMETERS, decoded_size, settings_from_values
+
+    model, _ = load_checkpoint(SHIPPED)
+    base = {p.name: p.default for p in PARAMETERS}
+    base.update({"camera_size": [1080, 1920], "image_transport": "compressed"})
+    assert decoded_size(settings_from_values(base), model) == (540, 960)
+    assert decoded_size(settings_from_values({**base, "reduced_decode": False}), model) is None
+    assert decoded_size(settings_from_values({**base, "image_transport": "raw"}), model) is None
+    assert decoded_size(settings_from_values({**base, "camera_size": [360, 480]}), model) == (360, 480)
+    with pytest.raises(ValueError, match="reduced_decode"):
+        settings_from_values({**base, "reduced_decode": "yes"})
