@@ -560,6 +560,8 @@ def test_compressed_png_and_jpeg(node_b: NodeUnderTest) -> None:
     for msg in msgs:
         key = node_b.send(msg, decoded(msg))
         node_b.check_labels(key, (72, 96))
+    # the JPEGs (72x96, 2x the 32x48 input) arrived reduced; the start-up log says from which size
+    assert "JPEG of >= 63x95 (H x W) decoded reduced" in node_b.proc.output()
 
 
 def test_corrupt_compressed_images_are_counted(node_b: NodeUnderTest) -> None:

@@ -180,8 +180,16 @@ class DCFMNode(Node):
             f"{engine.input_size[1]}) on {engine.backend.describe()}; labels_at {engine.labels_at}"
             f"{'' if engine.graph_io else ' (exact at the camera size: no graph I/O here)'}; keyframe policy "
             f"{engine.policy!r}, schedule {engine.schedule!r}; subscribed to {self._sub.topic_name} "
-            f"({s.image_transport}, "
+            f"({s.image_transport}{self._decode_text()}, "
             f"{self._qos_text()}, depth {s.qos_depth}); drop_policy {s.drop_policy}")
+
+    def _decode_text(self) -> str:
+        if self._settings.image_transport != "compressed":
+            return ""
+        if not self._settings.reduced_decode:
+            return ", JPEG decoded in full"
+        h, w = self.engine.input_size
+        return f", JPEG of >= {2 * h - 1}x{2 * w - 1} (H x W) decoded reduced"
 
     # -- input subscription ------------------------------------------------------------------------
 
