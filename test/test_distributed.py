@@ -240,3 +240,36 @@ def test_a_bad_label_stops_every_rank_at_start_up_with_the_file_named(fixture):
         assert want in text, text[-3000:]
     assert f"{label}: values [7]" in text
     assert not (tmp / "bad_run").exists()  # stopped before any step or file
+
+
+def test_a_rank_error_file_is_whole_or_absent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torchrun reads a failed rank's error file; ours is written in one step: what torchrun parses
+    names the exception, and a write cut short leaves no file (torch's own handler left an empty one,
+    which made torchrun's failure summary crash in a CI run)."""
+    import json
+
+    from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
+
+    from dcfm_ros.training.distributed import AtomicErrorHandler
+
+    path = tmp_path / "error.json"
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(path))
+    try:
+        raise RuntimeError("Connection closed by peer")
+    except RuntimeError as exc:
+        AtomicErrorHandler().record_exception(exc)
+    failure = ProcessFailure(local_rank=0, pid=1, exitcode=1, error_file=str(path))
+    assert failure.message["message"] == "RuntimeError: Connection closed by peer"  # type: ignore[index]
+    assert failure.timestamp > 0 and not list(tmp_path.glob("*.tmp"))
+
+    cut = tmp_path / "cut.json"
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(cut))
+
+    def dies_halfway(data: object, fp: object) -> None:
+        fp.write('{"message": ')  # type: ignore[attr-defined]
+        raise KeyboardInterrupt  # the rank is stopped here
+
+    monkeypatch.setattr(json, "dump", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        AtomicErrorHandler().record_exception(RuntimeError("x"))
+    assert not cut.exists()

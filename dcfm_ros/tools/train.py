@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     if distributed.launched_by_torchrun():
         # A rank's uncaught exception goes, with its traceback, into torchrun's failure summary.
-        return record(_main)(argv)
+        return record(_main, error_handler=distributed.AtomicErrorHandler())(argv)
     return _main(argv)
 
 

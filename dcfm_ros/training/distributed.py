@@ -17,7 +17,10 @@ runs as it always did on one device (no process group, plain BatchNorm). Under t
 
 from __future__ import annotations
 
+import json
 import os
+import time
+import traceback
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -25,6 +28,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
 
 _TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
@@ -49,6 +53,30 @@ class DistContext:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+
+class AtomicErrorHandler(ErrorHandler):
+    """A rank's torchrun error file, written whole or not at all.
+
+    torch's handler opens the file (emptying it) and then writes it. When one rank dies, torchrun
+    SIGTERMs the others; a rank caught between the two (reporting its broken connection to the dead
+    one) leaves an empty file, and torchrun's failure summary then dies parsing it (JSONDecodeError)
+    instead of naming the rank and its signal (seen in a CI run). Here the JSON, in torch's own
+    layout, goes to a temporary file that replaces the error file in one step.
+    """
+
+    def record_exception(self, e: BaseException) -> None:
+        path = self._get_error_file_path()
+        if not path:
+            super().record_exception(e)  # no file to write: torch logs what it would have written
+            return
+        data = {"message": {"message": f"{type(e).__name__}: {e}",
+                            "extraInfo": {"py_callstack": traceback.format_exc(),
+                                          "timestamp": str(int(time.time()))}}}
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as fp:
+            json.dump(data, fp)
+        os.replace(tmp, path)
 
 
 def launched_by_torchrun(env: dict[str, str] | None = None) -> bool:
