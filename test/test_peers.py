@@ -330,3 +330,18 @@ def test_onnxruntime_runs_the_ring_as_graph_inputs_like_torch(peer: MultiFrameMo
         a, b = torch_eng.process(f), ort_eng.process(f)
         assert abs(a.confidence.mean - b.confidence.mean) < 1e-4
         assert (a.labels == b.labels).mean() > 0.99
+
+
+def test_a_reduced_frame_gets_labels_at_its_camera_size(peer: MultiFrameModel):
+    """The node hands a large camera's JPEG over decoded reduced (engine.process(image, camera)):
+    the peers' labels come back at the camera's size, as the logits upsampled there, and a camera
+    the image cannot come from is refused."""
+    eng = engine(peer)
+    img = frames(1, seed=4)[0]
+    camera = (2 * SIZE[0], 2 * SIZE[1])
+    got = eng.process(img, camera)
+    logits, _ = peer.forward_stream(eng.preprocessor.normalize(eng.preprocessor.upload(img)), [])
+    assert got.labels.shape == camera
+    assert np.array_equal(got.labels, eng.preprocessor.labels(logits, camera))
+    with pytest.raises(ValueError, match="camera"):
+        eng.process(img, (SIZE[0] // 2, SIZE[1]))

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from dcfm_ros.engine.backends.base import InferenceBackend
 from dcfm_ros.engine.confidence import frame_confidence
 from dcfm_ros.engine.device import StageTimer, autocast, resolve_device, resolve_precision
-from dcfm_ros.engine.preprocess import FramePreprocessor
+from dcfm_ros.engine.preprocess import FramePreprocessor, camera_shape
 from dcfm_ros.model.multiframe import Memory, pad_references
 
 _STAGES = ("preprocess", "enc_lo", "enc_hi", "ffm", "head", "network", "postprocess", "total")
@@ -166,11 +166,13 @@ class ReferenceStream:
         self.ring.reset()
         self._shape = None
 
-    def process(self, image_rgb: np.ndarray, pre: FramePreprocessor) -> dict[str, Any]:
-        """One frame -> the FrameResult fields. The ring takes the frame's memory only once its
-        output exists (a failing frame leaves the ring as it was)."""
+    def process(self, image_rgb: np.ndarray, pre: FramePreprocessor,
+                camera: tuple[int, int] | None = None) -> dict[str, Any]:
+        """One frame -> the FrameResult fields, the labels at `camera` (a reduced decode's camera
+        size) or the image's. The ring takes the frame's memory only once its output exists (a
+        failing frame leaves the ring as it was)."""
         t_start = time.perf_counter()
-        shape = (int(image_rgb.shape[0]), int(image_rgb.shape[1]))
+        shape = camera_shape(image_rgb, camera)
         model, timer = self.model, StageTimer(self.device)
         refs = self.ring.references() if shape == self._shape else []
         with torch.inference_mode():

@@ -282,9 +282,7 @@ class StreamEngine:
         # Validate before touching any state: a bad frame raises and the stream carries on.
         validate_image(image_rgb)
         if self._ring is not None:
-            if camera is not None:
-                raise ValueError(f"{self.model.model_class} takes the camera's own image (camera=None)")
-            return FrameResult(**self._ring.process(image_rgb, self._pre))
+            return FrameResult(**self._ring.process(image_rgb, self._pre, camera))
         with torch.inference_mode(), self.state.schedule.frame_stream(self.device):
             plan = self.decide(image_rgb, self.state, camera)
             return self.commit(plan, self.run(plan))
