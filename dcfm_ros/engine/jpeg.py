@@ -25,11 +25,11 @@ _FLAGS = {s: getattr(cv2, f"IMREAD_REDUCED_GRAYSCALE_{s}") | cv2.IMREAD_COLOR_RG
 
 def jpeg_size(data: bytes | bytearray | memoryview | np.ndarray) -> tuple[int, int] | None:
     """(H, W) from a JPEG's header, None for anything else (Pillow parses the header, nothing more)."""
-    raw = bytes(data)
-    if raw[:2] != b"\xff\xd8":
+    view = memoryview(data).cast("B")
+    if view[:2] != b"\xff\xd8":
         return None
     try:
-        with PILImage.open(io.BytesIO(raw)) as img:
+        with PILImage.open(io.BytesIO(view)) as img:
             w, h = img.size
             return (h, w) if img.format == "JPEG" else None
     except (OSError, ValueError, SyntaxError):
@@ -42,10 +42,10 @@ def decode_reduced(data: bytes | bytearray | memoryview | np.ndarray, network: t
     `network`'s size on both sides; None when it is to be decoded in full (not a JPEG, too small, or
     a header that does not match the data)."""
     size = jpeg_size(data)
-    if size is None or jpeg_scale(size, network) == 1:
+    scale = 1 if size is None else jpeg_scale(size, network)
+    if scale == 1:
         return None
-    buf = np.frombuffer(bytes(data), np.uint8) if not isinstance(data, np.ndarray) else data
-    rgb = cv2.imdecode(buf, _FLAGS[jpeg_scale(size, network)])
-    if rgb is None or rgb.shape[:2] != reduced_size(size, network):
+    rgb = cv2.imdecode(np.frombuffer(data, np.uint8), _FLAGS[scale])
+    if rgb is None or rgb.shape[:2] != reduced_size(size, network):  # type: ignore[arg-type]
         return None
-    return rgb, size
+    return rgb, size  # type: ignore[return-value]

@@ -479,11 +479,11 @@ def _backend_for(settings: NodeSettings, model: DCFM) -> InferenceBackend:
     try:
         if uses_reference_ring(model):  # MRCFA / SD-CPC: the engine's own path with a reference ring
             ring = reference_stream(model, settings.backend, settings.device, settings.precision, None,
-                                    settings.input_size or tuple(model.config.input_size))
+                                    network_size(settings, model))
             return ring  # type: ignore[return-value]
         # Built here (graph export / engine build at start-up, never on a frame).
         net = make_backend(settings.backend, model, settings.device, settings.precision,
-                           input_size=settings.input_size or tuple(model.config.input_size),
+                           input_size=network_size(settings, model),
                            cache_dir=settings.backend_cache_dir or None,
                            calibration=settings.calibration or None)
     except (RuntimeError, ValueError) as exc:

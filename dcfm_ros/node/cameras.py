@@ -31,7 +31,6 @@ from dcfm_ros.node.diagnostics import NodeStats, diagnostics_msg
 from dcfm_ros.node.inputqos import input_qos, match_publishers
 from dcfm_ros.node.outputs import CameraOutputs
 from dcfm_ros.node.params import NodeSettings
-from dcfm_ros.node.reduced_decode import CameraImage
 
 if TYPE_CHECKING:
     from rclpy.node import Node
@@ -54,10 +53,8 @@ class CameraIO:
         self.last_shape: tuple[int, int] | None = None
         s = settings
         compressed = s.image_transport == "compressed"
-        network = engine.input_size if s.reduced_decode else None
-        self.to_image: Callable[[Any], CameraImage] = (
-            (lambda msg: reduced_decode.decode(msg, network)) if compressed
-            else (lambda msg: reduced_decode.whole(convert.image_to_rgb(msg))))
+        self.to_image = reduced_decode.decoder(s.image_transport,
+                                               engine.input_size if s.reduced_decode else None)
         self.in_type = CompressedImage if compressed else Image
         in_topic = "image/compressed" if compressed else "image"
         self.in_topic = node.resolve_topic_name(f"{name}/{in_topic}")
@@ -217,7 +214,7 @@ class Cameras:
     def _round(self, frames: list[Pending]) -> None:
         self._apply_pending()
         ready: list[Pending] = []
-        images: dict[tuple[str, int], np.ndarray | Callable[[], np.ndarray]] = {}
+        images: dict[tuple[str, int], Callable[[], np.ndarray]] = {}
         for p in frames:
             cam = self.io[p.camera]
             msg, _t = p.tag
@@ -231,14 +228,13 @@ class Cameras:
             if cam.last_shape is not None and image.camera != cam.last_shape:
                 cam.stats.resolution_change()
             cam.last_shape = image.camera
-            ready.append(dataclasses.replace(p, image=image.rgb,
-                                             camera_size=image.camera if image.reduced else None))
+            ready.append(dataclasses.replace(p, image=image.rgb, camera_size=image.camera_size))
             # the viewer outputs get the camera-size pixels (a reduced decode's: decoded on demand)
-            images[(p.camera, p.seq)] = image.full if image.reduced else image.rgb
+            images[(p.camera, p.seq)] = image.full
         for outcome in self.engine.run_each(ready, self._process):  # published as each is done
             self._publish(outcome, images[(outcome.camera, outcome.seq)])
 
-    def _publish(self, outcome: Outcome, rgb: np.ndarray | Callable[[], np.ndarray]) -> None:
+    def _publish(self, outcome: Outcome, rgb: Callable[[], np.ndarray]) -> None:
         cam = self.io[outcome.camera]
         msg, t_received = outcome.tag
         if outcome.error is not None:

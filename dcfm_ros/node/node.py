@@ -14,7 +14,6 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from diagnostic_msgs.msg import DiagnosticArray
@@ -44,7 +43,6 @@ from dcfm_ros.node.params import (
     declare_parameters,
     read_settings,
 )
-from dcfm_ros.node.reduced_decode import CameraImage
 
 if TYPE_CHECKING:
     from dcfm_ros.engine import KeyframePolicy, StreamEngine
@@ -132,7 +130,7 @@ class DCFMNode(Node):
         self._throttle = ReasonThrottle(LOG_THROTTLE_S)
         try:
             self._process, faults = engine_call(
-                lambda image: engine.process(image.rgb, image.camera if image.reduced else None))
+                lambda image: engine.process(image.rgb, image.camera_size))
         except ValueError as exc:
             raise StartupError(str(exc)) from exc
         if faults:
@@ -150,13 +148,11 @@ class DCFMNode(Node):
 
         self._queue: FrameQueue[tuple[Image | CompressedImage, float]] = FrameQueue(
             keep_latest=s.drop_policy == "latest")
-        self._to_image: Callable[[Any], CameraImage]
+        self._to_image = reduced_decode.decoder(s.image_transport,
+                                                engine.input_size if s.reduced_decode else None)
         if s.image_transport == "compressed":
-            network = engine.input_size if s.reduced_decode else None
-            self._to_image = lambda msg: reduced_decode.decode(msg, network)
             self._in_type, in_topic = CompressedImage, "image/compressed"
         else:
-            self._to_image = lambda msg: reduced_decode.whole(convert.image_to_rgb(msg))
             self._in_type, in_topic = Image, "image"
         self._in_topic = self.resolve_topic_name(in_topic)
         self._reliability, self._qos_why = s.qos_reliability, "set by qos.reliability"
@@ -382,8 +378,7 @@ class DCFMNode(Node):
         counters = self.stats.processed(result.is_keyframe, result.timings_ms.get("total", 0.0),
                                         confidence, self._settings.confidence_window)
         # a reduced decode's camera-size pixels are decoded by the viewer worker, if a viewer needs them
-        self._outputs.publish(msg.header, image.full if image.reduced else image.rgb, result, t_received,
-                              counters, self._settings)
+        self._outputs.publish(msg.header, image.full, result, t_received, counters, self._settings)
 
     def _viewer_failed(self, exc: Exception) -> None:
         # From the viewer worker: a viewer message that could not be made or published.

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from sensor_msgs.msg import CompressedImage
@@ -33,6 +34,11 @@ class CameraImage:
     def reduced(self) -> bool:
         return self.rgb.shape[:2] != self.camera
 
+    @property
+    def camera_size(self) -> tuple[int, int] | None:
+        """What StreamEngine.process takes as `camera`: the camera's size for a reduced image."""
+        return self.camera if self.reduced else None
+
 
 def whole(rgb: np.ndarray) -> CameraImage:
     """A frame decoded (or converted) at the camera's size."""
@@ -48,3 +54,11 @@ def decode(msg: CompressedImage, network: tuple[int, int] | None) -> CameraImage
     rgb, camera = found
     convert.check_size(camera[1], camera[0], f"jpeg header of {msg.format[:64]!r}")
     return CameraImage(rgb, camera, functools.cache(lambda: convert.compressed_to_rgb(msg)))
+
+
+def decoder(image_transport: str, network: tuple[int, int] | None) -> Callable[[Any], CameraImage]:
+    """The node's message -> CameraImage for its image_transport; `network`: the engine's input size
+    with reduced_decode on, None with it off."""
+    if image_transport == "compressed":
+        return lambda msg: decode(msg, network)
+    return lambda msg: whole(convert.image_to_rgb(msg))

@@ -45,6 +45,7 @@ from dcfm_ros.engine.backends.onnx_export import (
     write_bytes_atomic,
 )
 from dcfm_ros.engine.device import resolve_device
+from dcfm_ros.engine.specs import CalibrationSpec
 from dcfm_ros.model import DCFM
 from dcfm_ros.model.layers import DeepState
 
@@ -64,7 +65,8 @@ class TensorRTBackend(InferenceBackend):
     def __init__(self, model: DCFM, device: str | torch.device = "auto", precision: str = "fp16", *,
                  input_size: tuple[int, int] | None = None, cache_dir: str | Path | None = None,
                  progress: Callable[[str], None] | None = stderr_progress,
-                 workspace_gb: float = 4.0, calibration: Any = None, **_: Any) -> None:
+                 workspace_gb: float = 4.0, calibration: str | CalibrationSpec | None = None,
+                 **_: Any) -> None:
         try:
             import tensorrt as trt
         except ImportError as exc:
