@@ -7,7 +7,8 @@ Variants: `host` (one fused call a frame, pre/post-processing in torch), `io` (g
 labels out), `stages` (the profiling mode: the stage calls one by one), `io-bf16` (OpenVINO's bf16
 hint), `io-int8` (the int8 frame graphs, engine/backends/quantize.py), and with --cameras the clip
 resized to each camera size (labels at the camera's size: `io`, or made at the network's size:
-`io-net`; `node`: the node's defaults on openvino, bf16 and labels_at auto).
+`io-net`; `node`: the node's defaults on openvino, bf16 and labels_at auto; on openvino `io-net-onnx`
+and `node-onnx`: the same with the pre-processing as ONNX ops instead of OpenVINO's PrePostProcessor).
 
     PYTHONPATH=. python scripts/bench_fast_path.py --backends openvino,onnxruntime --threads 2
 """
@@ -25,10 +26,18 @@ import torch
 
 from dcfm_ros.engine import FixedInterval, StreamEngine
 from dcfm_ros.engine.backends import make_backend
+from dcfm_ros.engine.backends.openvino_backend import OpenVINOBackend
 from dcfm_ros.model import load_checkpoint
 from dcfm_ros.tools.clips import cpu_name, default_clip, load_clip
 
 SHIPPED = "dcfm_ros/models/camvid_efficientnet_lite0.safetensors"
+
+
+class OnnxPreOpenVINO(OpenVINOBackend):
+    """OpenVINO running the graph-I/O variants with their pre-processing as ONNX ops (as onnxruntime
+    does), for the side-by-side with the PrePostProcessor."""
+
+    onnx_pre = True
 
 
 def engines_for(model, backend: str, camera: tuple[int, int] | None,
@@ -46,12 +55,16 @@ def engines_for(model, backend: str, camera: tuple[int, int] | None,
                     ("io-net", "fp32", {"graph_io": True, "labels_at": "network"})]
         if backend == "openvino":  # the node's defaults: precision auto (bf16 here), labels_at auto
             variants.append(("node", "bf16", {"graph_io": True, "labels_at": "auto"}))
+            variants.append(("io-net-onnx", "fp32", {"graph_io": True, "labels_at": "network"}))
+            variants.append(("node-onnx", "bf16", {"graph_io": True, "labels_at": "auto"}))
     if only:
         variants = [v for v in variants if v[0] in only]
-    nets: dict[str, object] = {}
+    nets: dict[tuple[str, bool], object] = {}
     for name, precision, opts in variants:
-        net = nets.get(precision) or make_backend(backend, model, "cpu", precision)
-        nets[precision] = net
+        onnx = name.endswith("-onnx")
+        net = nets.get((precision, onnx)) or (OnnxPreOpenVINO(model, "cpu", precision) if onnx
+                                              else make_backend(backend, model, "cpu", precision))
+        nets[(precision, onnx)] = net
         key = StreamEngine(model, FixedInterval(1), backend=net, **opts)
         nonkey = StreamEngine(model, FixedInterval(2**31 - 1), backend=net, **opts)
         out[name] = (key, nonkey)

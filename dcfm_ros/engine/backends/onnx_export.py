@@ -316,7 +316,7 @@ def _frame_proto(folder: Path, manifest: Manifest, kind: str, extras: Sequence[s
 
 def io_variant(folder: Path, manifest: Manifest, kind: str, extras: Sequence[str],
                camera: tuple[int, int], wide_labels: bool = False,
-               label_size: tuple[int, int] | None = None) -> bytes:
+               label_size: tuple[int, int] | None = None, pre: bool = True) -> bytes:
     """Frame graph `kind` (with `extras`, see frame_variant) with the pre- and post-processing in the
     graph, for a camera of `camera` = (H, W) pixels: in, the camera's uint8 RGB image (1, H, W, 3)
     (cast, to NCHW, bilinear resize to the network size with half-pixel centres, /255, mean/std: the
@@ -324,7 +324,9 @@ def io_variant(folder: Path, manifest: Manifest, kind: str, extras: Sequence[str
     (uint16: `wide_labels`) = argmax of the logits bilinearly upsampled to the camera's size (the
     engine's exact method; `label_size`: to that size instead, which the engine then scales to the
     camera's with nearest neighbours) and `top` (1, h, w), the top softmax probability at the logits' size
-    (engine.confidence). So no torch op runs for the frame, and the runtime's threads do the work."""
+    (engine.confidence). So no torch op runs for the frame, and the runtime's threads do the work.
+    `pre=False`: only the post-processing; the input stays the network's float `x`, for a runtime
+    that puts the pre-processing in front of the graph itself (OpenVINO's PrePostProcessor)."""
     import numpy as np
     import onnx
     from onnx import helper, numpy_helper
@@ -338,29 +340,30 @@ def io_variant(folder: Path, manifest: Manifest, kind: str, extras: Sequence[str
     logits_shape = manifest.graphs["head"].output_shapes[0]
     big = tuple(camera)
     out_hw = tuple(label_size or big)
-    inits = [numpy_helper.from_array(mean, "io/mean"), numpy_helper.from_array(std, "io/std"),
-             numpy_helper.from_array(np.array(255.0, dtype=np.float32), "io/255")]
-    if big != (h, w):
-        inits.append(numpy_helper.from_array(np.array([1, 3, h, w], dtype=np.int64), "io/net_size"))
+    inits, steps = [], []
+    if pre:
+        inits += [numpy_helper.from_array(mean, "io/mean"), numpy_helper.from_array(std, "io/std"),
+                  numpy_helper.from_array(np.array(255.0, dtype=np.float32), "io/255")]
+        # the frame graph's input x becomes an inner value
+        for v in g.input:
+            if v.name == "x":
+                g.input.remove(v)
+                break
+        g.input.insert(0, helper.make_tensor_value_info("image", onnx.TensorProto.UINT8, [1, *big, 3]))
+        steps += [helper.make_node("Cast", ["image"], ["io/f"], to=onnx.TensorProto.FLOAT),
+                  helper.make_node("Transpose", ["io/f"], ["io/nchw"], perm=[0, 3, 1, 2])]
+        src = "io/nchw"
+        if big != (h, w):
+            inits.append(numpy_helper.from_array(np.array([1, 3, h, w], dtype=np.int64), "io/net_size"))
+            steps.append(helper.make_node("Resize", ["io/nchw", "", "", "io/net_size"], ["io/resized"],
+                                          mode="linear", coordinate_transformation_mode="half_pixel"))
+            src = "io/resized"
+        steps += [helper.make_node("Div", [src, "io/255"], ["io/x01"]),
+                  helper.make_node("Sub", ["io/x01", "io/mean"], ["io/centred"]),
+                  helper.make_node("Div", ["io/centred", "io/std"], ["x"])]
     if out_hw != tuple(logits_shape[-2:]):
         inits.append(numpy_helper.from_array(np.array([1, logits_shape[1], *out_hw], dtype=np.int64),
                                              "io/label_size"))
-    # the frame graph's input x becomes an inner value
-    for v in g.input:
-        if v.name == "x":
-            g.input.remove(v)
-            break
-    g.input.insert(0, helper.make_tensor_value_info("image", onnx.TensorProto.UINT8, [1, *big, 3]))
-    pre = [helper.make_node("Cast", ["image"], ["io/f"], to=onnx.TensorProto.FLOAT),
-           helper.make_node("Transpose", ["io/f"], ["io/nchw"], perm=[0, 3, 1, 2])]
-    src = "io/nchw"
-    if big != (h, w):
-        pre.append(helper.make_node("Resize", ["io/nchw", "", "", "io/net_size"], ["io/resized"],
-                                    mode="linear", coordinate_transformation_mode="half_pixel"))
-        src = "io/resized"
-    pre += [helper.make_node("Div", [src, "io/255"], ["io/x01"]),
-            helper.make_node("Sub", ["io/x01", "io/mean"], ["io/centred"]),
-            helper.make_node("Div", ["io/centred", "io/std"], ["x"])]
     up = "logits"
     post = []
     if out_hw != tuple(logits_shape[-2:]):
@@ -374,7 +377,7 @@ def io_variant(folder: Path, manifest: Manifest, kind: str, extras: Sequence[str
              helper.make_node("ReduceMax", ["io/prob"], ["top"], axes=[1], keepdims=0)]
     nodes = list(g.node)
     del g.node[:]
-    g.node.extend([*pre, *nodes, *post])
+    g.node.extend([*steps, *nodes, *post])
     g.initializer.extend(inits)
     outs = [o for o in g.output if o.name != "logits"]
     del g.output[:]

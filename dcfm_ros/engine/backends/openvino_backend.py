@@ -2,7 +2,10 @@
 
 Kept because it beat ONNX Runtime on this project's CPU (see README "Engine and benchmarks"). The
 graphs, the cache and the stale/foreign checks are the onnxruntime backend's; only opening a graph
-(compile_model, fp32 inference precision, torch's thread count) and running it differ.
+(compile_model, fp32 inference precision, torch's thread count) and running it differ, and where a
+frame graph takes the camera's image (graph I/O) its pre-processing is OpenVINO's PrePostProcessor
+rather than ONNX ops: it resizes the uint8 image before converting it (docs/fast-path.md: at a
+1920x1080 camera 0.69-0.75x the non-key frame's time of the ONNX ops, which resize in f32).
 """
 
 from __future__ import annotations
@@ -43,10 +46,34 @@ def cpu_has_bf16(core: Any = None) -> bool:
     return "BF16" in cpu_capabilities(core)
 
 
+def with_preprocessing(model: Any, camera: tuple[int, int], mean: Sequence[float],
+                       std: Sequence[float]) -> Any:
+    """OpenVINO model `model` (a frame graph whose input `x` is the network's normalised NCHW float
+    image) taking instead the camera's uint8 RGB image `image` (1, H, W, 3), `camera` = (H, W):
+    bilinear resize to x's size on the uint8 values (where the sizes differ), f32, mean/std of the
+    0..1 image, NHWC -> NCHW: the engine's preprocess up to the rounding of the resized values."""
+    import openvino as ov
+    from openvino.preprocess import PrePostProcessor, ResizeAlgorithm
+
+    ppp = PrePostProcessor(model)
+    x = ppp.input("x")
+    x.tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC")).set_spatial_static_shape(*camera)
+    x.model().set_layout(ov.Layout("NCHW"))
+    steps = x.preprocess()
+    if tuple(camera) != tuple(model.input("x").get_shape()[2:]):
+        steps.resize(ResizeAlgorithm.RESIZE_LINEAR)
+    steps.convert_element_type(ov.Type.f32)
+    steps.mean([255.0 * m for m in mean]).scale([255.0 * s for s in std])
+    out = ppp.build()
+    out.input(0).get_tensor().set_names({"image"})
+    return out
+
+
 class OpenVINOBackend(OnnxRuntimeBackend):
     """Runs `model`'s exported graphs with OpenVINO on the CPU (fp32)."""
 
     name = "openvino"
+    onnx_pre = False  # graph I/O: with_preprocessing
 
     def _init_runtime(self, precision: str) -> None:
         if not openvino_available():
@@ -76,6 +103,9 @@ class OpenVINOBackend(OnnxRuntimeBackend):
         # `data`: a variant made from the file in memory (same metadata; checked on the file).
         check_metadata(read_graph_metadata(path), expected, f"ONNX file {path}")
         source = str(path) if data is None else self._core.read_model(data)
+        if spec.inputs[0] == "image" and not self.onnx_pre:
+            cfg = self.model.config
+            source = with_preprocessing(source, spec.input_shapes[0][1:3], cfg.mean, cfg.std)
         compiled = self._core.compile_model(source, "CPU", self._config)
         names = tuple(p.get_any_name() for p in compiled.inputs)
         if names != spec.inputs:

@@ -88,8 +88,11 @@ class _GraphSet:
     in memory, for frames that need F_in, F or the similarity feature."""
 
     def __init__(self, folder: Path, manifest: Manifest,
-                 open_session: Callable[[Path, GraphSpec, bytes | None], Any]) -> None:
+                 open_session: Callable[[Path, GraphSpec, bytes | None], Any], onnx_pre: bool = True) -> None:
         self.folder = folder
+        # onnx_pre: the graph-I/O variants carry their pre-processing as ONNX ops; False for a
+        # runtime that puts its own in front of the graph when it opens it (OpenVINO)
+        self.onnx_pre = onnx_pre
         self.manifest = manifest
         self._open = open_session
         self.sessions: dict[str, Any] = {}
@@ -124,7 +127,7 @@ class _GraphSet:
                 _, kind, cam, lab, wide = name.split(":")
                 extras = self.extras if kind.endswith("_x") else ()
                 data = io_variant(self.folder, self.manifest, kind.removesuffix("_x"), extras, _hw(cam),
-                                  wide == "u16", _hw(lab))
+                                  wide == "u16", _hw(lab), pre=self.onnx_pre)
             self.sessions[name] = self._open(self.folder / spec.file, spec, data)
         return self.sessions[name]
 
@@ -168,6 +171,7 @@ class OnnxRuntimeBackend(InferenceBackend):
 
     name = "onnxruntime"
     graph_io = True
+    onnx_pre = True  # see _GraphSet
 
     def __init__(self, model: DCFM, device: str | torch.device = "auto", precision: str = "fp32", *,
                  input_size: tuple[int, int] | None = None, cache_dir: str | Path | None = None,
@@ -262,7 +266,8 @@ class OnnxRuntimeBackend(InferenceBackend):
                 folder, manifest = ensure_export(self.model, size, self.model_hash, self.cache_dir,
                                                  self.progress, rebuild=attempt == 1)
             try:
-                graphs = _GraphSet(folder, manifest, lambda p, s, d: self._open_session(p, s, expected, d))
+                graphs = _GraphSet(folder, manifest, lambda p, s, d: self._open_session(p, s, expected, d),
+                                   onnx_pre=self.onnx_pre)
                 break
             except StaleExportError as exc:
                 # A graph file replaced behind the manifest's back: refuse it, export afresh once.
