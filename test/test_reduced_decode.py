@@ -133,3 +133,22 @@ def test_the_size_a_known_camera_reaches_the_engine_at() -> None:
     assert decoded_size(settings_from_values({**base, "camera_size": [360, 480]}), model) == (360, 480)
     with pytest.raises(ValueError, match="reduced_decode"):
         settings_from_values({**base, "reduced_decode": "yes"})
+
+
+def test_the_players_check_decodes_a_jpeg_at_an_eighth_and_still_refuses_a_broken_one(camera_frames) -> None:
+    """dcfm-bag-eval's player checks each camera message before sending it (bagio.check_image): a
+    good JPEG passes with its stamp, decoded at 1/8; a broken one is a BadMessage as with a full decode."""
+    from dcfm_ros.evaluation import bagio
+
+    def raw(msg) -> bagio.RawMessage:
+        data = bytes(bagio.typestore().serialize_cdr(msg, bagio.COMPRESSED_IMAGE))
+        return bagio.RawMessage("/camera/image/compressed", bagio.COMPRESSED_IMAGE, 5, data, 0)
+
+    good = bagio.compressed_image_msg(camera_frames[0], 123, "cam")
+    item = bagio.check_image(raw(good))
+    assert isinstance(item, bagio.Frame) and item.stamp_ns == 123 and item.image.shape == (135, 180, 3)
+    broken = bagio.typestore().types[bagio.COMPRESSED_IMAGE](
+        header=good.header, format=good.format, data=good.data[:600])  # the header, not the pixels
+    for check in (bagio.check_image, lambda r: bagio.decode_raw(r, "image")):
+        bad = check(raw(broken))
+        assert isinstance(bad, bagio.BadMessage) and bad.stamp_ns == 123, bad

@@ -464,6 +464,14 @@ def decode_raw(raw: RawMessage, kind: Literal["image", "labels"],
     return Frame(raw.topic, raw.index, stamp_ns, raw.log_ns, image)
 
 
+def check_image(raw: RawMessage) -> Frame | BadMessage:
+    """What a player needs before it sends a camera message on: its stamp, and that it decodes.
+    A JPEG is decoded at 1/8 scale (libjpeg still reads every coefficient, so a broken one fails as in
+    a full decode, at a third of the cost; at 1920x1080 ~2.5 ms instead of ~7.5); the Frame's image
+    is then that small one, not the camera's."""
+    return decode_raw(raw, "image", reduce_to=(1, 1))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Writing
 

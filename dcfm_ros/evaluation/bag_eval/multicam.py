@@ -378,7 +378,7 @@ def play_cameras(bag: BagReader, cams: list[Camera], node: NodeProcess, writer: 
                 stopped = f"after {sum(len(c.records) for c in cams)} frames sent"
                 break
             cam = by_topic[raw.topic]
-            item = bagio.decode_raw(raw, "image")
+            item = bagio.check_image(raw)
             if isinstance(item, BadMessage):
                 cam.skipped.append(item)
                 continue

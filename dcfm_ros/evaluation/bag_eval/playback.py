@@ -292,7 +292,7 @@ def play(bag: BagReader, image_topic: str, msgtype: str, node: NodeProcess, writ
                 break
             if frames.max_frames is not None and len(out.records) >= frames.max_frames:
                 break
-            item = bagio.decode_raw(raw, "image")
+            item = bagio.check_image(raw)
             if isinstance(item, BadMessage):
                 out.skipped.append(item)
                 continue
