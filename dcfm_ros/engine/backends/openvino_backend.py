@@ -4,8 +4,9 @@ Kept because it beat ONNX Runtime on this project's CPU (see README "Engine and 
 graphs, the cache and the stale/foreign checks are the onnxruntime backend's; only opening a graph
 (compile_model, fp32 inference precision, torch's thread count) and running it differ, and where a
 frame graph takes the camera's image (graph I/O) its pre-processing is OpenVINO's PrePostProcessor
-rather than ONNX ops: it resizes the uint8 image before converting it (docs/fast-path.md: at a
-1920x1080 camera 0.69-0.75x the non-key frame's time of the ONNX ops, which resize in f32).
+rather than ONNX ops; where the labels are made at the network's size (the cheap mode for large
+cameras) it resizes the uint8 image before converting it (docs/fast-path.md: at a 1920x1080 camera
+0.77x the node's non-key frame time of the ONNX ops, which resize in f32).
 """
 
 from __future__ import annotations
@@ -47,11 +48,12 @@ def cpu_has_bf16(core: Any = None) -> bool:
 
 
 def with_preprocessing(model: Any, camera: tuple[int, int], mean: Sequence[float],
-                       std: Sequence[float]) -> Any:
+                       std: Sequence[float], resize_u8: bool = False) -> Any:
     """OpenVINO model `model` (a frame graph whose input `x` is the network's normalised NCHW float
-    image) taking instead the camera's uint8 RGB image `image` (1, H, W, 3), `camera` = (H, W):
-    bilinear resize to x's size on the uint8 values (where the sizes differ), f32, mean/std of the
-    0..1 image, NHWC -> NCHW: the engine's preprocess up to the rounding of the resized values."""
+    image) taking instead the camera's uint8 RGB image `image` (1, H, W, 3), `camera` = (H, W): f32,
+    bilinear resize to x's size (where the sizes differ), mean/std of the 0..1 image, NHWC -> NCHW,
+    as the engine's preprocess. `resize_u8`: resize before the f32 conversion, on the uint8 values
+    (a quarter of the bytes; the resized values are rounded, which tips a few labels)."""
     import openvino as ov
     from openvino.preprocess import PrePostProcessor, ResizeAlgorithm
 
@@ -60,9 +62,12 @@ def with_preprocessing(model: Any, camera: tuple[int, int], mean: Sequence[float
     x.tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC")).set_spatial_static_shape(*camera)
     x.model().set_layout(ov.Layout("NCHW"))
     steps = x.preprocess()
-    if tuple(camera) != tuple(model.input("x").get_shape()[2:]):
+    resize = tuple(camera) != tuple(model.input("x").get_shape()[2:])
+    if resize and resize_u8:
         steps.resize(ResizeAlgorithm.RESIZE_LINEAR)
     steps.convert_element_type(ov.Type.f32)
+    if resize and not resize_u8:
+        steps.resize(ResizeAlgorithm.RESIZE_LINEAR)
     steps.mean([255.0 * m for m in mean]).scale([255.0 * s for s in std])
     out = ppp.build()
     out.input(0).get_tensor().set_names({"image"})
@@ -105,7 +110,11 @@ class OpenVINOBackend(OnnxRuntimeBackend):
         source = str(path) if data is None else self._core.read_model(data)
         if spec.inputs[0] == "image" and not self.onnx_pre:
             cfg = self.model.config
-            source = with_preprocessing(source, spec.input_shapes[0][1:3], cfg.mean, cfg.std)
+            camera = tuple(spec.input_shapes[0][1:3])
+            # labels at the camera's size promise the host path's labels (float resize); labels made
+            # at the network's size have given exactness up for speed, so the resize may too
+            exact = tuple(spec.output_shapes[0][1:]) == camera
+            source = with_preprocessing(source, camera, cfg.mean, cfg.std, resize_u8=not exact)
         compiled = self._core.compile_model(source, "CPU", self._config)
         names = tuple(p.get_any_name() for p in compiled.inputs)
         if names != spec.inputs:
