@@ -54,7 +54,7 @@ def main() -> int:
     load0 = os.getloadavg()[0]
     for s in samples:
         img = cv2.resize(read_rgb(s.image), (w, h), interpolation=cv2.INTER_LINEAR)
-        gt = cv2.resize(read_label(s.label, CAMVID_LUT), (w, h), interpolation=cv2.INTER_NEAREST)
+        gt = cv2.resize(read_label(s.label, CAMVID_LUT), (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
         got = {}
         for m, e in engines.items():
             t0 = time.perf_counter()

@@ -5,8 +5,8 @@ reduced input (default 180x240 and 240x320), per frame (keyframe path `forward_k
 no temporal propagation). The same logits feed every method, so they differ only in how labels reach
 360x480:
   exact          logits bilinearly upsampled to 360x480, argmax there
-  nearest        argmax at the network's size, then cv2.INTER_NEAREST (what the node does today)
-  nearest_exact  the same with cv2.INTER_NEAREST_EXACT (pixel-centre aligned; = nearest at 2x)
+  nearest        argmax at the network's size, then cv2.INTER_NEAREST (what the node did before 6 Dec)
+  nearest_exact  the same with cv2.INTER_NEAREST_EXACT (pixel-centre aligned; = nearest at 2x; the node now)
   edge_r1        argmax at the network's size, then dcfm_ros.engine.label_upsample's joint-bilateral
                  vote guided by the 360x480 image over the 2x2 surrounding low-res cells
   edge_r2        the same over 4x4 cells (sigma_spatial 1 low-res px for both)

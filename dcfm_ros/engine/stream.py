@@ -429,8 +429,12 @@ class StreamEngine:
         step = st.blend.step(run.out, run.fresh, run.key_sim, self._net.head)
         if run.out.labels is not None:  # graph I/O: made by the frame's call
             labels = run.out.labels[0].numpy()
-            if labels.shape != plan.shape:  # labels_at "network": nearest neighbours to the camera's
-                labels = cv2.resize(labels, (plan.shape[1], plan.shape[0]), interpolation=cv2.INTER_NEAREST)
+            if labels.shape != plan.shape:
+                # labels_at "network": nearest neighbours to the camera's size, pixel-centre aligned
+                # (INTER_NEAREST is off by half a pixel at ratios that are not whole numbers: -0.1
+                # boundary mIoU at 1.5x, scripts/label_upsampling.py)
+                labels = cv2.resize(labels, (plan.shape[1], plan.shape[0]),
+                                    interpolation=cv2.INTER_NEAREST_EXACT)
             confidence = confidence_from_top(run.out.top[0].numpy())  # type: ignore[index]
         else:
             labels = self._pre.labels(step.logits, plan.shape)  # type: ignore[arg-type]

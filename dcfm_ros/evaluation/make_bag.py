@@ -216,8 +216,8 @@ def _resize(frame: SourceFrame, size: tuple[int, int] | None) -> SourceFrame:
         return frame
     rgb = cv2.resize(frame.rgb, size, interpolation=cv2.INTER_AREA)
     labels = None
-    if frame.labels is not None:  # nearest: label ids must never be blended
-        labels = cv2.resize(frame.labels, size, interpolation=cv2.INTER_NEAREST)
+    if frame.labels is not None:  # nearest (pixel-centre aligned): label ids must never be blended
+        labels = cv2.resize(frame.labels, size, interpolation=cv2.INTER_NEAREST_EXACT)
     return SourceFrame(frame.name, rgb, labels)
 
 
