@@ -9,7 +9,8 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["dcfm_ros", "dcfm_ros.*"]),
-    package_data={"dcfm_ros": ["models/*.safetensors", "models/*.json", "models/calibration/*/*"]},
+    package_data={"dcfm_ros": ["models/*.safetensors", "models/*.json", "models/calibration/*/*",
+                              "dds/*.xml"]},
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/dcfm_ros"]),
         ("share/dcfm_ros", ["package.xml"]),

@@ -359,7 +359,8 @@ def test_launch_file_arguments_are_declared_used_and_passed_to_real_parameters()
     declared = [_str_arg(c) for c in _calls(tree, "DeclareLaunchArgument")]
     used = {_str_arg(c) for c in _calls(tree, "LaunchConfiguration")}
     assert sorted(declared) == sorted({"image_topic", "params_file", "namespace", "use_sim_time", "model",
-                                       "respawn", "respawn_delay", "cameras", "image_topics"})
+                                       "respawn", "respawn_delay", "cameras", "image_topics",
+                                       "large_messages"})
     assert set(declared) == used, f"unused: {set(declared) - used}, undeclared: {used - set(declared)}"
     # every key put into the parameters dict is a node parameter (or rclpy's use_sim_time)
     keys = set()
@@ -375,7 +376,7 @@ def test_launch_file_arguments_are_declared_used_and_passed_to_real_parameters()
     (node_call,) = _calls(tree, "Node")
     kw = {k.arg: k.value for k in node_call.keywords}
     assert ast.literal_eval(kw["package"]) == "dcfm_ros" and ast.literal_eval(kw["executable"]) == "dcfm_node"
-    assert {"namespace", "parameters", "remappings", "respawn", "respawn_delay"} <= set(kw)
+    assert {"namespace", "parameters", "remappings", "respawn", "respawn_delay", "additional_env"} <= set(kw)
     text = LAUNCH.read_text()
     assert '"config", "dcfm.yaml"' in text and '("image", image_topic)' in text
     assert ast.unparse(kw["remappings"]) == "remappings"
@@ -390,6 +391,16 @@ def _launch_helpers() -> dict[str, Any]:
     namespace: dict[str, Any] = {}
     exec(compile(ast.Module(body=keep, type_ignores=[]), str(LAUNCH), "exec"), namespace)
     return namespace
+
+
+def test_launch_large_messages_gives_the_node_the_shipped_profile_unless_one_is_set() -> None:
+    from dcfm_ros.dds.profiles import LARGE_MESSAGES_PROFILE, PROFILE_VARIABLE
+
+    node_environment = _launch_helpers()["node_environment"]
+    assert node_environment(True, {}) == {PROFILE_VARIABLE: str(LARGE_MESSAGES_PROFILE)}
+    assert LARGE_MESSAGES_PROFILE.is_file()
+    assert node_environment(False, {}) == {}
+    assert node_environment(True, {PROFILE_VARIABLE: "/etc/my_fastdds.xml"}) == {}  # the user's own wins
 
 
 def test_launch_use_sim_time_and_respawn_accept_the_usual_spellings() -> None:

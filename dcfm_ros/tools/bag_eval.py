@@ -3,7 +3,7 @@ and write a report (report.json / report.md, plots, overlay video, contact sheet
 
     dcfm-bag-eval BAG [--image-topic T ...] [--gt-topic T ...] (--max | --rate R) [--params FILE]
                   [--param NAME=VALUE ...] [--model FILE] [--out DIR] [--start S] [--max-frames N]
-                  [--transport UDPv4|DEFAULT|SHM|LARGE_DATA] [--video-codec auto|h264|vp9|mpeg4]
+                  [--transport UDPv4|DEFAULT|SHM|LARGE_DATA|LARGE_SHM] [--video-codec auto|h264|vp9|mpeg4]
 
 How it runs:
 1. The bag is checked first (topics, types); a missing topic is an error that lists the bag's topics.
@@ -54,6 +54,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from dcfm_ros.evaluation.bag_eval.node_process import TRANSPORTS
 from dcfm_ros.evaluation.bag_eval.params import parse_param
 from dcfm_ros.evaluation.bag_eval.stopping import StopRequest
 from dcfm_ros.evaluation.bag_eval.viewer_runs import parse_cases
@@ -95,9 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", type=float, metavar="SECONDS",
                    help="play from this many seconds after the bag's start (record time; default 0)")
     p.add_argument("--max-frames", type=int, metavar="N", help="play at most N frames (default: all)")
-    p.add_argument("--transport", type=str.upper, choices=("UDPV4", "DEFAULT", "SHM", "LARGE_DATA"),
-                   help="Fast DDS builtin transport of the run, for this tool and the node (default: "
-                   "$FASTDDS_BUILTIN_TRANSPORTS, else UDPv4; see README for the measured choices)")
+    p.add_argument("--transport", type=str.upper, choices=[t.upper() for t in TRANSPORTS],
+                   help="Fast DDS builtin transport of the run, for this tool and the node, or LARGE_SHM "
+                   "(the shipped profile: shared memory for large outputs); default: "
+                   "$FASTDDS_BUILTIN_TRANSPORTS, else UDPv4; see README for the measured choices")
     p.add_argument("--video-codec", choices=("auto", "h264", "vp9", "mpeg4"), default="auto",
                    help="overlay video codec (default auto: H.264, else VP9, else MPEG-4 Part 2)")
     p.add_argument("--viewer", nargs="?", const=["color+overlay"], type=parse_cases, metavar="CASES",

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from dcfm_ros.data.processes import stop_process
+from dcfm_ros.dds.profiles import large_messages_environment
 from dcfm_ros.evaluation.bag_eval.errors import BagEvalError, NodeFailedError
 
 LOG_TAIL_LINES = 40
@@ -23,10 +24,12 @@ def default_domain_id() -> int:
     return 1 + (os.getpid() + 50) % 101
 
 
-# Fast DDS builtin transports (FASTDDS_BUILTIN_TRANSPORTS) --transport can choose. UDPv4 is the default
-# for the reasons in README "Evaluation and demo" (transport figures): no shared-memory files left in
-# /dev/shm by a killed process, and over a reliable link it is as fast here as the others.
-TRANSPORTS = ("UDPv4", "DEFAULT", "SHM", "LARGE_DATA")
+# Fast DDS builtin transports (FASTDDS_BUILTIN_TRANSPORTS) --transport can choose, and LARGE_SHM: the
+# shipped profile with a 16 MB shared-memory segment (dcfm_ros.dds.profiles; labels of a 1080p camera
+# 1.8x the frames/s). UDPv4 is the default for the reasons in README "Evaluation and demo" (transport
+# figures): no shared-memory files left in /dev/shm by a killed process, and over a reliable link it
+# is as fast here as the others for messages that fit a 64 kB datagram or a few.
+TRANSPORTS = ("UDPv4", "DEFAULT", "SHM", "LARGE_DATA", "LARGE_SHM")
 DEFAULT_TRANSPORT = "UDPv4"
 
 
@@ -44,10 +47,17 @@ def choose_transport(asked: str | None) -> str:
 def ros_environment(domain_id: int, transport: str = DEFAULT_TRANSPORT) -> Iterator[dict[str, str]]:
     """Set (and afterwards restore) the variables that isolate this run and choose its transport, for
     this process's rclpy and the node; yields the node's env."""
-    wanted = {"ROS_DOMAIN_ID": str(domain_id), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
-              "FASTDDS_BUILTIN_TRANSPORTS": transport}
+    wanted: dict[str, str | None] = {"ROS_DOMAIN_ID": str(domain_id),
+                                     "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+                                     "FASTDDS_BUILTIN_TRANSPORTS": transport}
+    if transport == "LARGE_SHM":  # a profile, not a builtin set: the profile's transports only
+        wanted.update(large_messages_environment(), FASTDDS_BUILTIN_TRANSPORTS=None)
     saved = {k: os.environ.get(k) for k in wanted}
-    os.environ.update(wanted)
+    for k, v in wanted.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
     try:
         yield dict(os.environ, PYTHONUNBUFFERED="1", RCUTILS_COLORIZED_OUTPUT="0")
     finally:
