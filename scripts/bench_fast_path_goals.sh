@@ -6,13 +6,14 @@ set -euo pipefail
 out=${1:?output folder}
 venv=${VENV:-.venv}
 model=dcfm_ros/models/camvid_efficientnet_lite0.safetensors
-mkdir -p "$out"
+mkdir -p "$out/bags"
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
 step() { echo "== $1 (load $(cut -d' ' -f1 /proc/loadavg))" >&2; }
 
 step "engine overhead: StreamEngine vs the same graph-I/O graphs called bare"
-for p in fp32 bf16; do
-  "$venv/bin/dcfm-bench" --model "$model" --size 360x480 --backends openvino,onnxruntime --precision "$p" \
+for p in fp32 bf16; do  # bf16: OpenVINO's hint (onnxruntime has no bf16 on the CPU)
+  backends=openvino,onnxruntime; [ "$p" = bf16 ] && backends=openvino
+  "$venv/bin/dcfm-bench" --model "$model" --size 360x480 --backends "$backends" --precision "$p" \
       --threads 2 --graph-io --overhead --frames 20 | tee "$out/overhead_$p.txt"
 done
 step "DCFM pays: the stream at the node's default policy vs the per-frame baseline"
