@@ -11,7 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from dcfm_ros.dds.profiles import LARGE_MESSAGES_PROFILE, PROFILE_VARIABLE, large_messages_environment
+from dcfm_ros.dds.profiles import (
+    LARGE_MESSAGES_PROFILE,
+    PROFILE_VARIABLE,
+    large_messages_environment,
+    large_output_hint,
+)
 from dcfm_ros.evaluation.bag_eval.node_process import choose_transport, ros_environment
 
 SHM = Path("/dev/shm")
@@ -58,3 +63,11 @@ def test_bag_eval_large_shm_sets_the_profile_for_the_run_and_restores_the_enviro
     assert os.environ["FASTDDS_BUILTIN_TRANSPORTS"] == "UDPv4" and PROFILE_VARIABLE not in os.environ
     with ros_environment(7, "UDPv4") as env:  # the builtin sets leave a user's own profile alone
         assert env["FASTDDS_BUILTIN_TRANSPORTS"] == "UDPv4" and PROFILE_VARIABLE not in env
+
+
+def test_the_node_hints_at_the_profile_for_labels_too_large_for_the_default_segment() -> None:
+    hint = large_output_hint((1080, 1920), {})
+    assert hint is not None and "1920x1080" in hint and "large_messages:=true" in hint
+    assert str(LARGE_MESSAGES_PROFILE) in hint
+    assert large_output_hint((360, 480), {}) is None  # 169 kB: fits
+    assert large_output_hint((1080, 1920), {PROFILE_VARIABLE: "/etc/mine.xml"}) is None  # a profile is set

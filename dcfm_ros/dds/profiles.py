@@ -9,6 +9,7 @@ node parameter: the launch file's `large_messages` and dcfm-bag-eval's `--transp
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 LARGE_MESSAGES_PROFILE = Path(__file__).with_name("large_messages.xml")
@@ -18,3 +19,20 @@ PROFILE_VARIABLE = "FASTDDS_DEFAULT_PROFILES_FILE"
 def large_messages_environment() -> dict[str, str]:
     """The variables that give a process the large-messages profile."""
     return {PROFILE_VARIABLE: str(LARGE_MESSAGES_PROFILE)}
+
+
+# Fast DDS's own shared-memory segment: a sample larger than this goes between processes as UDP
+# fragments whatever the builtin transports
+DEFAULT_SEGMENT_BYTES = 512 * 1024
+
+
+def large_output_hint(labels_hw: tuple[int, int], environ: Mapping[str, str]) -> str | None:
+    """What to tell the user when a camera's label image does not fit Fast DDS's default segment and
+    the process runs without a profile of its own; None when there is nothing to say."""
+    h, w = labels_hw
+    if h * w <= DEFAULT_SEGMENT_BYTES or environ.get(PROFILE_VARIABLE):
+        return None
+    return (f"labels of {w}x{h} ({h * w / 1e6:.1f} MB) do not fit Fast DDS's default 0.5 MB shared-memory "
+            f"segment: other processes on this host get them as UDP fragments (~34 ms at 1920x1080 "
+            f"instead of ~3); launch with large_messages:=true or set {PROFILE_VARIABLE}="
+            f"{LARGE_MESSAGES_PROFILE}")

@@ -13,6 +13,7 @@ camera is that camera's count and never holds the others back.
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from rclpy.event_handler import SubscriptionEventCallbacks
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
+from dcfm_ros.dds.profiles import large_output_hint
 from dcfm_ros.msg import SegmentationClasses
 from dcfm_ros.node import convert, reduced_decode
 from dcfm_ros.node.diagnostics import NodeStats, diagnostics_msg
@@ -225,6 +227,8 @@ class Cameras:
                 self._log("warning", f"{cam.name} {exc.reason}",
                           f"bad input on {cam.in_topic} ({n} so far): {exc}")
                 continue
+            if image.camera != cam.last_shape and (hint := large_output_hint(image.camera, os.environ)):
+                cam.node.get_logger().info(hint, once=True)
             if cam.last_shape is not None and image.camera != cam.last_shape:
                 cam.stats.resolution_change()
             cam.last_shape = image.camera

@@ -11,6 +11,7 @@ engine's keyframe cache is reset (the next frame is a keyframe), and the node ca
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -26,6 +27,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
+from dcfm_ros.dds.profiles import large_output_hint
 from dcfm_ros.msg import SegmentationClasses
 from dcfm_ros.node import convert, reduced_decode
 from dcfm_ros.node.diagnostics import NodeStats, diagnostics_msg
@@ -362,6 +364,8 @@ class DCFMNode(Node):
         if schedule is not None:
             self.engine.schedule = schedule
         shape = image.camera
+        if shape != self._last_shape and (hint := large_output_hint(shape, os.environ)):
+            self.get_logger().info(hint, once=True)
         if self._last_shape is not None and shape != self._last_shape:
             self.stats.resolution_change()
             self.get_logger().warning(f"input resolution changed from {self._last_shape[1]}x"
