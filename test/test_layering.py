@@ -17,10 +17,11 @@ ALLOWED: dict[str, set[str]] = {
     "model": {"model"},
     "engine": {"model", "engine"},
     "data": {"model", "data"},
-    "node": {"model", "engine", "node", "msg"},
+    "dds": {"dds"},  # Fast DDS profiles: files and their paths, for the ROS layers
+    "node": {"model", "engine", "node", "msg", "dds"},
     "training": {"model", "engine", "data", "training"},
-    "evaluation": {"model", "engine", "data", "evaluation", "msg"},
-    "tools": {"model", "engine", "data", "node", "training", "evaluation", "tools", "msg"},
+    "evaluation": {"model", "engine", "data", "evaluation", "msg", "dds"},
+    "tools": {"model", "engine", "data", "node", "training", "evaluation", "tools", "msg", "dds"},
 }
 ROS_LAYERS = {"node", "evaluation", "tools"}  # may import rclpy and ROS message packages
 
