@@ -736,3 +736,25 @@ def test_multi_camera_rate_mode_compressed(tmp_path: Path, camvid_root: Path,
     with BagReader(out / "bag") as r:
         assert {"/a/segmentation/labels", "/b/segmentation/labels", "/a/segmentation/classes"} <= set(
             r.topics)
+
+
+@pytest.mark.ros
+def test_a_camera_too_large_for_the_default_shared_memory_segment_is_warned_about(
+        tmp_path: Path, camvid_root: Path, camvid_checkpoint: Path) -> None:
+    """Labels over Fast DDS's 0.5 MB segment cross to dcfm-bag-eval as UDP fragments, which the
+    report's latencies include: the report says so and names --transport LARGE_SHM, which it then
+    no longer needs to say."""
+    bag = _bag_from_camvid(camvid_root, tmp_path / "bag", "--resize", "1024x768", "--compressed")
+    warned = {}
+    for transport in ("UDPv4", "LARGE_SHM"):
+        out = tmp_path / transport
+        rc = main([str(bag), "--image-topic", "/camera/image/compressed", "--gt-topic", "/camera/labels",
+                   "--max", "--max-frames", "2", "--model", str(camvid_checkpoint), "--no-video",
+                   "--transport", transport, "--out", str(out), "-q"])
+        assert rc == 0, (out / "node.log").read_text() if (out / "node.log").exists() else ""
+        report = json.loads((out / "report.json").read_text())
+        assert report["frames_out"] == 2 and report["transport"] == transport
+        warned[transport] = [w for w in report["warnings"] if "shared-memory segment" in w]
+    assert len(warned["UDPv4"]) == 1 and "1024x768" in warned["UDPv4"][0]
+    assert "--transport LARGE_SHM" in warned["UDPv4"][0]
+    assert warned["LARGE_SHM"] == []

@@ -51,6 +51,7 @@ class Playback:
     warnings: list[str] = field(default_factory=list)
     out_topics: list[str] = field(default_factory=list)
     stopped: str | None = None  # why playback ended before the slice's end (a signal), else None
+    camera: tuple[int, int] | None = None  # (H, W) of the first frame sent
 
 
 @dataclass(frozen=True)
@@ -312,6 +313,8 @@ def play(bag: BagReader, image_topic: str, msgtype: str, node: NodeProcess, writ
                 if should_stop():
                     cut = True
                     break
+            if out.camera is None:
+                out.camera = item.camera or (int(item.image.shape[0]), int(item.image.shape[1]))
             r = FrameRecord(index=len(out.records), stamp_ns=item.stamp_ns, log_ns=raw.log_ns)
             out.records.append(r)
             by_stamp[r.stamp_ns] = r
