@@ -758,3 +758,22 @@ def test_a_camera_too_large_for_the_default_shared_memory_segment_is_warned_abou
     assert len(warned["UDPv4"]) == 1 and "1024x768" in warned["UDPv4"][0]
     assert "--transport LARGE_SHM" in warned["UDPv4"][0]
     assert warned["LARGE_SHM"] == []
+
+
+@pytest.mark.ros
+def test_multi_camera_report_warns_of_labels_too_large_for_the_default_segment(
+        tmp_path: Path, camvid_root: Path, camvid_checkpoint: Path) -> None:
+    bag = tmp_path / "bag"
+    # options before the first --camera are every camera's
+    assert make_bag([str(bag), "--resize", "1024x768", "--compressed", "--camvid", str(camvid_root),
+                     "--split", "val", "--sequence", "0016E5", "--camera", "front", "--camera", "rear"]) == 0
+    out = tmp_path / "eval"
+    rc = main([str(bag), "--image-topic", "/front/image/compressed",
+               "--image-topic", "/rear/image/compressed", "--max",
+               "--model", str(camvid_checkpoint), "--no-video",
+               "--transport", "UDPv4", "--out", str(out), "-q"])
+    assert rc == 0, (out / "node.log").read_text() if (out / "node.log").exists() else ""
+    for cam in ("front", "rear"):  # each camera's own report
+        report = json.loads((out / cam / "report.json").read_text())
+        (warning,) = [w for w in report["warnings"] if "shared-memory segment" in w]
+        assert "1024x768" in warning and "--transport LARGE_SHM" in warning

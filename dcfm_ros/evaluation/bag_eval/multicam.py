@@ -35,6 +35,7 @@ from dcfm_ros.evaluation.bag_eval.node_process import (
     NodeProcess,
     choose_transport,
     default_domain_id,
+    large_output_warning,
     ros_environment,
 )
 from dcfm_ros.evaluation.bag_eval.params import model_info, prepare_output, run_params
@@ -77,6 +78,7 @@ class Camera:
     skipped: list[BadMessage] = field(default_factory=list)
     node_counters: dict[str, int] | None = None
     timeouts: int = 0
+    camera: tuple[int, int] | None = None  # (H, W) of the first frame sent
 
     def out_topic(self, key: str) -> str:
         return f"/{self.name}/segmentation/{key}"
@@ -170,7 +172,8 @@ def run_multi(args: argparse.Namespace, out_dir: Path, stop: StopRequest | None 
     for c in cams:
         cam_dir = out_dir / c.name
         cam_dir.mkdir(exist_ok=True)
-        cam_warnings = list(w for w in [label_classes_warning(custom_data, c.gt_topic, names)] if w)
+        cam_warnings = [w for w in (label_classes_warning(custom_data, c.gt_topic, names),
+                                    large_output_warning(c.camera, dds_transport)) if w]
         an = analyze(in_path, out_bag, c.records, image_topic=c.topic.name, gt_topic=c.gt_topic,
                      class_names=names, palette=cfg.palette, out_dir=cam_dir, video=not args.no_video,
                      video_codecs=CODECS if args.video_codec == "auto" else (args.video_codec,),
@@ -386,6 +389,8 @@ def play_cameras(bag: BagReader, cams: list[Camera], node: NodeProcess, writer: 
                 cam.skipped.append(BadMessage(raw.topic, raw.index, raw.log_ns,
                                               f"duplicate header stamp {item.stamp_ns} ns", item.stamp_ns))
                 continue
+            if cam.camera is None:
+                cam.camera = item.camera or (int(item.image.shape[0]), int(item.image.shape[1]))
             if first_log is None:
                 first_log, t0 = raw.log_ns, time.perf_counter()
             if max_mode:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from dcfm_ros.data.processes import stop_process
-from dcfm_ros.dds.profiles import large_messages_environment
+from dcfm_ros.dds.profiles import large_messages_environment, large_output_hint
 from dcfm_ros.evaluation.bag_eval.errors import BagEvalError, NodeFailedError
 
 LOG_TAIL_LINES = 40
@@ -31,6 +31,18 @@ def default_domain_id() -> int:
 # is as fast here as the others for messages that fit a 64 kB datagram or a few.
 TRANSPORTS = ("UDPv4", "DEFAULT", "SHM", "LARGE_DATA", "LARGE_SHM")
 DEFAULT_TRANSPORT = "UDPv4"
+
+
+def large_output_warning(camera: tuple[int, int] | None, transport: str) -> str | None:
+    """The report's warning when a camera's labels (camera = (H, W)) do not fit Fast DDS's default
+    shared-memory segment and the run had no profile for them; None otherwise."""
+    if camera is None or transport == "LARGE_SHM" or large_output_hint(camera, os.environ) is None:
+        return None
+    h, w = camera
+    return (f"the camera's {w}x{h} labels ({h * w / 1e6:.1f} MB) do not fit Fast DDS's default 0.5 MB "
+            f"shared-memory segment, so they reached this tool as UDP fragments (~30 ms each at "
+            f"1920x1080), in the latencies and frames/s above; --transport LARGE_SHM runs the node "
+            f"with the shipped large-messages profile, as launch's large_messages:=true does")
 
 
 def choose_transport(asked: str | None) -> str:

@@ -6,13 +6,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
-from dcfm_ros.dds.profiles import large_output_hint
 from dcfm_ros.evaluation import bagio
 from dcfm_ros.evaluation.bag_eval.analysis import analyze, label_classes_warning
 from dcfm_ros.evaluation.bag_eval.errors import BagEvalError
@@ -20,6 +18,7 @@ from dcfm_ros.evaluation.bag_eval.node_process import (
     NodeProcess,
     choose_transport,
     default_domain_id,
+    large_output_warning,
     ros_environment,
 )
 from dcfm_ros.evaluation.bag_eval.params import model_info, prepare_output, run_params
@@ -165,13 +164,8 @@ def run(args: argparse.Namespace, stop: StopRequest | None = None) -> dict[str, 
     mismatch = label_classes_warning(custom_data, args.gt_topic, names)
     if mismatch is not None:
         pb.warnings.append(mismatch)
-    if pb.camera is not None and dds_transport != "LARGE_SHM" and large_output_hint(pb.camera, os.environ):
-        h, w = pb.camera
-        pb.warnings.append(
-            f"the camera's {w}x{h} labels ({h * w / 1e6:.1f} MB) do not fit Fast DDS's default 0.5 MB "
-            f"shared-memory segment, so they reached this tool as UDP fragments (~30 ms each at "
-            f"1920x1080), in the latencies and frames/s above; --transport LARGE_SHM runs the node "
-            f"with the shipped large-messages profile, as launch's large_messages:=true does")
+    if large := large_output_warning(pb.camera, dds_transport):
+        pb.warnings.append(large)
     if pb.classes is not None and pb.classes != names:
         pb.warnings.append(f"the node's class map {pb.classes} differs from the checkpoint's {names}")
     # A signal that already stopped playback is not also a request to cut the analysis of what was
