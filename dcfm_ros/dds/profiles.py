@@ -26,12 +26,17 @@ def large_messages_environment() -> dict[str, str]:
 DEFAULT_SEGMENT_BYTES = 512 * 1024
 
 
+def needs_large_messages(labels_hw: tuple[int, int], environ: Mapping[str, str]) -> bool:
+    """A camera's label image does not fit Fast DDS's default segment and the environment names no
+    profile of its own."""
+    return labels_hw[0] * labels_hw[1] > DEFAULT_SEGMENT_BYTES and not environ.get(PROFILE_VARIABLE)
+
+
 def large_output_hint(labels_hw: tuple[int, int], environ: Mapping[str, str]) -> str | None:
-    """What to tell the user when a camera's label image does not fit Fast DDS's default segment and
-    the process runs without a profile of its own; None when there is nothing to say."""
-    h, w = labels_hw
-    if h * w <= DEFAULT_SEGMENT_BYTES or environ.get(PROFILE_VARIABLE):
+    """What the node tells the user where `needs_large_messages`; None when there is nothing to say."""
+    if not needs_large_messages(labels_hw, environ):
         return None
+    h, w = labels_hw
     return (f"labels of {w}x{h} ({h * w / 1e6:.1f} MB) do not fit Fast DDS's default 0.5 MB shared-memory "
             f"segment: other processes on this host get them as UDP fragments (~34 ms at 1920x1080 "
             f"instead of ~3); launch with large_messages:=true or set {PROFILE_VARIABLE}="

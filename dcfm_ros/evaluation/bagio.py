@@ -103,6 +103,11 @@ class Frame:
     image: np.ndarray
     camera: tuple[int, int] | None = None  # the camera's (H, W) when `image` is a reduced JPEG decode
 
+    @property
+    def camera_size(self) -> tuple[int, int]:
+        """The camera's (H, W): the header's for a reduced decode, else the image's own."""
+        return self.camera or (int(self.image.shape[0]), int(self.image.shape[1]))
+
 
 @dataclass(frozen=True)
 class BadMessage:

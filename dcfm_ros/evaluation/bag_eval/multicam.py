@@ -390,7 +390,7 @@ def play_cameras(bag: BagReader, cams: list[Camera], node: NodeProcess, writer: 
                                               f"duplicate header stamp {item.stamp_ns} ns", item.stamp_ns))
                 continue
             if cam.camera is None:
-                cam.camera = item.camera or (int(item.image.shape[0]), int(item.image.shape[1]))
+                cam.camera = item.camera_size
             if first_log is None:
                 first_log, t0 = raw.log_ns, time.perf_counter()
             if max_mode:

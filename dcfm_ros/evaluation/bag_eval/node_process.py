@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from dcfm_ros.data.processes import stop_process
-from dcfm_ros.dds.profiles import large_messages_environment, large_output_hint
+from dcfm_ros.dds.profiles import large_messages_environment, needs_large_messages
 from dcfm_ros.evaluation.bag_eval.errors import BagEvalError, NodeFailedError
 
 LOG_TAIL_LINES = 40
@@ -36,7 +36,7 @@ DEFAULT_TRANSPORT = "UDPv4"
 def large_output_warning(camera: tuple[int, int] | None, transport: str) -> str | None:
     """The report's warning when a camera's labels (camera = (H, W)) do not fit Fast DDS's default
     shared-memory segment and the run had no profile for them; None otherwise."""
-    if camera is None or transport == "LARGE_SHM" or large_output_hint(camera, os.environ) is None:
+    if camera is None or transport == "LARGE_SHM" or not needs_large_messages(camera, os.environ):
         return None
     h, w = camera
     return (f"the camera's {w}x{h} labels ({h * w / 1e6:.1f} MB) do not fit Fast DDS's default 0.5 MB "

@@ -314,7 +314,7 @@ def play(bag: BagReader, image_topic: str, msgtype: str, node: NodeProcess, writ
                     cut = True
                     break
             if out.camera is None:
-                out.camera = item.camera or (int(item.image.shape[0]), int(item.image.shape[1]))
+                out.camera = item.camera_size
             r = FrameRecord(index=len(out.records), stamp_ns=item.stamp_ns, log_ns=raw.log_ns)
             out.records.append(r)
             by_stamp[r.stamp_ns] = r
